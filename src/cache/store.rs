@@ -1,0 +1,258 @@
+//! The cache's entries in local heap, with single-flight loading and the stale-load guard.
+//!
+//! Invariant (stale-load guard): a load installs its result only if its flight is still the
+//! key's current flight when it finishes. Every invalidation removes the key's flight before it
+//! removes the entry, and installing happens while holding the flight map's lock for that key,
+//! so a load that started before an invalidation can never install afterwards.
+//!
+//! Lock order: `flights` shard, then `entries` shard; never the other way round.
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+use tracing::Instrument;
+
+use crate::stats::bump;
+use crate::stats::CacheCounters;
+use crate::{Result, Source, Version};
+
+type Loaded<V> = Result<Option<(V, Version)>>;
+
+struct Entry<V> {
+    value: V,
+    version: Version,
+}
+
+/// One in-progress load of one key, shared by every reader that asks meanwhile.
+struct Flight<V> {
+    result: OnceCell<Loaded<V>>,
+}
+
+impl<V> Default for Flight<V> {
+    fn default() -> Self {
+        Self {
+            result: OnceCell::new(),
+        }
+    }
+}
+
+/// The result of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lookup<V> {
+    /// The value and its version, or `None` if the key does not exist in the source.
+    pub value: Option<(V, Version)>,
+    /// Whether the value came from the cache without a source load.
+    pub hit: bool,
+}
+
+/// What an invalidation did to the local entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// A cached entry was dropped.
+    Entry,
+    /// Nothing was cached (an in-flight load, if any, was told not to install).
+    Nothing,
+    /// The cached entry is already at least as new as the invalidation: kept.
+    Ignored,
+}
+
+pub(crate) struct Store<K, V> {
+    entries: DashMap<K, Entry<V>>,
+    flights: DashMap<K, Arc<Flight<V>>>,
+    source: Arc<dyn Source<K, V>>,
+    pub(crate) counters: CacheCounters,
+}
+
+impl<K, V> Store<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(source: Arc<dyn Source<K, V>>) -> Self {
+        Self {
+            entries: DashMap::new(),
+            flights: DashMap::new(),
+            source,
+            counters: CacheCounters::default(),
+        }
+    }
+
+    /// Reads from the heap on a hit (no await, no message); loads once per key on a miss.
+    pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
+        if let Some(value) = self.cached(key) {
+            return Ok(Lookup {
+                value: Some(value),
+                hit: true,
+            });
+        }
+        bump(&self.counters.misses);
+        let value = self.load_once(key).await?;
+        Ok(Lookup { value, hit: false })
+    }
+
+    fn cached(&self, key: &K) -> Option<(V, Version)> {
+        let entry = self.entries.get(key)?;
+        bump(&self.counters.hits);
+        Some((entry.value.clone(), entry.version))
+    }
+
+    /// Joins the key's flight (or starts one) and installs its result if still current.
+    pub(crate) async fn load_once(&self, key: &K) -> Loaded<V> {
+        let flight = self.flights.entry(key.clone()).or_default().clone();
+        let loaded = flight
+            .result
+            .get_or_init(|| {
+                async {
+                    bump(&self.counters.loads);
+                    let loaded = self.source.load(key).await;
+                    if loaded.is_err() {
+                        bump(&self.counters.load_failures);
+                    }
+                    loaded
+                }
+                .instrument(tracing::debug_span!("load"))
+            })
+            .await
+            .clone();
+        self.install(key, &flight, &loaded);
+        loaded
+    }
+
+    fn install(&self, key: &K, flight: &Arc<Flight<V>>, loaded: &Loaded<V>) {
+        let MapEntry::Occupied(current) = self.flights.entry(key.clone()) else {
+            return;
+        };
+        if !Arc::ptr_eq(current.get(), flight) {
+            return;
+        }
+        if let Ok(Some((value, version))) = loaded {
+            let entry = Entry {
+                value: value.clone(),
+                version: *version,
+            };
+            self.entries.insert(key.clone(), entry);
+        }
+        current.remove();
+    }
+
+    /// Drops `key` unless the cached entry is already at `version` or newer.
+    pub(crate) fn invalidate(&self, key: &K, version: Option<Version>) -> Dropped {
+        if let (Some(version), Some(entry)) = (version, self.entries.get(key)) {
+            if entry.version >= version {
+                return Dropped::Ignored;
+            }
+        }
+        self.flights.remove(key);
+        match self.entries.remove(key) {
+            Some(_) => Dropped::Entry,
+            None => Dropped::Nothing,
+        }
+    }
+
+    /// Drops every entry and cancels the installation of every in-flight load.
+    pub(crate) fn invalidate_all(&self) {
+        self.flights.clear();
+        self.entries.clear();
+    }
+
+    pub(crate) fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    /// A source whose loads wait for a signal, so tests control when a load finishes.
+    #[derive(Default)]
+    struct Gated {
+        version: AtomicU64,
+        loads: AtomicU64,
+        gate: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Source<u32, String> for Gated {
+        async fn load(&self, key: &u32) -> Result<Option<(String, Version)>> {
+            let version = self.version.load(Ordering::SeqCst);
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.gate.notified().await;
+            Ok(Some((format!("{key}@{version}"), version)))
+        }
+    }
+
+    fn store() -> (Arc<Gated>, Arc<Store<u32, String>>) {
+        let source = Arc::new(Gated::default());
+        let store = Arc::new(Store::new(source.clone() as Arc<dyn Source<u32, String>>));
+        (source, store)
+    }
+
+    async fn until(mut condition: impl FnMut() -> bool) {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_load_once() {
+        let (source, store) = store();
+        let readers: Vec<_> = (0..100)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.lookup(&7).await.unwrap() })
+            })
+            .collect();
+        until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+        tokio::task::yield_now().await;
+        source.gate.notify_waiters();
+        for reader in readers {
+            assert_eq!(reader.await.unwrap().value.unwrap().0, "7@0");
+        }
+        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+        assert!(store.lookup(&7).await.unwrap().hit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_started_before_an_invalidation_never_installs() {
+        let (source, store) = store();
+        let early = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await.unwrap() }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+        source.version.store(1, Ordering::SeqCst);
+        assert_eq!(store.invalidate(&1, Some(1)), Dropped::Nothing);
+        source.gate.notify_waiters();
+        assert_eq!(early.await.unwrap().value.unwrap().1, 0);
+        assert_eq!(
+            store.entry_count(),
+            0,
+            "the pre-invalidation load was cached"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn older_invalidations_are_ignored_and_newer_ones_drop() {
+        let (source, store) = store();
+        source.version.store(5, Ordering::SeqCst);
+        let load = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+        source.gate.notify_waiters();
+        load.await.unwrap().unwrap();
+        assert_eq!(store.invalidate(&1, Some(4)), Dropped::Ignored);
+        assert_eq!(store.invalidate(&1, Some(5)), Dropped::Ignored);
+        assert_eq!(store.invalidate(&1, Some(6)), Dropped::Entry);
+        assert_eq!(store.invalidate(&1, Some(6)), Dropped::Nothing);
+    }
+}

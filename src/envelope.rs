@@ -1,0 +1,180 @@
+//! The versioned wire envelope every Synchronization actor sends and receives.
+//!
+//! Layout: `b"RCS"`, one envelope-version byte, then the postcard encoding of [`Envelope`].
+//! The version byte comes first so that a node can tell "a version I do not know" (a rolling
+//! upgrade) from "garbage" without trying to decode the rest.
+
+use serde::{Deserialize, Serialize};
+
+/// The envelope version this build writes and reads.
+pub(crate) const ENVELOPE_VERSION: u8 = 1;
+
+/// Envelopes larger than this are refused before decoding (and never sent).
+pub(crate) const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
+
+const MAGIC: &[u8; 3] = b"RCS";
+
+/// One message from one node's Synchronization actor to another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    /// Topic name; a receiver drops envelopes for a topic it does not serve.
+    pub(crate) topic: String,
+    /// Name of the node that sent it (`name@host`).
+    pub(crate) origin: String,
+    /// Random per start of the sending Synchronization actor.
+    pub(crate) incarnation: u64,
+    /// Per (origin, incarnation, topic) sequence number, starting at 1.
+    pub(crate) seq: u64,
+    /// What the envelope carries.
+    pub(crate) body: Body,
+}
+
+/// The envelope's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Body {
+    /// One published message, encoded with postcard.
+    Publish(Vec<u8>),
+}
+
+/// Why bytes from the network are not a usable envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("envelope of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("not an envelope (bad magic)")]
+    BadMagic,
+    #[error("unknown envelope version {0}")]
+    UnknownVersion(u8),
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+}
+
+impl Envelope {
+    /// Encodes the envelope once; the same bytes go to every peer.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::Error> {
+        let mut out = Vec::with_capacity(64 + self.body_len());
+        out.extend_from_slice(MAGIC);
+        out.push(ENVELOPE_VERSION);
+        let out =
+            postcard::to_extend(self, out).map_err(|e| crate::Error::Encode(e.to_string()))?;
+        if out.len() > MAX_ENVELOPE_BYTES {
+            return Err(crate::Error::Encode(format!(
+                "envelope of {} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Decodes untrusted bytes; never panics.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let rest = bytes.strip_prefix(MAGIC).ok_or(DecodeError::BadMagic)?;
+        let (&version, rest) = rest.split_first().ok_or(DecodeError::BadMagic)?;
+        if version != ENVELOPE_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        match postcard::take_from_bytes::<Self>(rest) {
+            Ok((envelope, [])) => Ok(envelope),
+            Ok((_, trailing)) => Err(DecodeError::Malformed(format!(
+                "{} trailing bytes",
+                trailing.len()
+            ))),
+            Err(e) => Err(DecodeError::Malformed(e.to_string())),
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match &self.body {
+            Body::Publish(payload) => payload.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(payload: Vec<u8>) -> Envelope {
+        Envelope {
+            topic: "users".into(),
+            origin: "a@127.0.0.1".into(),
+            incarnation: 0xdead_beef,
+            seq: 42,
+            body: Body::Publish(payload),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let envelope = sample(vec![1, 2, 3]);
+        let bytes = envelope.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    }
+
+    #[test]
+    fn rejects_unknown_version_before_decoding() {
+        let mut bytes = sample(vec![]).encode().unwrap();
+        bytes[3] = ENVELOPE_VERSION + 1;
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::UnknownVersion(ENVELOPE_VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_magic_trailing_bytes_and_truncation() {
+        assert_eq!(Envelope::decode(b"XYZ\x01"), Err(DecodeError::BadMagic));
+        assert_eq!(Envelope::decode(b"RCS"), Err(DecodeError::BadMagic));
+        let mut bytes = sample(vec![9; 10]).encode().unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
+        bytes.truncate(bytes.len() - 5);
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_oversize_in_both_directions() {
+        let big = sample(vec![0; MAX_ENVELOPE_BYTES]);
+        assert!(matches!(big.encode(), Err(crate::Error::Encode(_))));
+        let bytes = vec![0u8; MAX_ENVELOPE_BYTES + 1];
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::TooLarge(MAX_ENVELOPE_BYTES + 1))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_suffix_after_valid_header_never_panics(
+            tail in proptest::collection::vec(any::<u8>(), 0..512)
+        ) {
+            let mut bytes = b"RCS\x01".to_vec();
+            bytes.extend(tail);
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn any_envelope_round_trips(
+            topic in ".{0,20}", origin in ".{0,20}", incarnation: u64, seq: u64,
+            payload in proptest::collection::vec(any::<u8>(), 0..256)
+        ) {
+            let envelope = Envelope { topic, origin, incarnation, seq, body: Body::Publish(payload) };
+            prop_assert_eq!(Envelope::decode(&envelope.encode().unwrap()).unwrap(), envelope);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Keep in-memory caches in sync across a cluster of [ractor](https://docs.rs/ractor) nodes.
+//!
+//! Each node holds hot data in its own heap ([`Cache`]); when a node changes the source of
+//! truth it invalidates the key, and every other node's cache drops it and reloads it from the
+//! [`Source`]. Messages travel over ractor_cluster's process groups as typed [`Topic`]s through
+//! one [`Synchronization`] actor per topic and node.
+//!
+//! See the crate's `README.md` for a full example and `docs/` for the architecture and the
+//! consistency guarantees.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod cache;
+mod envelope;
+mod error;
+mod node;
+mod sequence;
+mod source;
+mod stats;
+mod synchronization;
+mod topic;
+
+pub use cache::{Cache, CacheKey, Invalidation, Lookup};
+pub use error::{BoxError, Error, Result};
+pub use node::{Node, NodeConfig};
+pub use source::{Source, Version};
+pub use stats::CacheStats;
+pub use synchronization::SyncStats;
+pub use synchronization::{Delivery, MissCause, Recipients, Synchronization, TopicMessage};
+pub use topic::{Topic, PG_SCOPE};

@@ -1,0 +1,155 @@
+//! Node configuration: named fields with documented defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// How a [`Node`](crate::Node) joins the cluster.
+///
+/// ```
+/// use ractor_cache_sync::NodeConfig;
+/// let config = NodeConfig::new("a", "a-long-random-cookie")
+///     .listen("127.0.0.1:4001".parse().unwrap())
+///     .peer("127.0.0.1:4002")
+///     .peer("127.0.0.1:4003");
+/// assert_eq!(config.peers().len(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    name: String,
+    cookie: String,
+    listen: SocketAddr,
+    hostname: Option<String>,
+    peers: Vec<String>,
+    redial_min: Duration,
+    redial_max: Duration,
+    handshake_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// A node called `name` (unique in the cluster; peers see it as `name@hostname`) that
+    /// authenticates peers with the shared secret `cookie`.
+    pub fn new(name: impl Into<String>, cookie: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            cookie: cookie.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            hostname: None,
+            peers: Vec::new(),
+            redial_min: Duration::from_millis(100),
+            redial_max: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Address to accept peer connections on. Default `127.0.0.1:0` (an ephemeral port, only
+    /// useful for a node that dials out and is never dialled).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Host name peers know this node by (the part after `@` in its name). Default: the
+    /// listen address's IP.
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// Adds a peer to dial, as `host:port`. The node keeps a session to every configured peer,
+    /// dialling again with backoff whenever it drops. Default: no peers. Peers that dial this
+    /// node need not be listed (a full mesh needs each pair listed on at least one side).
+    pub fn peer(mut self, addr: impl Into<String>) -> Self {
+        self.peers.push(addr.into());
+        self
+    }
+
+    /// First and longest wait between dial attempts to a peer (exponential backoff with
+    /// jitter). Defaults 100 ms and 2 s; `min` must be at least 1 ms and not above `max`.
+    pub fn redial_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.redial_min = min;
+        self.redial_max = max;
+        self
+    }
+
+    /// How long a dialled connection may take to become a ready session before it is dialled
+    /// again. Default 5 s; at least 10 ms.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The node's short name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured peers.
+    pub fn peers(&self) -> &[String] {
+        &self.peers
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub(crate) fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    pub(crate) fn host(&self) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| self.listen.ip().to_string())
+    }
+
+    pub(crate) fn redial(&self) -> (Duration, Duration) {
+        (self.redial_min, self.redial_max)
+    }
+
+    pub(crate) fn handshake(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Config(what.to_owned()));
+        if self.name.is_empty() || self.name.contains('@') {
+            return bad("node name must be non-empty and contain no '@'");
+        }
+        if self.cookie.is_empty() {
+            return bad("cookie must not be empty");
+        }
+        if self.redial_min < Duration::from_millis(1) || self.redial_min > self.redial_max {
+            return bad("redial backoff needs 1 ms <= min <= max");
+        }
+        if self.handshake_timeout < Duration::from_millis(10) {
+            return bad("handshake timeout must be at least 10 ms");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_hostname_follows_listen() {
+        let config = NodeConfig::new("a", "c").listen("127.0.0.2:9".parse().unwrap());
+        config.validate().unwrap();
+        assert_eq!(config.host(), "127.0.0.2");
+        assert_eq!(config.clone().hostname("h").host(), "h");
+    }
+
+    #[test]
+    fn rejects_out_of_bounds_values() {
+        assert!(NodeConfig::new("", "c").validate().is_err());
+        assert!(NodeConfig::new("a@b", "c").validate().is_err());
+        assert!(NodeConfig::new("a", "").validate().is_err());
+        let backwards = NodeConfig::new("a", "c")
+            .redial_backoff(Duration::from_secs(2), Duration::from_secs(1));
+        assert!(backwards.validate().is_err());
+    }
+}

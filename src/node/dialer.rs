@@ -1,0 +1,81 @@
+//! Keeps a session to one configured peer: dials, waits for the session to become ready,
+//! and dials again with exponential backoff whenever there is none.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use ractor_cluster::NodeServerMessage;
+use tokio::sync::watch;
+
+use super::peers::{has_session, Sessions};
+
+pub(crate) struct Dialer {
+    pub(crate) server: ActorRef<NodeServerMessage>,
+    pub(crate) addr: String,
+    pub(crate) sessions: watch::Receiver<Sessions>,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl Dialer {
+    /// Runs until the node shuts down (the task is aborted then).
+    pub(crate) async fn run(mut self) {
+        let (min, max) = self.backoff;
+        let mut wait = min;
+        loop {
+            let resolved = resolve(&self.addr).await;
+            if self.connected(&resolved) {
+                wait = min;
+                // Wakes on any session change; a closed channel means the node is gone.
+                if self.sessions.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if self.dial_and_wait(&resolved).await {
+                continue;
+            }
+            tokio::time::sleep(jitter(wait)).await;
+            wait = (wait * 2).min(max);
+        }
+    }
+
+    fn connected(&self, resolved: &[SocketAddr]) -> bool {
+        has_session(&self.sessions.borrow(), &self.addr, resolved)
+    }
+
+    async fn dial_and_wait(&mut self, resolved: &[SocketAddr]) -> bool {
+        tracing::debug!(peer = %self.addr, "dialling");
+        if let Err(error) = ractor_cluster::client_connect(&self.server, self.addr.as_str()).await {
+            tracing::debug!(peer = %self.addr, ?error, "dial failed");
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        while !self.connected(resolved) {
+            match tokio::time::timeout_at(deadline, self.sessions.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+async fn resolve(addr: &str) -> Vec<SocketAddr> {
+    match tokio::net::lookup_host(addr).await {
+        Ok(addrs) => addrs.collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Up to 25 % less than `wait`, so that restarted nodes do not dial in lockstep.
+fn jitter(wait: Duration) -> Duration {
+    let spread = wait.as_micros() as u64 / 4;
+    let offset = if spread == 0 {
+        0
+    } else {
+        getrandom::u64().unwrap_or(0) % spread
+    };
+    wait - Duration::from_micros(offset)
+}

@@ -1,0 +1,82 @@
+//! Which peer sessions are ready, fed by ractor_cluster's node events.
+
+use std::collections::HashMap;
+
+use ractor::ActorId;
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::NodeEventSubscription;
+use tokio::sync::watch;
+
+/// One ready session with a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerSession {
+    /// `name@host`.
+    pub(crate) name: String,
+    /// The address the peer listens on, as it advertises it (`host:port`).
+    pub(crate) listens_on: String,
+    /// The socket address of this connection's far end.
+    pub(crate) peer_addr: String,
+}
+
+pub(crate) type Sessions = HashMap<ActorId, PeerSession>;
+
+/// Publishes the set of ready sessions into a watch channel.
+pub(crate) struct PeerEvents {
+    sessions: watch::Sender<Sessions>,
+}
+
+impl PeerEvents {
+    pub(crate) fn new() -> (Self, watch::Receiver<Sessions>) {
+        let (sessions, receiver) = watch::channel(Sessions::new());
+        (Self { sessions }, receiver)
+    }
+}
+
+impl NodeEventSubscription for PeerEvents {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        let (name, listens_on) = match &ses.peer_name {
+            Some(peer) => (peer.name.clone(), peer.connection_string.clone()),
+            None => (ses.peer_addr.clone(), String::new()),
+        };
+        tracing::info!(peer = %name, addr = %ses.peer_addr, "peer session ready");
+        let session = PeerSession {
+            name,
+            listens_on,
+            peer_addr: ses.peer_addr.clone(),
+        };
+        self.sessions.send_modify(|s| {
+            s.insert(ses.actor.get_id(), session);
+        });
+    }
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        tracing::info!(addr = %ses.peer_addr, "peer session closed");
+        self.sessions
+            .send_if_modified(|s| s.remove(&ses.actor.get_id()).is_some());
+    }
+}
+
+/// Whether some ready session is with the peer configured as `addr` (which may be a name
+/// that resolves to `resolved`).
+pub(crate) fn has_session(
+    sessions: &Sessions,
+    addr: &str,
+    resolved: &[std::net::SocketAddr],
+) -> bool {
+    let matches = |s: &str| s == addr || s.parse().is_ok_and(|a| resolved.contains(&a));
+    sessions
+        .values()
+        .any(|s| matches(&s.listens_on) || matches(&s.peer_addr))
+}
+
+/// Sorted, distinct names of the peers with a ready session.
+pub(crate) fn names(sessions: &Sessions) -> Vec<String> {
+    let mut names: Vec<String> = sessions.values().map(|s| s.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}

@@ -1,0 +1,50 @@
+//! The source of truth contract.
+
+use crate::Result;
+
+/// A version of one key's value in the source of truth.
+///
+/// Versions are per key and must never go backwards for a key (a row counter, a commit
+/// sequence number or an `updated_at` in a monotonic unit all work).
+pub type Version = u64;
+
+/// The source of truth a [`Cache`](crate::Cache) loads from (a database, usually).
+///
+/// # What the crate guarantees to an implementor
+///
+/// - `load` is called at most once at a time per key and node for readers that arrive while a
+///   load of that key is in flight (single flight): a hot key does not stampede the source.
+/// - `load` is called from a Tokio task; blocking drivers must use `spawn_blocking`.
+/// - A result is installed in the cache only if no invalidation of the key happened while the
+///   load ran; otherwise it is handed to the waiting readers and not kept.
+///
+/// # What an implementor must guarantee
+///
+/// - `load` reads committed data, at least as new as every commit that finished before the call
+///   started (read-after-commit). A lagging replica breaks the staleness promise.
+/// - The returned [`Version`] of a key never goes backwards, and a changed value always has a
+///   higher version.
+/// - `Ok(None)` means "the key does not exist"; it is not cached.
+/// - Errors are returned, never panicked; they are passed to the reader and nothing is cached.
+///
+/// The trait is object safe: caches hold it as `Arc<dyn Source<K, V>>`.
+///
+/// ```
+/// use ractor_cache_sync::{Source, Version};
+/// struct Constant;
+/// #[async_trait::async_trait]
+/// impl Source<String, String> for Constant {
+///     async fn load(&self, key: &String) -> ractor_cache_sync::Result<Option<(String, Version)>> {
+///         Ok(Some((format!("value of {key}"), 1)))
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait Source<K, V>: Send + Sync + 'static {
+    /// Loads the current value and version of `key`, or `None` if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// Any failure of the source, wrapped with [`Error::from_source`](crate::Error::from_source).
+    async fn load(&self, key: &K) -> Result<Option<(V, Version)>>;
+}

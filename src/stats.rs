@@ -1,0 +1,76 @@
+//! Cache counters: lock-free atomics shared by the handle, the actor and loads.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::SyncStats;
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+/// A snapshot of a [`Cache`](crate::Cache)'s counters since it was spawned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Reads answered from the heap.
+    pub hits: u64,
+    /// Reads that had to wait for a load (their own or a concurrent reader's).
+    pub misses: u64,
+    /// Calls to [`Source::load`](crate::Source::load).
+    pub loads: u64,
+    /// Loads that returned an error.
+    pub load_failures: u64,
+    /// Keys this node invalidated and published (an `invalidate_all` counts as one).
+    pub invalidations_sent: u64,
+    /// Keys peers invalidated (an `invalidate_all` counts as one).
+    pub invalidations_received: u64,
+    /// Received invalidations older than the cached version, so ignored.
+    pub invalidations_ignored: u64,
+    /// Reloads started because a peer invalidated a key this node had cached.
+    pub reloads: u64,
+    /// Times the whole cache was dropped because messages may have been missed.
+    pub repairs: u64,
+    /// Times the cache's Synchronization actor failed and was spawned again.
+    pub sync_restarts: u64,
+    /// Entries in the heap now.
+    pub entries: u64,
+    /// The topic's Synchronization counters (decode failures, gaps, ...).
+    pub sync: SyncStats,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CacheCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) load_failures: AtomicU64,
+    pub(crate) invalidations_sent: AtomicU64,
+    pub(crate) invalidations_received: AtomicU64,
+    pub(crate) invalidations_ignored: AtomicU64,
+    pub(crate) reloads: AtomicU64,
+    pub(crate) repairs: AtomicU64,
+    pub(crate) sync_restarts: AtomicU64,
+}
+
+impl CacheCounters {
+    pub(crate) fn snapshot(&self, entries: usize, sync: SyncStats) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            loads: self.loads.load(Relaxed),
+            load_failures: self.load_failures.load(Relaxed),
+            invalidations_sent: self.invalidations_sent.load(Relaxed),
+            invalidations_received: self.invalidations_received.load(Relaxed),
+            invalidations_ignored: self.invalidations_ignored.load(Relaxed),
+            reloads: self.reloads.load(Relaxed),
+            repairs: self.repairs.load(Relaxed),
+            sync_restarts: self.sync_restarts.load(Relaxed),
+            entries: entries as u64,
+            sync,
+        }
+    }
+}

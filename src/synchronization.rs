@@ -1,0 +1,226 @@
+//! The per-topic Synchronization actor and its handle.
+
+mod actor;
+pub(crate) mod message;
+mod stats;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell, ActorRef};
+use serde::{de::DeserializeOwned, Serialize};
+
+use self::actor::{SynchronizationActor, SynchronizationArguments};
+use self::message::SyncMessage;
+pub(crate) use self::stats::SyncCounters;
+pub use self::stats::SyncStats;
+use crate::{Error, Result, Topic};
+
+/// What a topic's messages must be: serde-encodable, cloneable (one copy per local subscriber)
+/// and sendable between tasks. Implemented for every such type.
+pub trait TopicMessage: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> TopicMessage for T {}
+
+/// What a local subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery<M> {
+    /// A message published on another node (or on this one, with
+    /// [`Recipients::RemoteAndLocal`]).
+    Message {
+        /// Name of the publishing node (`name@host`).
+        origin: String,
+        /// The decoded message.
+        message: M,
+    },
+    /// This node may have missed one or more messages of the topic: repair (for a cache,
+    /// invalidate what it holds).
+    PossiblyMissed(MissCause),
+}
+
+/// Why a subscriber may have missed messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissCause {
+    /// Sequence numbers from `origin` skipped `missed` messages.
+    Gap {
+        /// The node whose messages went missing.
+        origin: String,
+        /// How many.
+        missed: u64,
+    },
+    /// `origin` restarted; what it sent before it was connected again is unknown.
+    PeerRestarted {
+        /// The restarted node.
+        origin: String,
+    },
+    /// Bytes from a peer could not be decoded (garbage, an unknown envelope version from a
+    /// newer build, a message of another topic or type).
+    Undecodable {
+        /// What was wrong with them.
+        reason: String,
+    },
+    /// A peer's Synchronization actor joined the topic (a new or re-established session):
+    /// whatever it published while disconnected never reached this node.
+    PeerJoined,
+    /// This node's own Synchronization actor (re)started: it was not listening for a while.
+    Restarted,
+}
+
+/// Who receives a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recipients {
+    /// Subscribers on every other node (pg2's `get_members -- get_local_members`).
+    #[default]
+    Remote,
+    /// Subscribers on every other node and on this one.
+    RemoteAndLocal,
+}
+
+/// Handle to one topic's Synchronization actor on this node.
+///
+/// Cloneable; all clones talk to the same actor. Dropping handles does not stop the actor.
+pub struct Synchronization<M> {
+    actor: ActorRef<SyncMessage<M>>,
+    counters: Arc<SyncCounters>,
+    topic: Topic<M>,
+}
+
+impl<M> Clone for Synchronization<M> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: self.actor.clone(),
+            counters: self.counters.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+impl<M: TopicMessage> Synchronization<M> {
+    /// Spawns the topic's Synchronization actor, unsupervised.
+    ///
+    /// `node_name` identifies this node in envelopes: use [`Node::name`](crate::Node::name).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if the actor fails to start.
+    pub async fn spawn(topic: Topic<M>, node_name: impl Into<String>) -> Result<Self> {
+        Self::start(topic, node_name.into(), None).await
+    }
+
+    /// Spawns the topic's Synchronization actor linked to `supervisor`, which receives its
+    /// failure and may spawn it again (it rejoins the group and tells subscribers
+    /// [`MissCause::Restarted`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if the actor fails to start.
+    pub async fn spawn_linked(
+        topic: Topic<M>,
+        node_name: impl Into<String>,
+        supervisor: ActorCell,
+    ) -> Result<Self> {
+        Self::start(topic, node_name.into(), Some(supervisor)).await
+    }
+
+    pub(crate) async fn start(
+        topic: Topic<M>,
+        node_name: String,
+        supervisor: Option<ActorCell>,
+    ) -> Result<Self> {
+        Self::start_with(topic, node_name, supervisor, Vec::new(), Arc::default()).await
+    }
+
+    pub(crate) async fn start_with(
+        topic: Topic<M>,
+        node_name: String,
+        supervisor: Option<ActorCell>,
+        subscribers: Vec<message::Subscriber<M>>,
+        counters: Arc<SyncCounters>,
+    ) -> Result<Self> {
+        let arguments = SynchronizationArguments {
+            topic: topic.clone(),
+            node_name,
+            subscribers,
+            counters: counters.clone(),
+        };
+        let actor = SynchronizationActor::new();
+        let spawned = match supervisor {
+            Some(supervisor) => Actor::spawn_linked(None, actor, arguments, supervisor).await,
+            None => Actor::spawn(None, actor, arguments).await,
+        };
+        let (actor, _) = spawned.map_err(|e| Error::spawn("synchronization actor", e))?;
+        Ok(Self {
+            actor,
+            counters,
+            topic,
+        })
+    }
+
+    /// Publishes `message` to the subscribers on every other node.
+    ///
+    /// The message is encoded once, here, and the same bytes are cast to every remote member.
+    /// Delivery is at most once; receivers detect losses by sequence number and are told
+    /// [`Delivery::PossiblyMissed`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if `message` cannot be encoded; [`Error::ActorStopped`] if the actor
+    /// has stopped.
+    pub fn publish(&self, message: &M) -> Result<()> {
+        self.publish_to(message, Recipients::Remote)
+    }
+
+    /// Publishes `message` to the chosen [`Recipients`].
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    pub fn publish_to(&self, message: &M, recipients: Recipients) -> Result<()> {
+        let payload = postcard::to_stdvec(message).map_err(|e| Error::Encode(e.to_string()))?;
+        let local = (recipients == Recipients::RemoteAndLocal).then(|| message.clone());
+        self.send(SyncMessage::Publish { payload, local })
+    }
+
+    /// Calls `subscriber` with every [`Delivery`] of the topic on this node, in order, from the
+    /// actor's task: keep it short and non-blocking (send to an actor or a channel).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the actor has stopped.
+    pub fn subscribe(
+        &self,
+        subscriber: impl Fn(Delivery<M>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.send(SyncMessage::Subscribe(Arc::new(subscriber)))
+    }
+
+    /// Casts `bytes` unchanged to every remote member of the topic, as if they were an
+    /// envelope. A fault-injection tool to check how peers handle garbage; not for normal use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the actor has stopped.
+    #[doc(hidden)]
+    pub fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
+        self.send(SyncMessage::SendRaw(bytes))
+    }
+
+    /// Counters since the actor (or the cache owning it) was spawned.
+    pub fn stats(&self) -> SyncStats {
+        self.counters.snapshot()
+    }
+
+    /// The topic this actor serves.
+    pub fn topic(&self) -> &Topic<M> {
+        &self.topic
+    }
+
+    /// The actor, for supervision (linking, monitoring, stopping).
+    pub fn actor(&self) -> ActorCell {
+        self.actor.get_cell()
+    }
+
+    fn send(&self, message: SyncMessage<M>) -> Result<()> {
+        self.actor.cast(message).map_err(Error::stopped)
+    }
+}

@@ -1,0 +1,96 @@
+//! The Synchronization actor's mailbox type and its hand-written wire mapping.
+//!
+//! Every message a peer can send us arrives through [`ractor::Message::deserialize`], which
+//! here never fails: our envelope becomes [`SyncMessage::Wire`] and anything else becomes
+//! [`SyncMessage::Foreign`]. ractor would silently drop a message whose `deserialize` fails;
+//! mapping everything to a variant lets the actor count and repair instead.
+
+use std::sync::Arc;
+
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+
+use crate::synchronization::Delivery;
+
+/// The one variant name our envelopes travel under; crate-unique so that no other actor's
+/// variant can be mis-decoded as ours.
+pub(crate) const WIRE_VARIANT: &str = "ractor_cache_sync::Envelope";
+
+/// A local subscriber callback.
+pub(crate) type Subscriber<M> = Arc<dyn Fn(Delivery<M>) + Send + Sync>;
+
+/// Messages of the Synchronization actor.
+pub(crate) enum SyncMessage<M> {
+    /// Envelope bytes from a peer (or injected locally for fault testing).
+    Wire(Vec<u8>),
+    /// A remote message that is not one of ours: the name of its variant.
+    Foreign(String),
+    /// Publish an already-encoded payload; `local` is also handed to local subscribers.
+    Publish { payload: Vec<u8>, local: Option<M> },
+    /// Add a local subscriber.
+    Subscribe(Subscriber<M>),
+    /// Cast these bytes, unchanged, to every remote member (fault injection).
+    SendRaw(Vec<u8>),
+}
+
+impl<M: Send + 'static> ractor::Message for SyncMessage<M> {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+        match self {
+            Self::Wire(args) => Ok(SerializedMessage::Cast {
+                variant: WIRE_VARIANT.to_owned(),
+                args,
+                metadata: None,
+            }),
+            _ => Err(BoxedDowncastErr),
+        }
+    }
+
+    fn deserialize(message: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
+        Ok(match message {
+            SerializedMessage::Cast { variant, args, .. } if variant == WIRE_VARIANT => {
+                Self::Wire(args)
+            }
+            SerializedMessage::Cast { variant, .. } => Self::Foreign(variant),
+            SerializedMessage::Call { variant, .. } => Self::Foreign(format!("call {variant}")),
+            SerializedMessage::CallReply(..) => Self::Foreign("call reply".to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::Message;
+
+    #[test]
+    fn envelope_bytes_round_trip_through_ractor_serialization() {
+        let wire = SyncMessage::<u8>::Wire(vec![1, 2, 3]).serialize().unwrap();
+        assert!(
+            matches!(SyncMessage::<u8>::deserialize(wire), Ok(SyncMessage::Wire(b)) if b == [1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn foreign_messages_are_kept_for_counting() {
+        let foreign = SerializedMessage::Cast {
+            variant: "Ping".into(),
+            args: vec![],
+            metadata: None,
+        };
+        assert!(
+            matches!(SyncMessage::<u8>::deserialize(foreign), Ok(SyncMessage::Foreign(v)) if v == "Ping")
+        );
+    }
+
+    #[test]
+    fn local_only_messages_never_leave_the_node() {
+        let publish = SyncMessage::<u8>::Publish {
+            payload: vec![],
+            local: None,
+        };
+        assert!(publish.serialize().is_err());
+    }
+}

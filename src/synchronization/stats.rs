@@ -1,0 +1,54 @@
+//! Counters of one Synchronization actor, shared lock-free with its handle.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a [`Synchronization`](crate::Synchronization) actor's counters since it was
+/// spawned (they survive a restart of the actor by its cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncStats {
+    /// Messages published by this node (each sent once to every remote member).
+    pub published: u64,
+    /// Envelope copies handed to ractor for remote members.
+    pub envelopes_sent: u64,
+    /// Messages from peers decoded and delivered to local subscribers.
+    pub received: u64,
+    /// Envelopes seen twice (or out of date) and dropped.
+    pub duplicates: u64,
+    /// Undecodable bytes, unknown envelope versions, unknown topics and foreign messages.
+    pub decode_failures: u64,
+    /// Sequence gaps detected (each is one or more lost messages).
+    pub gaps: u64,
+    /// Times a peer was seen with a new incarnation (it restarted).
+    pub peer_restarts: u64,
+    /// Times subscribers were told they may have missed messages (gap, restart, decode
+    /// failure, peer joined).
+    pub possibly_missed: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SyncCounters {
+    pub(crate) published: AtomicU64,
+    pub(crate) envelopes_sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) decode_failures: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) peer_restarts: AtomicU64,
+    pub(crate) possibly_missed: AtomicU64,
+}
+
+impl SyncCounters {
+    pub(crate) fn snapshot(&self) -> SyncStats {
+        SyncStats {
+            published: self.published.load(Relaxed),
+            envelopes_sent: self.envelopes_sent.load(Relaxed),
+            received: self.received.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            decode_failures: self.decode_failures.load(Relaxed),
+            gaps: self.gaps.load(Relaxed),
+            peer_restarts: self.peer_restarts.load(Relaxed),
+            possibly_missed: self.possibly_missed.load(Relaxed),
+        }
+    }
+}

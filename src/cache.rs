@@ -154,6 +154,17 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.send(CacheMessage::Publish(Invalidation::All))
     }
 
+    /// Casts `bytes` unchanged to every remote member of the cache's topic, as if they were an
+    /// envelope: a fault-injection tool to check how peers handle garbage.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the cache actor has stopped.
+    #[doc(hidden)]
+    pub fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
+        self.send(CacheMessage::SendRaw(bytes))
+    }
+
     /// Number of entries held in this node's heap.
     pub fn entry_count(&self) -> usize {
         self.store.entry_count()

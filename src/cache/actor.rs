@@ -29,6 +29,8 @@ pub(crate) enum CacheMessage<K> {
     Publish(Invalidation<K>),
     /// Something arrived on the topic.
     Remote(Delivery<Invalidation<K>>),
+    /// Cast raw bytes to every remote member (fault injection).
+    SendRaw(Vec<u8>),
 }
 
 impl<K: Send + 'static> ractor::Message for CacheMessage<K> {}
@@ -86,6 +88,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         match message {
             CacheMessage::Publish(invalidation) => state.publish(&invalidation),
             CacheMessage::Remote(delivery) => state.apply(delivery),
+            CacheMessage::SendRaw(bytes) => state.sync.send_raw(bytes)?,
         }
         Ok(())
     }

@@ -1,0 +1,243 @@
+//! One cluster node as a process: a cache of string keys → string values over a SQLite table,
+//! driven by one command per line on stdin, answering each with one JSON object per line on
+//! stdout (logs go to stderr).
+//!
+//! ```text
+//! cargo run --release --example node -- --name a --listen 127.0.0.1:4001 \
+//!     [--peer 127.0.0.1:4002]... --db /tmp/kv.db [--cookie SECRET]
+//! ```
+//!
+//! Commands: `put KEY VALUE`, `get KEY`, `peers`, `stats`, `inject HEX|foreign`, `quit`.
+//! See `examples/README.md` for the reply formats.
+
+mod command;
+mod sqlite;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ractor_cache_sync::{Cache, Node, NodeConfig, Topic};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use command::{Command, Injection};
+use sqlite::SqliteSource;
+
+/// Longest command line accepted; longer lines are refused and skipped.
+const MAX_LINE: usize = 1 << 20;
+
+#[derive(Parser, Debug)]
+#[command(about = "One ractor_cache_sync cluster node, driven over stdin/stdout")]
+struct Args {
+    /// This node's name, unique in the cluster (peers see it as NAME@HOST).
+    #[arg(long)]
+    name: String,
+    /// Address to listen on for peers.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// A peer to keep a session with (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// SQLite database file (created if missing) shared by the cluster's nodes.
+    #[arg(long)]
+    db: PathBuf,
+    /// Cluster cookie (shared secret).
+    #[arg(long, env = "RACTOR_CACHE_SYNC_COOKIE", hide_env_values = true)]
+    cookie: String,
+    /// Topic (process group) of the cache; nodes only sync with nodes of the same topic.
+    #[arg(long, default_value = "kv")]
+    topic: String,
+}
+
+struct NodeProcess {
+    node: Node,
+    cache: Cache<String, String>,
+    source: SqliteSource,
+    topic: String,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let process = match start(&args).await {
+        Ok(process) => process,
+        Err(error) => {
+            emit(&json!({ "error": error })).await;
+            std::process::exit(1);
+        }
+    };
+    emit(&json!({ "ok": "ready", "name": args.name, "listen": args.listen.to_string() })).await;
+    process.serve_stdin().await;
+}
+
+async fn start(args: &Args) -> Result<NodeProcess, String> {
+    let source = SqliteSource::open(&args.db).map_err(|e| format!("cannot open database: {e}"))?;
+    let config = args
+        .peers
+        .iter()
+        .fold(NodeConfig::new(&args.name, &args.cookie), |c, p| c.peer(p))
+        .listen(args.listen);
+    let node = Node::start(config).await.map_err(|e| e.to_string())?;
+    let topic = Topic::new(args.topic.clone());
+    let cache = Cache::spawn(topic, Arc::new(source.clone()), &node)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(NodeProcess {
+        node,
+        cache,
+        source,
+        topic: args.topic.clone(),
+    })
+}
+
+impl NodeProcess {
+    async fn serve_stdin(self) {
+        let mut stdin = BufReader::new(tokio::io::stdin());
+        // stdin closed (or unreadable): shut down as on quit.
+        while let Some(line) = read_line(&mut stdin).await {
+            let parsed = match line {
+                Ok(line) => Command::parse(&line),
+                Err(error) => Err(error),
+            };
+            let reply = match parsed {
+                Ok(Command::Quit) => break,
+                Ok(command) => self.run(command).await,
+                Err(error) => json!({ "error": error }),
+            };
+            emit(&reply).await;
+        }
+        self.quit().await;
+    }
+
+    async fn run(&self, command: Command) -> Value {
+        let result = match command {
+            Command::Put { key, value } => self.put(key, value).await,
+            Command::Get { key } => self.get(key).await,
+            Command::Peers => Ok(json!({ "ok": "peers", "peers": self.node.peers() })),
+            Command::Stats => Ok(self.stats()),
+            Command::Inject(injection) => self.inject(injection),
+            Command::Quit => unreachable!("handled by the caller"),
+        };
+        result.unwrap_or_else(|error| json!({ "error": error }))
+    }
+
+    async fn put(&self, key: String, value: String) -> Result<Value, String> {
+        let version = self
+            .source
+            .put(key.clone(), value)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.cache
+            .invalidate_version(&key, version)
+            .map_err(|e| e.to_string())?;
+        Ok(json!({ "ok": "put", "key": key, "version": version }))
+    }
+
+    async fn get(&self, key: String) -> Result<Value, String> {
+        let lookup = self.cache.lookup(&key).await.map_err(|e| e.to_string())?;
+        let (value, version) = lookup.value.unzip();
+        Ok(
+            json!({ "ok": "get", "key": key, "value": value, "version": version, "hit": lookup.hit }),
+        )
+    }
+
+    fn stats(&self) -> Value {
+        let s = self.cache.stats();
+        json!({
+            "ok": "stats", "hits": s.hits, "misses": s.misses, "loads": s.loads,
+            "load_failures": s.load_failures,
+            "invalidations_sent": s.invalidations_sent,
+            "invalidations_received": s.invalidations_received,
+            "invalidations_ignored": s.invalidations_ignored,
+            "decode_failures": s.sync.decode_failures, "gaps": s.sync.gaps,
+            "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts,
+            "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
+            "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
+        })
+    }
+
+    fn inject(&self, injection: Injection) -> Result<Value, String> {
+        let sent = match injection {
+            Injection::Bytes(bytes) => {
+                let len = bytes.len();
+                self.cache.send_raw(bytes).map_err(|e| e.to_string())?;
+                json!(len)
+            }
+            Injection::Foreign => {
+                let group = self.cache_topic_members();
+                for member in &group {
+                    let actor: ractor::ActorRef<String> = member.clone().into();
+                    let _ = actor.cast("not an envelope".to_owned());
+                }
+                json!(group.len())
+            }
+        };
+        Ok(json!({ "ok": "inject", "sent": sent }))
+    }
+
+    fn cache_topic_members(&self) -> Vec<ractor::ActorCell> {
+        ractor::pg::get_scoped_members(&ractor_cache_sync::PG_SCOPE.to_owned(), &self.topic)
+            .into_iter()
+            .filter(|cell| !cell.get_id().is_local())
+            .collect()
+    }
+
+    async fn quit(self) {
+        // Leave the topic first, so peers drop this node's member before the session closes.
+        let _ = self
+            .cache
+            .actor()
+            .stop_and_wait(None, Some(Duration::from_secs(2)))
+            .await;
+        self.node.shutdown().await;
+        emit(&json!({ "ok": "quit" })).await;
+    }
+}
+
+/// Reads one line of at most `MAX_LINE` bytes; `None` at end of input. An over-long line is
+/// skipped to its end and reported as an error, as is one that is not UTF-8.
+async fn read_line(input: &mut (impl AsyncBufRead + Unpin)) -> Option<Result<String, String>> {
+    let mut line = Vec::new();
+    let read = input
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await;
+    if read.ok()? == 0 {
+        return None;
+    }
+    if line.len() > MAX_LINE {
+        while !line.ends_with(b"\n") {
+            line.clear();
+            if input
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await
+                .ok()?
+                == 0
+            {
+                return None;
+            }
+        }
+        return Some(Err(format!("line longer than {MAX_LINE} bytes")));
+    }
+    Some(String::from_utf8(line).map_err(|_| "line is not valid UTF-8".to_owned()))
+}
+
+async fn emit(reply: &Value) {
+    let mut stdout = tokio::io::stdout();
+    let mut line = reply.to_string();
+    line.push('\n');
+    // A closed stdout means nobody listens any more; there is no one to report that to.
+    let _ = stdout.write_all(line.as_bytes()).await;
+    let _ = stdout.flush().await;
+}

@@ -1,0 +1,91 @@
+//! A SQLite-backed source of truth: one table `kv(key, value, version)` in a real file, in WAL
+//! mode so several node processes on one machine can share it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ractor_cache_sync::{Error, Result, Source, Version};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+/// Reads and writes the `kv` table. One connection per role, each behind a mutex and used from
+/// `spawn_blocking`, so SQLite's blocking calls never stall the async runtime.
+#[derive(Clone)]
+pub struct SqliteSource {
+    reader: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Connection>>,
+}
+
+impl SqliteSource {
+    /// Opens (creating if needed) the database file and the table.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let writer = connect(path)?;
+        writer.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (
+                 key TEXT PRIMARY KEY NOT NULL,
+                 value TEXT NOT NULL,
+                 version INTEGER NOT NULL
+             )",
+        )?;
+        Ok(Self {
+            reader: Arc::new(Mutex::new(connect(path)?)),
+            writer: Arc::new(Mutex::new(writer)),
+        })
+    }
+
+    /// Writes `value` under `key` with version = previous + 1, in one transaction, and returns
+    /// the committed version.
+    pub async fn put(&self, key: String, value: String) -> Result<Version> {
+        let writer = self.writer.clone();
+        blocking(move || {
+            let mut conn = writer.lock().expect("sqlite writer mutex poisoned");
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row(
+                "INSERT INTO kv (key, value, version) VALUES (?1, ?2, 1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = version + 1
+                 RETURNING version",
+                params![key, value],
+                |row| row.get(0),
+            )?;
+            tx.commit()?;
+            Ok(version as Version)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Source<String, String> for SqliteSource {
+    async fn load(&self, key: &String) -> Result<Option<(String, Version)>> {
+        let reader = self.reader.clone();
+        let key = key.clone();
+        blocking(move || {
+            let conn = reader.lock().expect("sqlite reader mutex poisoned");
+            let row = conn
+                .query_row(
+                    "SELECT value, version FROM kv WHERE key = ?1",
+                    params![key],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            Ok(row.map(|(value, version)| (value, version as Version)))
+        })
+        .await
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Error::from_source),
+        Err(join) => Err(Error::from_source(join.to_string())),
+    }
+}

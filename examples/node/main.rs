@@ -160,7 +160,7 @@ impl NodeProcess {
             "invalidations_received": s.invalidations_received,
             "invalidations_ignored": s.invalidations_ignored,
             "decode_failures": s.sync.decode_failures, "gaps": s.sync.gaps,
-            "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts,
+            "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
             "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
         })

@@ -115,7 +115,8 @@ impl NodeProcess {
             .map_err(|e| format!("{} stdin: {e}", self.spec.name))
     }
 
-    fn next_reply(&mut self) -> Result<Value, String> {
+    /// Waits for the next reply line (after [`send_raw`]).
+    pub fn next_reply(&mut self) -> Result<Value, String> {
         let line = match self.lines.recv_timeout(REPLY_TIMEOUT) {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => return Err("no reply within the timeout".into()),
@@ -218,10 +219,20 @@ pub fn node_binary() -> PathBuf {
         .join(format!("node{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, below Linux's ephemeral range (32768 and up)
+/// so that no outgoing connection of a running node can take it before its node binds it.
+/// Ports are handed out once per process, from a start that differs between processes.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 7919) % 10_000;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + offset % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some` or `deadline` passes.

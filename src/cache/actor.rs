@@ -172,14 +172,14 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheState<K, V> {
         }
     }
 
-    /// Drops the key and, if it was cached (it is hot here), reloads it in the background so
-    /// the next read is a hit on the fresh value.
+    /// Drops the key and, if it was cached or being loaded (it is hot here), reloads it in the
+    /// background so the next read is a hit on the fresh value.
     fn apply_key(&self, key: K, version: Option<crate::Version>) {
         let store = &self.args.store;
         match store.invalidate(&key, version) {
             Dropped::Ignored => bump(&store.counters.invalidations_ignored),
             Dropped::Nothing => {}
-            Dropped::Entry => {
+            Dropped::Entry | Dropped::Flight => {
                 bump(&store.counters.reloads);
                 let store = store.clone();
                 tokio::spawn(async move {

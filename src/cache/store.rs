@@ -54,7 +54,9 @@ pub struct Lookup<V> {
 pub(crate) enum Dropped {
     /// A cached entry was dropped.
     Entry,
-    /// Nothing was cached (an in-flight load, if any, was told not to install).
+    /// Nothing was cached, but a load was in flight: it was told not to install.
+    Flight,
+    /// Nothing was cached or loading.
     Nothing,
     /// The cached entry is already at least as new as the invalidation: kept.
     Ignored,
@@ -146,10 +148,11 @@ where
                 return Dropped::Ignored;
             }
         }
-        self.flights.remove(key);
-        match self.entries.remove(key) {
-            Some(_) => Dropped::Entry,
-            None => Dropped::Nothing,
+        let flight = self.flights.remove(key);
+        match (self.entries.remove(key), flight) {
+            (Some(_), _) => Dropped::Entry,
+            (None, Some(_)) => Dropped::Flight,
+            (None, None) => Dropped::Nothing,
         }
     }
 
@@ -229,7 +232,7 @@ mod tests {
         });
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
         source.version.store(1, Ordering::SeqCst);
-        assert_eq!(store.invalidate(&1, Some(1)), Dropped::Nothing);
+        assert_eq!(store.invalidate(&1, Some(1)), Dropped::Flight);
         source.gate.notify_waiters();
         assert_eq!(early.await.unwrap().value.unwrap().1, 0);
         assert_eq!(

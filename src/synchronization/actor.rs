@@ -111,6 +111,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         {
             let remote = who.iter().any(|cell| !cell.get_id().is_local());
             if scope == PG_SCOPE && group == state.topic.name() && remote {
+                bump(&state.counters.peer_joins);
                 state.possibly_missed(MissCause::PeerJoined);
             }
         }

@@ -21,6 +21,9 @@ pub struct SyncStats {
     pub gaps: u64,
     /// Times a peer was seen with a new incarnation (it restarted).
     pub peer_restarts: u64,
+    /// Times a peer's Synchronization actor joined the topic (new or re-established
+    /// sessions).
+    pub peer_joins: u64,
     /// Times subscribers were told they may have missed messages (gap, restart, decode
     /// failure, peer joined).
     pub possibly_missed: u64,
@@ -35,6 +38,7 @@ pub(crate) struct SyncCounters {
     pub(crate) decode_failures: AtomicU64,
     pub(crate) gaps: AtomicU64,
     pub(crate) peer_restarts: AtomicU64,
+    pub(crate) peer_joins: AtomicU64,
     pub(crate) possibly_missed: AtomicU64,
 }
 
@@ -48,6 +52,7 @@ impl SyncCounters {
             decode_failures: self.decode_failures.load(Relaxed),
             gaps: self.gaps.load(Relaxed),
             peer_restarts: self.peer_restarts.load(Relaxed),
+            peer_joins: self.peer_joins.load(Relaxed),
             possibly_missed: self.possibly_missed.load(Relaxed),
         }
     }

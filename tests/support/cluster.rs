@@ -1,0 +1,96 @@
+//! Shared test harness: real node processes (`examples/node.rs`) on 127.0.0.1 over one SQLite
+//! file in a temporary directory.
+#![allow(dead_code)] // each test file uses a different part
+
+#[path = "../../examples/support/node_process.rs"]
+mod node_process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use node_process::{eventually, NodeProcess, NodeSpec};
+
+/// Generous: a liveness bound for a loaded 2-core CI machine, not a performance claim.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A temporary directory holding the cluster's database and the nodes' logs.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("kv.db")
+    }
+
+    /// A node spec on a free port sharing the cluster's database.
+    pub fn spec(&self, name: &str) -> NodeSpec {
+        NodeSpec::new(name, &self.db())
+    }
+
+    /// Starts one node per spec and waits until each has a ready session with all others.
+    pub fn start_mesh(&self, specs: &[NodeSpec]) -> Vec<NodeProcess> {
+        let mut nodes: Vec<NodeProcess> = specs.iter().map(start).collect();
+        let others = nodes.len() - 1;
+        for node in &mut nodes {
+            wait_for_peers(node, others);
+        }
+        nodes
+    }
+
+    /// Specs for `names`, each dialling every node listed before it (a full mesh).
+    pub fn mesh_specs(&self, names: &[&str]) -> Vec<NodeSpec> {
+        let mut specs: Vec<NodeSpec> = Vec::new();
+        for name in names {
+            let spec = specs.iter().fold(self.spec(name), |s, p| s.peer(p));
+            specs.push(spec);
+        }
+        specs
+    }
+}
+
+pub fn start(spec: &NodeSpec) -> NodeProcess {
+    NodeProcess::start(spec).unwrap_or_else(|e| panic!("starting {}: {e}", spec.name))
+}
+
+pub fn wait_for_peers(node: &mut NodeProcess, count: usize) {
+    let name = node.spec.name.clone();
+    eventually(DEADLINE, || (node.peers().len() == count).then_some(()))
+        .unwrap_or_else(|| panic!("{name} never had {count} ready peers"));
+}
+
+/// Polls `get key` on `node` until it returns `expected`.
+pub fn wait_for_value(node: &mut NodeProcess, key: &str, expected: &str) {
+    let name = node.spec.name.clone();
+    eventually(DEADLINE, || {
+        (node.value(key).as_deref() == Some(expected)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{name} never served {key} = {expected:?}"));
+}
+
+/// `put key value` on `node`, returning the committed version.
+pub fn put(node: &mut NodeProcess, key: &str, value: &str) -> u64 {
+    let reply = node.ask(&format!("put {key} {value}"));
+    reply["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("put failed: {reply}"))
+}
+
+/// Waits until `node` has seen `count` peers join its topic and has applied the repair each
+/// join causes, so that entries cached afterwards stay cached.
+pub fn wait_for_joins(node: &mut NodeProcess, count: u64) {
+    let name = node.spec.name.clone();
+    eventually(DEADLINE, || {
+        let stats = node.ask("stats");
+        let joins = stats["peer_joins"].as_u64()?;
+        // One repair at start, one per join.
+        (joins >= count && stats["repairs"].as_u64()? > joins).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{name} never saw {count} peers join"));
+}

@@ -29,3 +29,8 @@ pub use stats::CacheStats;
 pub use synchronization::SyncStats;
 pub use synchronization::{Delivery, MissCause, Recipients, Synchronization, TopicMessage};
 pub use topic::{Topic, PG_SCOPE};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

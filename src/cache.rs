@@ -1,20 +1,23 @@
 //! The cache handle: reads from local heap, invalidates locally and cluster-wide.
 
 mod actor;
+mod builder;
 mod invalidation;
 mod store;
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorCell, ActorRef};
+use ractor::{ActorCell, ActorRef};
 
 pub use self::actor::CacheKey;
-use self::actor::{CacheActor, CacheArguments, CacheMessage};
+use self::actor::CacheMessage;
+pub use self::builder::{CacheBuilder, Mode};
 pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
 use self::store::Store;
-use crate::synchronization::SyncCounters;
-use crate::{CacheStats, Error, Node, Result, Source, Topic, Version};
+use crate::clock::now_us;
+use crate::synchronization::SyncShared;
+use crate::{CacheStats, Error, Health, Node, Result, Source, Topic, Version};
 
 /// A node-local cache of `K → V`, kept in sync with the caches of the same topic on every
 /// other node.
@@ -25,7 +28,8 @@ use crate::{CacheStats, Error, Node, Result, Source, Topic, Version};
 pub struct Cache<K, V> {
     store: Arc<Store<K, V>>,
     actor: ActorRef<CacheMessage<K>>,
-    sync_counters: Arc<SyncCounters>,
+    shared: Arc<SyncShared>,
+    mode: Mode,
 }
 
 impl<K, V> Clone for Cache<K, V> {
@@ -33,13 +37,15 @@ impl<K, V> Clone for Cache<K, V> {
         Self {
             store: self.store.clone(),
             actor: self.actor.clone(),
-            sync_counters: self.sync_counters.clone(),
+            shared: self.shared.clone(),
+            mode: self.mode,
         }
     }
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
-    /// Spawns the cache actor (and its topic's Synchronization actor) on `node`.
+    /// Spawns the cache actor (and its topic's Synchronization actor) on `node`, with the
+    /// default settings ([`Mode::Bounded`], 1 s lease, 200 ms heartbeat).
     ///
     /// # Errors
     ///
@@ -49,47 +55,15 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         source: Arc<dyn Source<K, V>>,
         node: &Node,
     ) -> Result<Self> {
-        Self::start(topic, source, node.name().to_owned(), None).await
+        Self::builder(topic, source).spawn(node).await
     }
 
-    /// Spawns the cache actor linked to the user's `supervisor`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Spawn`] if an actor fails to start.
-    pub async fn spawn_linked(
+    /// Starts building a cache with non-default settings.
+    pub fn builder(
         topic: Topic<Invalidation<K>>,
         source: Arc<dyn Source<K, V>>,
-        node: &Node,
-        supervisor: ActorCell,
-    ) -> Result<Self> {
-        Self::start(topic, source, node.name().to_owned(), Some(supervisor)).await
-    }
-
-    async fn start(
-        topic: Topic<Invalidation<K>>,
-        source: Arc<dyn Source<K, V>>,
-        node_name: String,
-        supervisor: Option<ActorCell>,
-    ) -> Result<Self> {
-        let store = Arc::new(Store::new(source));
-        let sync_counters = Arc::<SyncCounters>::default();
-        let args = CacheArguments {
-            store: store.clone(),
-            topic,
-            node_name,
-            sync_counters: sync_counters.clone(),
-        };
-        let spawned = match supervisor {
-            Some(sup) => Actor::spawn_linked(None, CacheActor::new(), args, sup).await,
-            None => Actor::spawn(None, CacheActor::new(), args).await,
-        };
-        let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
-        Ok(Self {
-            store,
-            actor,
-            sync_counters,
-        })
+    ) -> CacheBuilder<K, V> {
+        CacheBuilder::new(topic, source)
     }
 
     /// The value of `key`: from the heap on a hit, else loaded from the source (once per key
@@ -172,8 +146,19 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// Counters since the cache was spawned.
     pub fn stats(&self) -> CacheStats {
-        let sync = self.sync_counters.snapshot();
+        let sync = self.shared.counters.snapshot();
         self.store.counters.snapshot(self.store.entry_count(), sync)
+    }
+
+    /// Whether the cache can serve from its heap now. In [`Mode::Eventual`] a cache serves
+    /// from its heap even while this says [`Health::Bypassing`].
+    pub fn health(&self) -> Health {
+        self.shared.health(now_us())
+    }
+
+    /// The consistency mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.

@@ -23,17 +23,28 @@ pub(crate) struct Envelope {
     pub(crate) origin: String,
     /// Random per start of the sending Synchronization actor.
     pub(crate) incarnation: u64,
-    /// Per (origin, incarnation, topic) sequence number, starting at 1.
-    pub(crate) seq: u64,
     /// What the envelope carries.
     pub(crate) body: Body,
 }
 
-/// The envelope's content.
+/// The envelope's content. New variants may only be added at the end (postcard encodes the
+/// variant index); an older node counts an unknown variant as undecodable and repairs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Body {
-    /// One published message, encoded with postcard.
-    Publish(Vec<u8>),
+    /// One published message, encoded with postcard, with its per (origin, incarnation, topic)
+    /// sequence number, starting at 1.
+    Publish { seq: u64, payload: Vec<u8> },
+    /// Sent every heartbeat interval to every remote member of the topic.
+    Heartbeat {
+        /// The sender's monotonic clock (µs) when it sent this.
+        stamp: u64,
+        /// The last sequence number the sender published on this topic (0 if none).
+        last_seq: u64,
+        /// For each peer the sender knows: (name, incarnation, that peer's last stamp received).
+        echoes: Vec<(String, u64, u64)>,
+    },
+    /// The sender is leaving the topic cleanly after publishing up to `last_seq`.
+    Leave { last_seq: u64 },
 }
 
 /// Why bytes from the network are not a usable envelope.
@@ -88,7 +99,9 @@ impl Envelope {
 
     fn body_len(&self) -> usize {
         match &self.body {
-            Body::Publish(payload) => payload.len(),
+            Body::Publish { payload, .. } => payload.len(),
+            Body::Heartbeat { echoes, .. } => echoes.len() * 48,
+            Body::Leave { .. } => 0,
         }
     }
 }
@@ -103,8 +116,7 @@ mod tests {
             topic: "users".into(),
             origin: "a@127.0.0.1".into(),
             incarnation: 0xdead_beef,
-            seq: 42,
-            body: Body::Publish(payload),
+            body: Body::Publish { seq: 42, payload },
         }
     }
 
@@ -113,6 +125,27 @@ mod tests {
         let envelope = sample(vec![1, 2, 3]);
         let bytes = envelope.encode().unwrap();
         assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    }
+
+    #[test]
+    fn heartbeats_and_leaves_round_trip() {
+        for body in [
+            Body::Heartbeat {
+                stamp: 9,
+                last_seq: 3,
+                echoes: vec![("b@h".into(), 1, 2)],
+            },
+            Body::Leave { last_seq: 4 },
+        ] {
+            let envelope = Envelope {
+                body,
+                ..sample(vec![])
+            };
+            assert_eq!(
+                Envelope::decode(&envelope.encode().unwrap()).unwrap(),
+                envelope
+            );
+        }
     }
 
     #[test]
@@ -173,7 +206,7 @@ mod tests {
             topic in ".{0,20}", origin in ".{0,20}", incarnation: u64, seq: u64,
             payload in proptest::collection::vec(any::<u8>(), 0..256)
         ) {
-            let envelope = Envelope { topic, origin, incarnation, seq, body: Body::Publish(payload) };
+            let envelope = Envelope { topic, origin, incarnation, body: Body::Publish { seq, payload } };
             prop_assert_eq!(Envelope::decode(&envelope.encode().unwrap()).unwrap(), envelope);
         }
     }

@@ -12,22 +12,26 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 mod cache;
+mod clock;
 mod envelope;
 mod error;
+mod health;
 mod node;
+mod peer_table;
 mod sequence;
 mod source;
 mod stats;
 mod synchronization;
 mod topic;
 
-pub use cache::{Cache, CacheKey, Invalidation, Lookup};
+pub use cache::{Cache, CacheBuilder, CacheKey, Invalidation, Lookup, Mode};
 pub use error::{BoxError, Error, Result};
-pub use node::{Node, NodeConfig};
+pub use health::Health;
+pub use node::{Node, NodeConfig, SHUTDOWN_GRACE};
 pub use source::{Source, Version};
 pub use stats::CacheStats;
-pub use synchronization::SyncStats;
 pub use synchronization::{Delivery, MissCause, Recipients, Synchronization, TopicMessage};
+pub use synchronization::{SyncConfig, SyncStats};
 pub use topic::{Topic, PG_SCOPE};
 
 /// The README's example, compiled and run as a doctest.

@@ -3,7 +3,10 @@
 mod config;
 mod dialer;
 mod peers;
+mod watchdog;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorRef};
@@ -14,9 +17,14 @@ use tokio::task::JoinHandle;
 pub use self::config::NodeConfig;
 use self::dialer::Dialer;
 use self::peers::{PeerEvents, Sessions};
-use crate::{Error, Result};
+use self::watchdog::{Watchdog, LIVENESS_TOPIC};
+use crate::{Error, Result, SyncConfig, Synchronization, Topic};
 
 const EVENTS_ID: &str = "ractor_cache_sync::peers";
+
+/// How long [`Node::shutdown`] lets queued envelopes (clean-leave notices) reach the sockets
+/// before it closes the sessions. ractor_cluster offers no way to wait for its writers.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
 /// This process's membership in the cluster.
 ///
@@ -28,7 +36,9 @@ pub struct Node {
     name: String,
     server: ActorRef<NodeServerMessage>,
     sessions: watch::Receiver<Sessions>,
-    dialers: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    liveness: Synchronization<()>,
+    declared_down: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -75,12 +85,31 @@ impl Node {
                 subscription: Box::new(events),
             })
             .map_err(Error::stopped)?;
-        let dialers = spawn_dialers(&config, &server, &sessions);
+        let name = format!("{}@{}", config.name(), config.host());
+        let (heartbeat, timeout) = config.liveness();
+        let sync = SyncConfig::default()
+            .heartbeat(heartbeat)
+            .lease(heartbeat * 3)
+            .forget_after(Duration::from_secs(24 * 3600).max(heartbeat * 3));
+        let topic = Topic::new(LIVENESS_TOPIC);
+        let liveness = Synchronization::spawn_with(topic, name.clone(), sync, None).await?;
+        let declared_down = Arc::new(AtomicU64::new(0));
+        let mut tasks = spawn_dialers(&config, &server, &sessions);
+        let watchdog = Watchdog {
+            liveness: liveness.clone(),
+            sessions: sessions.clone(),
+            interval: heartbeat,
+            timeout,
+            declared_down: declared_down.clone(),
+        };
+        tasks.push(tokio::spawn(watchdog.run()));
         Ok(Self {
-            name: format!("{}@{}", config.name(), config.host()),
+            name,
             server,
             sessions,
-            dialers,
+            tasks,
+            liveness,
+            declared_down,
         })
     }
 
@@ -112,6 +141,11 @@ impl Node {
         }
     }
 
+    /// How many times a silent peer was declared down (its session closed) since start.
+    pub fn peers_declared_down(&self) -> u64 {
+        self.declared_down.load(Ordering::Relaxed)
+    }
+
     /// The `NodeServer` actor, for supervision.
     pub fn actor(&self) -> ActorCell {
         self.server.get_cell()
@@ -119,10 +153,18 @@ impl Node {
 
     /// Stops dialling and stops the `NodeServer`, closing every session: peers see this node's
     /// actors leave at once.
+    ///
+    /// Stop this node's caches first (`cache.actor().stop_and_wait(..)`): each then tells its
+    /// peers it leaves cleanly, so they drop it from their peer sets at once instead of
+    /// waiting for `forget_after`. Shutdown waits [`SHUTDOWN_GRACE`] for those last envelopes
+    /// to reach the sockets before closing the sessions.
     pub async fn shutdown(self) {
-        for dialer in &self.dialers {
-            dialer.abort();
+        for task in &self.tasks {
+            task.abort();
         }
+        let timeout = Some(Duration::from_secs(1));
+        let _ = self.liveness.actor().stop_and_wait(None, timeout).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
         self.server.stop(None);
     }
 }

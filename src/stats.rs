@@ -20,6 +20,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Reads that had to wait for a load (their own or a concurrent reader's).
     pub misses: u64,
+    /// Reads sent to the source because some peer's lease had run out (bounded mode).
+    pub bypasses: u64,
     /// Calls to [`Source::load`](crate::Source::load).
     pub loads: u64,
     /// Loads that returned an error.
@@ -46,6 +48,7 @@ pub struct CacheStats {
 pub(crate) struct CacheCounters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    pub(crate) bypasses: AtomicU64,
     pub(crate) loads: AtomicU64,
     pub(crate) load_failures: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
@@ -61,6 +64,7 @@ impl CacheCounters {
         CacheStats {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
+            bypasses: self.bypasses.load(Relaxed),
             loads: self.loads.load(Relaxed),
             load_failures: self.load_failures.load(Relaxed),
             invalidations_sent: self.invalidations_sent.load(Relaxed),

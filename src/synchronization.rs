@@ -1,7 +1,9 @@
 //! The per-topic Synchronization actor and its handle.
 
 mod actor;
+mod config;
 pub(crate) mod message;
+pub(crate) mod shared;
 mod stats;
 
 use std::sync::Arc;
@@ -10,10 +12,12 @@ use ractor::{Actor, ActorCell, ActorRef};
 use serde::{de::DeserializeOwned, Serialize};
 
 use self::actor::{SynchronizationActor, SynchronizationArguments};
+pub use self::config::SyncConfig;
 use self::message::SyncMessage;
-pub(crate) use self::stats::SyncCounters;
+pub(crate) use self::shared::SyncShared;
 pub use self::stats::SyncStats;
-use crate::{Error, Result, Topic};
+use crate::clock::now_us;
+use crate::{Error, Health, Result, Topic};
 
 /// What a topic's messages must be: serde-encodable, cloneable (one copy per local subscriber)
 /// and sendable between tasks. Implemented for every such type.
@@ -64,6 +68,11 @@ pub enum MissCause {
     PeerJoined,
     /// This node's own Synchronization actor (re)started: it was not listening for a while.
     Restarted,
+    /// `origin` was silent for longer than `forget_after` and was dropped from the peer set.
+    PeerForgotten {
+        /// The forgotten node.
+        origin: String,
+    },
 }
 
 /// Who receives a published message.
@@ -81,7 +90,7 @@ pub enum Recipients {
 /// Cloneable; all clones talk to the same actor. Dropping handles does not stop the actor.
 pub struct Synchronization<M> {
     actor: ActorRef<SyncMessage<M>>,
-    counters: Arc<SyncCounters>,
+    shared: Arc<SyncShared>,
     topic: Topic<M>,
 }
 
@@ -89,7 +98,7 @@ impl<M> Clone for Synchronization<M> {
     fn clone(&self) -> Self {
         Self {
             actor: self.actor.clone(),
-            counters: self.counters.clone(),
+            shared: self.shared.clone(),
             topic: self.topic.clone(),
         }
     }
@@ -104,7 +113,22 @@ impl<M: TopicMessage> Synchronization<M> {
     ///
     /// [`Error::Spawn`] if the actor fails to start.
     pub async fn spawn(topic: Topic<M>, node_name: impl Into<String>) -> Result<Self> {
-        Self::start(topic, node_name.into(), None).await
+        Self::start(topic, node_name.into(), SyncConfig::default(), None).await
+    }
+
+    /// Spawns the topic's Synchronization actor with non-default heartbeat and lease settings,
+    /// linked to `supervisor` if one is given.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid `config`; [`Error::Spawn`] if the actor fails to start.
+    pub async fn spawn_with(
+        topic: Topic<M>,
+        node_name: impl Into<String>,
+        config: SyncConfig,
+        supervisor: Option<ActorCell>,
+    ) -> Result<Self> {
+        Self::start(topic, node_name.into(), config, supervisor).await
     }
 
     /// Spawns the topic's Synchronization actor linked to `supervisor`, which receives its
@@ -119,29 +143,40 @@ impl<M: TopicMessage> Synchronization<M> {
         node_name: impl Into<String>,
         supervisor: ActorCell,
     ) -> Result<Self> {
-        Self::start(topic, node_name.into(), Some(supervisor)).await
+        Self::start(
+            topic,
+            node_name.into(),
+            SyncConfig::default(),
+            Some(supervisor),
+        )
+        .await
     }
 
-    pub(crate) async fn start(
+    async fn start(
         topic: Topic<M>,
         node_name: String,
+        config: SyncConfig,
         supervisor: Option<ActorCell>,
     ) -> Result<Self> {
-        Self::start_with(topic, node_name, supervisor, Vec::new(), Arc::default()).await
+        let shared = Arc::default();
+        Self::start_with(topic, node_name, config, supervisor, Vec::new(), shared).await
     }
 
     pub(crate) async fn start_with(
         topic: Topic<M>,
         node_name: String,
+        config: SyncConfig,
         supervisor: Option<ActorCell>,
         subscribers: Vec<message::Subscriber<M>>,
-        counters: Arc<SyncCounters>,
+        shared: Arc<SyncShared>,
     ) -> Result<Self> {
+        config.validate()?;
         let arguments = SynchronizationArguments {
             topic: topic.clone(),
             node_name,
+            config,
             subscribers,
-            counters: counters.clone(),
+            shared: shared.clone(),
         };
         let actor = SynchronizationActor::new();
         let spawned = match supervisor {
@@ -151,7 +186,7 @@ impl<M: TopicMessage> Synchronization<M> {
         let (actor, _) = spawned.map_err(|e| Error::spawn("synchronization actor", e))?;
         Ok(Self {
             actor,
-            counters,
+            shared,
             topic,
         })
     }
@@ -207,7 +242,17 @@ impl<M: TopicMessage> Synchronization<M> {
 
     /// Counters since the actor (or the cache owning it) was spawned.
     pub fn stats(&self) -> SyncStats {
-        self.counters.snapshot()
+        self.shared.counters.snapshot()
+    }
+
+    /// Peer name → when (this process's clock, µs) anything last arrived from it.
+    pub(crate) fn last_heard(&self) -> std::collections::HashMap<String, u64> {
+        self.shared.status().last_heard
+    }
+
+    /// Whether every peer's lease is valid now (see [`SyncConfig::lease`]).
+    pub fn health(&self) -> Health {
+        self.shared.health(now_us())
     }
 
     /// The topic this actor serves.

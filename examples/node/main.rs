@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ractor_cache_sync::{Cache, Node, NodeConfig, Topic};
+use ractor_cache_sync::{Cache, Health, Mode, Node, NodeConfig, Topic};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -50,6 +50,29 @@ struct Args {
     /// Topic (process group) of the cache; nodes only sync with nodes of the same topic.
     #[arg(long, default_value = "kv")]
     topic: String,
+    /// bounded: serve cached values only while every peer's lease is valid (staleness bounded
+    /// by the lease); eventual: always serve cached values, repair on detected loss.
+    #[arg(long, value_enum, default_value_t = ModeArg::Bounded)]
+    mode: ModeArg,
+    /// Lease in milliseconds: the staleness bound of bounded mode.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(3..=3_600_000))]
+    lease_ms: u64,
+    /// Heartbeat interval in milliseconds (at most a third of the lease).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_200_000))]
+    heartbeat_ms: u64,
+    /// How long a silent peer stays in the peer set, in milliseconds (at least the lease).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(3..=86_400_000))]
+    forget_after_ms: u64,
+    /// A peer silent for this long (milliseconds) is declared down: its session is closed and
+    /// dialled again.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    peer_timeout_ms: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ModeArg {
+    Bounded,
+    Eventual,
 }
 
 struct NodeProcess {
@@ -86,10 +109,20 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .peers
         .iter()
         .fold(NodeConfig::new(&args.name, &args.cookie), |c, p| c.peer(p))
-        .listen(args.listen);
+        .listen(args.listen)
+        .heartbeat(ms(args.heartbeat_ms))
+        .peer_timeout(ms(args.peer_timeout_ms));
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
-    let topic = Topic::new(args.topic.clone());
-    let cache = Cache::spawn(topic, Arc::new(source.clone()), &node)
+    let mode = match args.mode {
+        ModeArg::Bounded => Mode::Bounded,
+        ModeArg::Eventual => Mode::Eventual,
+    };
+    let cache = Cache::builder(Topic::new(args.topic.clone()), Arc::new(source.clone()))
+        .mode(mode)
+        .lease(ms(args.lease_ms))
+        .heartbeat(ms(args.heartbeat_ms))
+        .forget_after(ms(args.forget_after_ms))
+        .spawn(&node)
         .await
         .map_err(|e| e.to_string())?;
     Ok(NodeProcess {
@@ -153,7 +186,16 @@ impl NodeProcess {
 
     fn stats(&self) -> Value {
         let s = self.cache.stats();
+        let (health, reason) = match self.cache.health() {
+            Health::Healthy => ("healthy", None),
+            Health::Repairing => ("repairing", None),
+            Health::Bypassing { reason } => ("bypassing", Some(reason)),
+            other => ("unknown", Some(other.to_string())),
+        };
         json!({
+            "health": health, "health_reason": reason, "bypasses": s.bypasses,
+            "lease_expiries": s.sync.lease_expiries, "peer_leaves": s.sync.peer_leaves,
+            "peers_forgotten": s.sync.peers_forgotten, "peers_declared_down": self.node.peers_declared_down(),
             "ok": "stats", "hits": s.hits, "misses": s.misses, "loads": s.loads,
             "load_failures": s.load_failures,
             "invalidations_sent": s.invalidations_sent,
@@ -231,6 +273,10 @@ async fn read_line(input: &mut (impl AsyncBufRead + Unpin)) -> Option<Result<Str
         return Some(Err(format!("line longer than {MAX_LINE} bytes")));
     }
     Some(String::from_utf8(line).map_err(|_| "line is not valid UTF-8".to_owned()))
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
 }
 
 async fn emit(reply: &Value) {

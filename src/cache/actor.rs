@@ -1,5 +1,6 @@
-//! The cache actor: owns the topic's Synchronization actor (restarting it if it fails),
-//! publishes local invalidations and applies remote ones.
+//! The cache actor: owns the topic's Synchronization actor (restarting it if it fails) and
+//! publishes local invalidations. Remote invalidations are applied by the subscriber it
+//! registers, synchronously in the Synchronization actor's task (see there for why).
 
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -11,8 +12,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
 use crate::stats::{add, bump};
-use crate::synchronization::SyncCounters;
-use crate::{Delivery, MissCause, Synchronization, Topic};
+use crate::synchronization::SyncShared;
+use crate::{Delivery, MissCause, SyncConfig, Synchronization, Topic};
 
 /// The actor behind a [`Cache`](crate::Cache) handle. Local-only: peers never see it.
 pub(crate) struct CacheActor<K, V>(PhantomData<fn() -> (K, V)>);
@@ -27,8 +28,6 @@ impl<K, V> CacheActor<K, V> {
 pub(crate) enum CacheMessage<K> {
     /// Publish a local invalidation to the other nodes.
     Publish(Invalidation<K>),
-    /// Something arrived on the topic.
-    Remote(Delivery<Invalidation<K>>),
     /// Cast raw bytes to every remote member (fault injection).
     SendRaw(Vec<u8>),
 }
@@ -40,7 +39,8 @@ pub(crate) struct CacheArguments<K, V> {
     pub(crate) store: Arc<Store<K, V>>,
     pub(crate) topic: Topic<Invalidation<K>>,
     pub(crate) node_name: String,
-    pub(crate) sync_counters: Arc<SyncCounters>,
+    pub(crate) sync_config: SyncConfig,
+    pub(crate) shared: Arc<SyncShared>,
 }
 
 /// The cache actor's state.
@@ -75,7 +75,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.sync.actor().stop(None);
+        // Waiting lets the Synchronization actor announce its clean leave to peers.
+        let timeout = Some(std::time::Duration::from_secs(1));
+        let _ = state.sync.actor().stop_and_wait(None, timeout).await;
         Ok(())
     }
 
@@ -87,7 +89,6 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CacheMessage::Publish(invalidation) => state.publish(&invalidation),
-            CacheMessage::Remote(delivery) => state.apply(delivery),
             CacheMessage::SendRaw(bytes) => state.sync.send_raw(bytes)?,
         }
         Ok(())
@@ -99,48 +100,45 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, error)
-                if cell.get_id() == state.sync.actor().get_id() =>
-            {
-                tracing::warn!(%error, topic = state.args.topic.name(), "synchronization actor failed; restarting it");
-                bump(&state.args.store.counters.sync_restarts);
-                state.sync = spawn_sync(&myself, &state.args).await?;
+        let sync_id = state.sync.actor().get_id();
+        let failed = match &event {
+            SupervisionEvent::ActorFailed(cell, error) if cell.get_id() == sync_id => {
+                Some(error.to_string())
             }
-            SupervisionEvent::ActorTerminated(cell, ..)
-                if cell.get_id() == state.sync.actor().get_id() =>
-            {
-                // Someone stopped it on purpose: without it the cache would go stale silently.
-                bump(&state.args.store.counters.sync_restarts);
-                state.sync = spawn_sync(&myself, &state.args).await?;
+            // Stopped on purpose by someone else: without it the cache would go stale silently.
+            SupervisionEvent::ActorTerminated(cell, ..) if cell.get_id() == sync_id => {
+                Some("stopped".to_owned())
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(reason) = failed {
+            tracing::warn!(%reason, topic = state.args.topic.name(), "synchronization actor exited; restarting it");
+            bump(&state.args.store.counters.sync_restarts);
+            state.sync = spawn_sync(&myself, &state.args).await?;
         }
         Ok(())
     }
 }
 
-async fn spawn_sync<K: CacheKey, V>(
+async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
     myself: &ActorRef<CacheMessage<K>>,
     args: &CacheArguments<K, V>,
 ) -> Result<Synchronization<Invalidation<K>>, ActorProcessingErr> {
-    let me = myself.clone();
-    let subscriber = Arc::new(move |delivery| {
-        // The cache actor only stops when the whole cache does.
-        let _ = me.cast(CacheMessage::Remote(delivery));
-    });
+    let store = args.store.clone();
+    let subscriber = Arc::new(move |delivery| apply(&store, delivery));
     let sync = Synchronization::start_with(
         args.topic.clone(),
         args.node_name.clone(),
+        args.sync_config,
         Some(myself.get_cell()),
         vec![subscriber],
-        args.sync_counters.clone(),
+        args.shared.clone(),
     )
     .await?;
     Ok(sync)
 }
 
-impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheState<K, V> {
+impl<K: CacheKey, V> CacheState<K, V> {
     fn publish(&self, invalidation: &Invalidation<K>) {
         let keys = match invalidation {
             Invalidation::Keys(keys) => keys.len() as u64,
@@ -151,56 +149,57 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheState<K, V> {
             Err(error) => tracing::error!(%error, "invalidation not published"),
         }
     }
+}
 
-    fn apply(&self, delivery: Delivery<Invalidation<K>>) {
-        let store = &self.args.store;
-        match delivery {
-            Delivery::Message {
-                message: Invalidation::Keys(keys),
-                ..
-            } => {
-                add(&store.counters.invalidations_received, keys.len() as u64);
-                for (key, version) in keys {
-                    self.apply_key(key, version);
+/// Applies one delivery to the store before returning.
+fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
+    store: &Arc<Store<K, V>>,
+    delivery: Delivery<Invalidation<K>>,
+) {
+    match delivery {
+        Delivery::Message {
+            message: Invalidation::Keys(keys),
+            ..
+        } => {
+            add(&store.counters.invalidations_received, keys.len() as u64);
+            for (key, version) in keys {
+                apply_key(store, key, version);
+            }
+        }
+        Delivery::Message { .. } => {
+            bump(&store.counters.invalidations_received);
+            store.invalidate_all();
+        }
+        Delivery::PossiblyMissed(cause) => repair(store, &cause),
+    }
+}
+
+/// Drops the key and, if it was cached or being loaded (it is hot here), reloads it in the
+/// background so the next read is a hit on the fresh value.
+fn apply_key<K: CacheKey, V: Clone + Send + Sync + 'static>(
+    store: &Arc<Store<K, V>>,
+    key: K,
+    version: Option<crate::Version>,
+) {
+    match store.invalidate(&key, version) {
+        Dropped::Ignored => bump(&store.counters.invalidations_ignored),
+        Dropped::Nothing => {}
+        Dropped::Entry | Dropped::Flight => {
+            bump(&store.counters.reloads);
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.load_once(&key).await {
+                    tracing::warn!(%error, "reload after invalidation failed");
                 }
-            }
-            Delivery::Message { .. } => {
-                bump(&store.counters.invalidations_received);
-                store.invalidate_all();
-            }
-            Delivery::PossiblyMissed(cause) => self.repair(&cause),
+            });
         }
     }
+}
 
-    /// Drops the key and, if it was cached or being loaded (it is hot here), reloads it in the
-    /// background so the next read is a hit on the fresh value.
-    fn apply_key(&self, key: K, version: Option<crate::Version>) {
-        let store = &self.args.store;
-        match store.invalidate(&key, version) {
-            Dropped::Ignored => bump(&store.counters.invalidations_ignored),
-            Dropped::Nothing => {}
-            Dropped::Entry | Dropped::Flight => {
-                bump(&store.counters.reloads);
-                let store = store.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = store.load_once(&key).await {
-                        tracing::warn!(%error, "reload after invalidation failed");
-                    }
-                });
-            }
-        }
+fn repair<K: CacheKey, V: Clone + Send + Sync + 'static>(store: &Store<K, V>, cause: &MissCause) {
+    if store.entry_count() > 0 {
+        tracing::info!(?cause, "repairing: dropping every entry");
     }
-
-    fn repair(&self, cause: &MissCause) {
-        let store = &self.args.store;
-        if store.entry_count() > 0 {
-            tracing::info!(
-                ?cause,
-                topic = self.args.topic.name(),
-                "repairing: dropping every entry"
-            );
-        }
-        bump(&store.counters.repairs);
-        store.invalidate_all();
-    }
+    bump(&store.counters.repairs);
+    store.invalidate_all();
 }

@@ -15,8 +15,11 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use super::Mode;
+use crate::clock::now_us;
 use crate::stats::bump;
 use crate::stats::CacheCounters;
+use crate::synchronization::SyncShared;
 use crate::{Result, Source, Version};
 
 type Loaded<V> = Result<Option<(V, Version)>>;
@@ -66,6 +69,9 @@ pub(crate) struct Store<K, V> {
     entries: DashMap<K, Entry<V>>,
     flights: DashMap<K, Arc<Flight<V>>>,
     source: Arc<dyn Source<K, V>>,
+    mode: Mode,
+    /// The topic's lease gate: in bounded mode, entries are served only while it is open.
+    leases: Arc<SyncShared>,
     pub(crate) counters: CacheCounters,
 }
 
@@ -74,24 +80,33 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(source: Arc<dyn Source<K, V>>) -> Self {
+    pub(crate) fn new(source: Arc<dyn Source<K, V>>, mode: Mode, leases: Arc<SyncShared>) -> Self {
         Self {
             entries: DashMap::new(),
             flights: DashMap::new(),
             source,
+            mode,
+            leases,
             counters: CacheCounters::default(),
         }
     }
 
-    /// Reads from the heap on a hit (no await, no message); loads once per key on a miss.
+    /// Reads from the heap on a hit (no await, no message); loads once per key on a miss, and
+    /// on every read while bounded-mode leases are not valid (a bypass).
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
-        if let Some(value) = self.cached(key) {
-            return Ok(Lookup {
-                value: Some(value),
-                hit: true,
-            });
+        // The gate is read before the entry: a repair that closed and reopened it happened
+        // before the gate was stored, so an open gate means the entry read is post-repair.
+        if self.mode == Mode::Eventual || self.leases.leases_valid(now_us()) {
+            if let Some(value) = self.cached(key) {
+                return Ok(Lookup {
+                    value: Some(value),
+                    hit: true,
+                });
+            }
+            bump(&self.counters.misses);
+        } else {
+            bump(&self.counters.bypasses);
         }
-        bump(&self.counters.misses);
         let value = self.load_once(key).await?;
         Ok(Lookup { value, hit: false })
     }
@@ -194,7 +209,8 @@ mod tests {
 
     fn store() -> (Arc<Gated>, Arc<Store<u32, String>>) {
         let source = Arc::new(Gated::default());
-        let store = Arc::new(Store::new(source.clone() as Arc<dyn Source<u32, String>>));
+        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
+        let store = Arc::new(Store::new(source_dyn, Mode::Eventual, Arc::default()));
         (source, store)
     }
 

@@ -25,6 +25,8 @@ pub struct NodeConfig {
     redial_min: Duration,
     redial_max: Duration,
     handshake_timeout: Duration,
+    heartbeat: Duration,
+    peer_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -40,6 +42,8 @@ impl NodeConfig {
             redial_min: Duration::from_millis(100),
             redial_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(200),
+            peer_timeout: Duration::from_secs(3),
         }
     }
 
@@ -80,6 +84,21 @@ impl NodeConfig {
         self
     }
 
+    /// How often the node heartbeats to every peer, to tell live peers from silent ones.
+    /// Default 200 ms; at least 1 ms.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// A peer not heard from for this long is declared down: its session is closed (so its
+    /// process-group members go at once) and dialled again. Default 3 s; at least 3
+    /// heartbeats.
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = timeout;
+        self
+    }
+
     /// The node's short name.
     pub fn name(&self) -> &str {
         &self.name
@@ -113,6 +132,10 @@ impl NodeConfig {
         self.handshake_timeout
     }
 
+    pub(crate) fn liveness(&self) -> (Duration, Duration) {
+        (self.heartbeat, self.peer_timeout)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Config(what.to_owned()));
         if self.name.is_empty() || self.name.contains('@') {
@@ -123,6 +146,9 @@ impl NodeConfig {
         }
         if self.redial_min < Duration::from_millis(1) || self.redial_min > self.redial_max {
             return bad("redial backoff needs 1 ms <= min <= max");
+        }
+        if self.heartbeat < Duration::from_millis(1) || self.peer_timeout < self.heartbeat * 3 {
+            return bad("need heartbeat >= 1 ms and peer timeout >= 3 heartbeats");
         }
         if self.handshake_timeout < Duration::from_millis(10) {
             return bad("handshake timeout must be at least 10 ms");

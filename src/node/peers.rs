@@ -2,13 +2,15 @@
 
 use std::collections::HashMap;
 
-use ractor::ActorId;
+use ractor::{ActorId, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
-use ractor_cluster::NodeEventSubscription;
+use ractor_cluster::{NodeEventSubscription, NodeSessionMessage};
+
+use crate::clock::now_us;
 use tokio::sync::watch;
 
 /// One ready session with a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct PeerSession {
     /// `name@host`.
     pub(crate) name: String,
@@ -16,6 +18,10 @@ pub(crate) struct PeerSession {
     pub(crate) listens_on: String,
     /// The socket address of this connection's far end.
     pub(crate) peer_addr: String,
+    /// The session actor, to close the session when the peer falls silent.
+    pub(crate) actor: ActorRef<NodeSessionMessage>,
+    /// Our clock (µs) when the session became ready.
+    pub(crate) ready_at: u64,
 }
 
 pub(crate) type Sessions = HashMap<ActorId, PeerSession>;
@@ -47,6 +53,8 @@ impl NodeEventSubscription for PeerEvents {
             name,
             listens_on,
             peer_addr: ses.peer_addr.clone(),
+            actor: ses.actor.clone(),
+            ready_at: now_us(),
         };
         self.sessions.send_modify(|s| {
             s.insert(ses.actor.get_id(), session);

@@ -1,17 +1,25 @@
-//! The Synchronization actor: joins the topic's process group, sends envelopes to remote
-//! members, checks and decodes what arrives, and hands it to local subscribers.
+//! The Synchronization actor: joins the topic's process group, sends envelopes and heartbeats
+//! to remote members, checks and decodes what arrives, keeps each peer's lease, and hands
+//! deliveries to local subscribers.
+//!
+//! Subscribers run synchronously in this actor's task. A cache's subscriber applies an
+//! invalidation (or a repair) to its store before returning, so when this actor renews a lease
+//! right after, everything the lease vouches for has really been applied.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::task::JoinHandle;
 
 use super::message::{Subscriber, SyncMessage};
-use super::stats::SyncCounters;
-use super::{Delivery, MissCause, TopicMessage};
+use super::shared::SyncShared;
+use super::{Delivery, MissCause, SyncConfig, TopicMessage};
+use crate::clock::now_us;
 use crate::envelope::{Body, Envelope};
-use crate::sequence::{Arrival, SequenceTracker};
+use crate::peer_table::{Beat, LeaseParams, PeerTable};
+use crate::sequence::Arrival;
 use crate::stats::bump;
 use crate::topic::PG_SCOPE;
 use crate::Topic;
@@ -31,19 +39,22 @@ impl<M> SynchronizationActor<M> {
 pub(crate) struct SynchronizationArguments<M> {
     pub(crate) topic: Topic<M>,
     pub(crate) node_name: String,
+    pub(crate) config: SyncConfig,
     pub(crate) subscribers: Vec<Subscriber<M>>,
-    pub(crate) counters: Arc<SyncCounters>,
+    pub(crate) shared: Arc<SyncShared>,
 }
 
 /// The actor's state.
 pub(crate) struct SynchronizationState<M> {
-    topic: Topic<M>,
+    group: String,
     node_name: String,
     incarnation: u64,
-    next_seq: u64,
-    tracker: SequenceTracker,
+    last_seq: u64,
+    peers: PeerTable,
     subscribers: Vec<Subscriber<M>>,
-    counters: Arc<SyncCounters>,
+    shared: Arc<SyncShared>,
+    ticker: JoinHandle<()>,
+    leases_were_valid: bool,
 }
 
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {
@@ -56,28 +67,44 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        args.config.validate()?;
         let group = args.topic.name().to_owned();
-        pg::join_scoped(PG_SCOPE.to_owned(), group, vec![myself.get_cell()]);
+        pg::join_scoped(PG_SCOPE.to_owned(), group.clone(), vec![myself.get_cell()]);
         pg::monitor_scope(PG_SCOPE.to_owned(), myself.get_cell());
-        let state = SynchronizationState {
-            topic: args.topic,
+        let ticker = myself.send_interval(args.config.heartbeat_interval(), || SyncMessage::Tick);
+        let params = LeaseParams {
+            lease: args.config.lease_duration().as_micros() as u64,
+            forget_after: args.config.forget_after_duration().as_micros() as u64,
+        };
+        let heartbeat = args.config.heartbeat_interval().as_micros() as u64;
+        args.shared.update(|s| s.heartbeat = heartbeat);
+        let mut state = SynchronizationState {
+            group,
             node_name: args.node_name,
             incarnation: random_incarnation(),
-            next_seq: 1,
-            tracker: SequenceTracker::default(),
+            last_seq: 0,
+            peers: PeerTable::new(params),
             subscribers: args.subscribers,
-            counters: args.counters,
+            shared: args.shared,
+            ticker,
+            leases_were_valid: false,
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
+        state.refresh_gate();
         Ok(state)
     }
 
     async fn post_stop(
         &self,
         myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        let leave = Body::Leave {
+            last_seq: state.last_seq,
+        };
+        state.send(leave);
         pg::demonitor_scope(PG_SCOPE.to_owned(), myself.get_id());
         Ok(())
     }
@@ -96,7 +123,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             SyncMessage::Publish { payload, local } => state.publish(payload, local),
             SyncMessage::Subscribe(subscriber) => state.subscribers.push(subscriber),
             SyncMessage::SendRaw(bytes) => state.cast_to_remote_members(&bytes),
+            SyncMessage::Tick => state.tick(),
         }
+        state.refresh_gate();
         Ok(())
     }
 
@@ -106,14 +135,17 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Join(scope, group, who)) =
-            event
-        {
+        if let SupervisionEvent::ProcessGroupChanged(change) = event {
+            let joined = matches!(change, GroupChangeMessage::Join(..));
+            let (scope, group, who) = match change {
+                GroupChangeMessage::Join(s, g, w) | GroupChangeMessage::Leave(s, g, w) => (s, g, w),
+            };
             let remote = who.iter().any(|cell| !cell.get_id().is_local());
-            if scope == PG_SCOPE && group == state.topic.name() && remote {
-                bump(&state.counters.peer_joins);
+            if scope == PG_SCOPE && group == state.group && remote && joined {
+                bump(&state.shared.counters.peer_joins);
                 state.possibly_missed(MissCause::PeerJoined);
             }
+            state.refresh_gate();
         }
         Ok(())
     }
@@ -121,40 +153,63 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
 
 impl<M: TopicMessage> SynchronizationState<M> {
     fn publish(&mut self, payload: Vec<u8>, local: Option<M>) {
-        let envelope = Envelope {
-            topic: self.topic.name().to_owned(),
-            origin: self.node_name.clone(),
-            incarnation: self.incarnation,
-            seq: self.next_seq,
-            body: Body::Publish(payload),
-        };
-        self.next_seq += 1;
-        bump(&self.counters.published);
-        let _span = tracing::debug_span!("publish", topic = self.topic.name(), seq = envelope.seq)
-            .entered();
-        match envelope.encode() {
-            Ok(bytes) => self.cast_to_remote_members(&bytes),
-            // The handle checked the payload's size class; an oversize envelope is a bug in
-            // the caller's message sizing, and peers notice the skipped sequence number.
-            Err(error) => tracing::error!(%error, "envelope not sent"),
-        }
+        self.last_seq += 1;
+        bump(&self.shared.counters.published);
+        let seq = self.last_seq;
+        let _span = tracing::debug_span!("publish", topic = %self.group, seq).entered();
+        self.send(Body::Publish { seq, payload });
         if let Some(message) = local {
             let origin = self.node_name.clone();
             self.deliver(Delivery::Message { origin, message });
         }
     }
 
-    /// Casts the same bytes to every remote member. Remote `ActorRef`s are never cached: stub
-    /// ids change when a session is re-established, so pg is read on every send.
+    fn tick(&mut self) {
+        let now = now_us();
+        for forgotten in self.peers.forget_silent(now) {
+            bump(&self.shared.counters.peers_forgotten);
+            tracing::warn!(topic = %self.group, peer = %forgotten, "forgetting a silent peer");
+            self.possibly_missed(MissCause::PeerForgotten { origin: forgotten });
+        }
+        let beat = Body::Heartbeat {
+            stamp: now,
+            last_seq: self.last_seq,
+            echoes: self.peers.echoes(),
+        };
+        self.send(beat);
+    }
+
+    /// Encodes once and casts the same bytes to every remote member.
+    fn send(&self, body: Body) {
+        let envelope = Envelope {
+            topic: self.group.clone(),
+            origin: self.node_name.clone(),
+            incarnation: self.incarnation,
+            body,
+        };
+        match envelope.encode() {
+            Ok(bytes) => self.cast_to_remote_members(&bytes),
+            // Peers notice the skipped sequence number at the next heartbeat and repair.
+            Err(error) => tracing::error!(%error, topic = %self.group, "envelope not sent"),
+        }
+    }
+
+    /// Remote `ActorRef`s are never cached: stub ids change when a session is re-established,
+    /// so pg is read on every send.
     fn cast_to_remote_members(&self, bytes: &[u8]) {
-        let members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &self.topic.name().to_owned());
-        for cell in members.into_iter().filter(|c| !c.get_id().is_local()) {
+        for cell in self.remote_members() {
             let member: ActorRef<SyncMessage<M>> = cell.into();
             // A stub whose session just died refuses the cast; that peer repairs on rejoin.
             if member.cast(SyncMessage::Wire(bytes.to_vec())).is_ok() {
-                bump(&self.counters.envelopes_sent);
+                bump(&self.shared.counters.envelopes_sent);
             }
         }
+    }
+
+    fn remote_members(&self) -> Vec<ractor::ActorCell> {
+        let mut members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &self.group);
+        members.retain(|c| !c.get_id().is_local());
+        members
     }
 
     fn receive(&mut self, bytes: &[u8]) {
@@ -162,53 +217,104 @@ impl<M: TopicMessage> SynchronizationState<M> {
             Ok(envelope) => envelope,
             Err(error) => return self.undecodable(error.to_string()),
         };
-        if envelope.topic != self.topic.name() {
+        if envelope.topic != self.group {
             return self.undecodable(format!("envelope for unknown topic {:?}", envelope.topic));
         }
-        let _span = tracing::debug_span!("receive", topic = self.topic.name(), origin = %envelope.origin, seq = envelope.seq).entered();
-        let arrival = self
-            .tracker
-            .observe(&envelope.origin, envelope.incarnation, envelope.seq);
-        self.note_arrival(&envelope.origin, arrival);
-        if !arrival.deliver() {
-            return;
+        if envelope.origin == self.node_name {
+            return; // our own broadcast looped back: several nodes in one process
         }
-        let Body::Publish(payload) = envelope.body;
-        match postcard::from_bytes::<M>(&payload) {
+        let now = now_us();
+        let (origin, incarnation) = (envelope.origin, envelope.incarnation);
+        match envelope.body {
+            Body::Publish { seq, payload } => {
+                let arrival = self.peers.on_publish(&origin, incarnation, seq, now);
+                self.receive_publish(origin, arrival, &payload);
+            }
+            Body::Heartbeat {
+                stamp,
+                last_seq,
+                echoes,
+            } => {
+                let echo = self.own_echo(&echoes);
+                let beat = Beat {
+                    incarnation,
+                    stamp,
+                    last_seq,
+                    echo,
+                };
+                if let Some(cause) = self.peers.on_beat(&origin, beat, now) {
+                    self.count_cause(&cause);
+                    self.possibly_missed(cause);
+                }
+            }
+            Body::Leave { last_seq } => {
+                bump(&self.shared.counters.peer_leaves);
+                if let Some(cause) = self.peers.on_leave(&origin, incarnation, last_seq) {
+                    self.count_cause(&cause);
+                    self.possibly_missed(cause);
+                }
+            }
+        }
+    }
+
+    fn own_echo(&self, echoes: &[(String, u64, u64)]) -> Option<u64> {
+        echoes
+            .iter()
+            .find(|(name, inc, _)| *name == self.node_name && *inc == self.incarnation)
+            .map(|&(_, _, stamp)| stamp)
+    }
+
+    fn receive_publish(&mut self, origin: String, arrival: Arrival, payload: &[u8]) {
+        let _span = tracing::debug_span!("receive", topic = %self.group, %origin).entered();
+        match arrival {
+            Arrival::Duplicate => return bump(&self.shared.counters.duplicates),
+            Arrival::Gap { missed } => {
+                let cause = MissCause::Gap {
+                    origin: origin.clone(),
+                    missed,
+                };
+                self.count_cause(&cause);
+                self.possibly_missed(cause);
+            }
+            Arrival::NewIncarnation => {
+                let cause = MissCause::PeerRestarted {
+                    origin: origin.clone(),
+                };
+                self.count_cause(&cause);
+                self.possibly_missed(cause);
+            }
+            Arrival::FirstContact | Arrival::InOrder => {}
+        }
+        match postcard::from_bytes::<M>(payload) {
             Ok(message) => {
-                bump(&self.counters.received);
-                let origin = envelope.origin;
+                bump(&self.shared.counters.received);
                 self.deliver(Delivery::Message { origin, message });
             }
             Err(error) => self.undecodable(format!("payload does not decode: {error}")),
         }
     }
 
-    fn note_arrival(&self, origin: &str, arrival: Arrival) {
-        let origin = origin.to_owned();
-        match arrival {
-            Arrival::Duplicate => bump(&self.counters.duplicates),
-            Arrival::Gap { missed } => {
-                bump(&self.counters.gaps);
-                tracing::warn!(topic = self.topic.name(), %origin, missed, "sequence gap");
-                self.possibly_missed(MissCause::Gap { origin, missed });
+    fn count_cause(&self, cause: &MissCause) {
+        match cause {
+            MissCause::Gap { origin, missed } => {
+                bump(&self.shared.counters.gaps);
+                tracing::warn!(topic = %self.group, %origin, missed, "sequence gap");
             }
-            Arrival::NewIncarnation => {
-                bump(&self.counters.peer_restarts);
-                self.possibly_missed(MissCause::PeerRestarted { origin });
-            }
-            Arrival::FirstContact | Arrival::InOrder => {}
+            MissCause::PeerRestarted { .. } => bump(&self.shared.counters.peer_restarts),
+            _ => {}
         }
     }
 
     fn undecodable(&self, reason: String) {
-        bump(&self.counters.decode_failures);
-        tracing::warn!(topic = self.topic.name(), %reason, "undecodable message from a peer");
+        bump(&self.shared.counters.decode_failures);
+        tracing::warn!(topic = %self.group, %reason, "undecodable message from a peer");
         self.possibly_missed(MissCause::Undecodable { reason });
     }
 
     fn possibly_missed(&self, cause: MissCause) {
-        bump(&self.counters.possibly_missed);
+        bump(&self.shared.counters.possibly_missed);
+        let now = now_us();
+        self.shared.update(|s| s.last_repair = now);
         self.deliver(Delivery::PossiblyMissed(cause));
     }
 
@@ -216,6 +322,41 @@ impl<M: TopicMessage> SynchronizationState<M> {
         for subscriber in &self.subscribers {
             subscriber(delivery.clone());
         }
+    }
+
+    /// Recomputes until when cached reads are safe, after every change.
+    fn refresh_gate(&mut self) {
+        let now = now_us();
+        let members = self.remote_members().len();
+        let until = self.peers.valid_until(members);
+        self.shared.set_valid_until(until);
+        let valid = now < until;
+        if self.leases_were_valid && !valid {
+            bump(&self.shared.counters.lease_expiries);
+        }
+        self.leases_were_valid = valid;
+        let weakest = self.weakest_reason(members, now);
+        let last_heard = self
+            .peers
+            .peers()
+            .map(|(n, p)| (n.clone(), p.last_heard))
+            .collect();
+        self.shared.update(|s| {
+            s.weakest = weakest;
+            s.last_heard = last_heard;
+        });
+    }
+
+    fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {
+        if members > self.peers.len() {
+            return Some(format!(
+                "{} remote members, {} heard from",
+                members,
+                self.peers.len()
+            ));
+        }
+        let (name, until) = self.peers.weakest()?;
+        (until <= now).then(|| format!("no valid lease from {name}"))
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) enum SyncMessage<M> {
     Subscribe(Subscriber<M>),
     /// Cast these bytes, unchanged, to every remote member (fault injection).
     SendRaw(Vec<u8>),
+    /// Time to send heartbeats and forget silent peers.
+    Tick,
 }
 
 impl<M: Send + 'static> ractor::Message for SyncMessage<M> {

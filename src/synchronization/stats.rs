@@ -24,6 +24,12 @@ pub struct SyncStats {
     /// Times a peer's Synchronization actor joined the topic (new or re-established
     /// sessions).
     pub peer_joins: u64,
+    /// Clean leaves announced by peers.
+    pub peer_leaves: u64,
+    /// Silent peers forgotten after `forget_after` (each causes a repair).
+    pub peers_forgotten: u64,
+    /// Times the leases went from valid to expired (bounded-mode reads then bypass the cache).
+    pub lease_expiries: u64,
     /// Times subscribers were told they may have missed messages (gap, restart, decode
     /// failure, peer joined).
     pub possibly_missed: u64,
@@ -39,6 +45,9 @@ pub(crate) struct SyncCounters {
     pub(crate) gaps: AtomicU64,
     pub(crate) peer_restarts: AtomicU64,
     pub(crate) peer_joins: AtomicU64,
+    pub(crate) peer_leaves: AtomicU64,
+    pub(crate) peers_forgotten: AtomicU64,
+    pub(crate) lease_expiries: AtomicU64,
     pub(crate) possibly_missed: AtomicU64,
 }
 
@@ -53,6 +62,9 @@ impl SyncCounters {
             gaps: self.gaps.load(Relaxed),
             peer_restarts: self.peer_restarts.load(Relaxed),
             peer_joins: self.peer_joins.load(Relaxed),
+            peer_leaves: self.peer_leaves.load(Relaxed),
+            peers_forgotten: self.peers_forgotten.load(Relaxed),
+            lease_expiries: self.lease_expiries.load(Relaxed),
             possibly_missed: self.possibly_missed.load(Relaxed),
         }
     }

@@ -41,6 +41,9 @@ impl Cluster {
         for node in &mut nodes {
             wait_for_peers(node, others);
         }
+        for node in &mut nodes {
+            wait_for_health(node, "healthy");
+        }
         nodes
     }
 
@@ -93,4 +96,11 @@ pub fn wait_for_joins(node: &mut NodeProcess, count: u64) {
         (joins >= count && stats["repairs"].as_u64()? > joins).then_some(())
     })
     .unwrap_or_else(|| panic!("{name} never saw {count} peers join"));
+}
+
+/// Polls `stats` until the node's cache reports `health` (`healthy`, `repairing`, `bypassing`).
+pub fn wait_for_health(node: &mut NodeProcess, health: &str) {
+    let name = node.spec.name.clone();
+    eventually(DEADLINE, || (node.ask("stats")["health"] == health).then_some(()))
+        .unwrap_or_else(|| panic!("{name} never became {health}: {}", node.ask("stats")));
 }

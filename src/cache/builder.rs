@@ -1,0 +1,123 @@
+//! Cache options: the consistency mode and the topic's heartbeat and lease settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell};
+
+use super::actor::{CacheActor, CacheArguments, CacheKey};
+use super::store::Store;
+use super::{Cache, Invalidation};
+use crate::{Error, Node, Result, Source, SyncConfig, Topic};
+
+/// What a cache does when it cannot vouch for its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Serve from the heap only while every peer's lease is valid; otherwise read from the
+    /// source (single flight, counted as a bypass). No node serves a value more than about
+    /// one lease after a newer version was committed and invalidated through any node.
+    #[default]
+    Bounded,
+    /// Always serve from the heap; repair on a detected loss (gap, restart, reconnect,
+    /// undecodable input). pg2's behaviour: available, eventually consistent, and possibly
+    /// stale for as long as a partition lasts.
+    Eventual,
+}
+
+/// Builds a [`Cache`] with non-default settings.
+///
+/// ```no_run
+/// # use std::{sync::Arc, time::Duration};
+/// # use ractor_cache_sync::{Cache, Mode, Node, Source, Topic};
+/// # async fn example(node: &Node, source: Arc<dyn Source<String, String>>) -> ractor_cache_sync::Result<()> {
+/// let cache: Cache<String, String> = Cache::builder(Topic::new("users"), source)
+///     .mode(Mode::Bounded)
+///     .lease(Duration::from_millis(500))
+///     .heartbeat(Duration::from_millis(100))
+///     .spawn(node)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct CacheBuilder<K, V> {
+    topic: Topic<Invalidation<K>>,
+    source: Arc<dyn Source<K, V>>,
+    mode: Mode,
+    sync: SyncConfig,
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
+    pub(crate) fn new(topic: Topic<Invalidation<K>>, source: Arc<dyn Source<K, V>>) -> Self {
+        Self {
+            topic,
+            source,
+            mode: Mode::default(),
+            sync: SyncConfig::default(),
+        }
+    }
+
+    /// The consistency mode. Default [`Mode::Bounded`].
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// See [`SyncConfig::lease`]. Default 1 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.sync = self.sync.lease(lease);
+        self
+    }
+
+    /// See [`SyncConfig::heartbeat`]. Default 200 ms.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.sync = self.sync.heartbeat(interval);
+        self
+    }
+
+    /// See [`SyncConfig::forget_after`]. Default 30 s.
+    pub fn forget_after(mut self, after: Duration) -> Self {
+        self.sync = self.sync.forget_after(after);
+        self
+    }
+
+    /// Spawns the cache (and its topic's Synchronization actor) on `node`, unsupervised.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for invalid settings; [`Error::Spawn`] if an actor fails to start.
+    pub async fn spawn(self, node: &Node) -> Result<Cache<K, V>> {
+        self.start(node, None).await
+    }
+
+    /// Spawns the cache actor linked to the user's `supervisor`.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
+    pub async fn spawn_linked(self, node: &Node, supervisor: ActorCell) -> Result<Cache<K, V>> {
+        self.start(node, Some(supervisor)).await
+    }
+
+    async fn start(self, node: &Node, supervisor: Option<ActorCell>) -> Result<Cache<K, V>> {
+        self.sync.validate()?;
+        let shared = Arc::default();
+        let store = Arc::new(Store::new(self.source, self.mode, Arc::clone(&shared)));
+        let args = CacheArguments {
+            store: store.clone(),
+            topic: self.topic,
+            node_name: node.name().to_owned(),
+            sync_config: self.sync,
+            shared: shared.clone(),
+        };
+        let spawned = match supervisor {
+            Some(sup) => Actor::spawn_linked(None, CacheActor::new(), args, sup).await,
+            None => Actor::spawn(None, CacheActor::new(), args).await,
+        };
+        let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
+        Ok(Cache {
+            store,
+            actor,
+            shared,
+            mode: self.mode,
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! Declares silent peers down. ractor_cluster never notices a hung or silently partitioned
+//! peer (its TCP session stays up until the kernel gives up, ~15 minutes), so every node
+//! heartbeats on an internal topic; a peer with a ready session that has not been heard from
+//! for the peer timeout gets its session closed, which removes its process-group members at
+//! once. Its dialer (or the peer's) then dials again with backoff.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorId;
+use tokio::sync::watch;
+
+use super::peers::Sessions;
+use crate::clock::now_us;
+use crate::Synchronization;
+
+/// The internal topic every node heartbeats on.
+pub(crate) const LIVENESS_TOPIC: &str = "ractor_cache_sync::nodes";
+
+pub(crate) struct Watchdog {
+    pub(crate) liveness: Synchronization<()>,
+    pub(crate) sessions: watch::Receiver<Sessions>,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) declared_down: Arc<AtomicU64>,
+}
+
+impl Watchdog {
+    /// Runs until the node shuts down (the task is aborted then).
+    pub(crate) async fn run(self) {
+        let timeout = self.timeout.as_micros() as u64;
+        let mut closed: HashSet<ActorId> = HashSet::new();
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            let now = now_us();
+            let heard = self.liveness.last_heard();
+            let sessions = self.sessions.borrow().clone();
+            closed.retain(|id| sessions.contains_key(id));
+            for (id, session) in sessions {
+                let last = heard.get(&session.name).copied().unwrap_or(0);
+                let silent_for = now.saturating_sub(last.max(session.ready_at));
+                if silent_for > timeout && closed.insert(id) {
+                    tracing::warn!(peer = %session.name, silent_ms = silent_for / 1000, "peer silent: closing its session");
+                    self.declared_down.fetch_add(1, Ordering::Relaxed);
+                    session.actor.stop(Some("peer silent".to_owned()));
+                }
+            }
+        }
+    }
+}

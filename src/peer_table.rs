@@ -1,0 +1,362 @@
+//! The protocol core: what this node knows of each peer on one topic — incarnation, applied
+//! sequence, lease — and what every arriving envelope means. Plain data with explicit time
+//! (`now`, microseconds of this node's monotonic clock), so the model tests drive it over a
+//! simulated network without sockets or a runtime.
+//!
+//! Lease invariant: `lease_until` of peer P is `t + lease`, where `t` is the send time (our
+//! clock) of one of our heartbeats that P echoed in a heartbeat of its own, and by the time the
+//! echo was processed every message P had published before sending it was applied here (or
+//! covered by a repair). P saw our heartbeat after `t`, so everything P published before `t`
+//! has been applied: a cached value read before `lease_until` is at most `lease` older than
+//! any write P published.
+
+use std::collections::HashMap;
+
+use crate::sequence::Arrival;
+use crate::MissCause;
+
+/// One peer as this node knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    incarnation: u64,
+    /// Highest sequence number applied (or covered by a repair).
+    applied: u64,
+    /// Our clock: cached reads are safe with respect to this peer until then.
+    lease_until: u64,
+    /// Our clock: when anything last arrived from this peer.
+    pub(crate) last_heard: u64,
+    /// The peer's last heartbeat stamp (its clock), echoed back in our heartbeats.
+    their_stamp: u64,
+}
+
+/// What one heartbeat says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Beat {
+    /// The peer's incarnation.
+    pub(crate) incarnation: u64,
+    /// The peer's clock when it sent the heartbeat.
+    pub(crate) stamp: u64,
+    /// The last sequence number the peer published on this topic.
+    pub(crate) last_seq: u64,
+    /// Our own stamp the peer last received from our current incarnation, if any.
+    pub(crate) echo: Option<u64>,
+}
+
+/// Lease parameters, in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseParams {
+    pub(crate) lease: u64,
+    pub(crate) forget_after: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct PeerTable {
+    params: LeaseParams,
+    peers: HashMap<String, Peer>,
+}
+
+impl PeerTable {
+    pub(crate) fn new(params: LeaseParams) -> Self {
+        Self {
+            params,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// A published message `seq` arrived: classify it (deliver unless a duplicate).
+    pub(crate) fn on_publish(
+        &mut self,
+        origin: &str,
+        incarnation: u64,
+        seq: u64,
+        now: u64,
+    ) -> Arrival {
+        let Some(peer) = self.peers.get_mut(origin) else {
+            // Anything published before `seq` went by while we had no contact.
+            self.insert(origin, incarnation, seq, now);
+            return if seq > 1 {
+                Arrival::Gap { missed: seq - 1 }
+            } else {
+                Arrival::FirstContact
+            };
+        };
+        peer.last_heard = now;
+        if peer.incarnation != incarnation {
+            *peer = fresh(incarnation, seq, now);
+            return Arrival::NewIncarnation;
+        }
+        let arrival = Arrival::after(peer.applied, seq);
+        peer.applied = peer.applied.max(seq);
+        arrival
+    }
+
+    /// A heartbeat arrived. Returns why to repair, if anything was missed; once the caller has
+    /// applied that repair the lease is already renewed (the repair covers the gap).
+    pub(crate) fn on_beat(&mut self, origin: &str, beat: Beat, now: u64) -> Option<MissCause> {
+        let lease = self.params.lease;
+        let origin_name = origin.to_owned();
+        let cause = match self.peers.get_mut(origin) {
+            None => {
+                self.insert(origin, beat.incarnation, beat.last_seq, now);
+                (beat.last_seq > 0).then_some(MissCause::Gap {
+                    origin: origin_name,
+                    missed: beat.last_seq,
+                })
+            }
+            Some(peer) if peer.incarnation != beat.incarnation => {
+                *peer = fresh(beat.incarnation, beat.last_seq, now);
+                Some(MissCause::PeerRestarted {
+                    origin: origin_name,
+                })
+            }
+            Some(peer) if beat.last_seq > peer.applied => {
+                let missed = beat.last_seq - peer.applied;
+                peer.applied = beat.last_seq;
+                Some(MissCause::Gap {
+                    origin: origin_name,
+                    missed,
+                })
+            }
+            Some(_) => None,
+        };
+        let peer = self.peers.get_mut(origin).expect("inserted above");
+        peer.last_heard = now;
+        peer.their_stamp = peer.their_stamp.max(beat.stamp);
+        if let Some(echo) = beat.echo.filter(|&t| t <= now) {
+            peer.lease_until = peer.lease_until.max(echo + lease);
+        }
+        cause
+    }
+
+    /// The peer left cleanly after publishing up to `last_seq`: forget it at once, repairing
+    /// first if its last messages never arrived.
+    pub(crate) fn on_leave(
+        &mut self,
+        origin: &str,
+        incarnation: u64,
+        last_seq: u64,
+    ) -> Option<MissCause> {
+        let peer = self.peers.remove(origin)?;
+        let complete = peer.incarnation == incarnation && peer.applied >= last_seq;
+        (!complete).then(|| MissCause::Gap {
+            origin: origin.to_owned(),
+            missed: last_seq.saturating_sub(peer.applied),
+        })
+    }
+
+    /// Forgets peers not heard from for `forget_after`; each forgotten peer requires a repair
+    /// (it may have published something that never arrived).
+    pub(crate) fn forget_silent(&mut self, now: u64) -> Vec<String> {
+        let limit = self.params.forget_after;
+        let silent: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.last_heard) > limit)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &silent {
+            self.peers.remove(name);
+        }
+        silent
+    }
+
+    /// Until when (our clock) cached reads are safe: the earliest lease of all known peers, or
+    /// 0 if the topic has more remote members than known peers (someone we have not heard
+    /// from yet). `u64::MAX` when alone.
+    pub(crate) fn valid_until(&self, remote_members: usize) -> u64 {
+        if remote_members > self.peers.len() {
+            return 0;
+        }
+        self.peers
+            .values()
+            .map(|p| p.lease_until)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The peer whose lease runs out first, for health reports.
+    pub(crate) fn weakest(&self) -> Option<(&str, u64)> {
+        self.peers
+            .iter()
+            .min_by_key(|(_, p)| p.lease_until)
+            .map(|(name, p)| (name.as_str(), p.lease_until))
+    }
+
+    /// `(peer, its incarnation, its last stamp)` for our next heartbeat's echoes.
+    pub(crate) fn echoes(&self) -> Vec<(String, u64, u64)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.their_stamp > 0)
+            .map(|(name, p)| (name.clone(), p.incarnation, p.their_stamp))
+            .collect()
+    }
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = (&String, &Peer)> {
+        self.peers.iter()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn insert(&mut self, origin: &str, incarnation: u64, applied: u64, now: u64) {
+        self.peers
+            .insert(origin.to_owned(), fresh(incarnation, applied, now));
+    }
+}
+
+fn fresh(incarnation: u64, applied: u64, now: u64) -> Peer {
+    Peer {
+        incarnation,
+        applied,
+        lease_until: 0,
+        last_heard: now,
+        their_stamp: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: u64 = 1_000_000;
+
+    fn table() -> PeerTable {
+        PeerTable::new(LeaseParams {
+            lease: LEASE,
+            forget_after: 30_000_000,
+        })
+    }
+
+    fn beat(last_seq: u64, echo: Option<u64>) -> Beat {
+        Beat {
+            incarnation: 1,
+            stamp: 5,
+            last_seq,
+            echo,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_anchored_at_the_echoed_send_time_not_at_arrival() {
+        let mut t = table();
+        assert_eq!(t.on_beat("p", beat(0, None), 100), None);
+        assert_eq!(t.valid_until(1), 0, "no echo yet, no lease");
+        t.on_beat("p", beat(0, Some(200)), 5_000_000);
+        assert_eq!(
+            t.valid_until(1),
+            200 + LEASE,
+            "a late echo must not extend trust"
+        );
+    }
+
+    #[test]
+    fn a_lost_final_message_is_noticed_by_the_next_heartbeat() {
+        let mut t = table();
+        t.on_beat("p", beat(0, None), 1);
+        assert_eq!(t.on_publish("p", 1, 1, 2), Arrival::InOrder);
+        // seq 2 was lost; the heartbeat says 2 was sent.
+        let cause = t.on_beat("p", beat(2, Some(3)), 4);
+        assert_eq!(
+            cause,
+            Some(MissCause::Gap {
+                origin: "p".into(),
+                missed: 1
+            })
+        );
+        assert_eq!(
+            t.valid_until(1),
+            3 + LEASE,
+            "renewed once the repair covers the gap"
+        );
+        assert_eq!(t.on_beat("p", beat(2, Some(5)), 6), None);
+    }
+
+    #[test]
+    fn unknown_members_and_expired_leases_close_the_gate() {
+        let mut t = table();
+        t.on_beat("p", beat(0, Some(10)), 20);
+        assert_eq!(t.valid_until(2), 0, "a member we never heard from");
+        t.on_beat("q", beat(0, Some(30)), 40);
+        assert_eq!(t.valid_until(2), 10 + LEASE, "the earliest lease wins");
+    }
+
+    #[test]
+    fn a_clean_leave_removes_the_peer_and_a_gap_at_leave_repairs() {
+        let mut t = table();
+        t.on_beat("p", beat(0, None), 1);
+        t.on_publish("p", 1, 1, 2);
+        assert_eq!(t.on_leave("p", 1, 1), None);
+        assert_eq!(t.len(), 0);
+        t.on_beat("q", beat(0, None), 1);
+        assert!(t.on_leave("q", 1, 3).is_some());
+    }
+
+    #[test]
+    fn silent_peers_are_forgotten_after_the_limit() {
+        let mut t = PeerTable::new(LeaseParams {
+            lease: LEASE,
+            forget_after: 100,
+        });
+        t.on_beat("p", beat(0, None), 10);
+        assert!(t.forget_silent(110).is_empty());
+        assert_eq!(t.forget_silent(111), vec!["p".to_owned()]);
+        assert_eq!(t.valid_until(0), u64::MAX);
+    }
+
+    #[test]
+    fn publishes_are_classified_per_origin_and_incarnation() {
+        let mut t = table();
+        assert_eq!(t.on_publish("a", 7, 1, 1), Arrival::FirstContact);
+        assert_eq!(t.on_publish("a", 7, 2, 1), Arrival::InOrder);
+        assert_eq!(t.on_publish("a", 7, 2, 1), Arrival::Duplicate);
+        assert_eq!(t.on_publish("a", 7, 5, 1), Arrival::Gap { missed: 2 });
+        assert_eq!(t.on_publish("b", 1, 9, 1), Arrival::Gap { missed: 8 });
+        assert_eq!(t.on_publish("a", 8, 1, 1), Arrival::NewIncarnation);
+        assert_eq!(t.on_publish("a", 8, 2, 1), Arrival::InOrder);
+    }
+
+    proptest::proptest! {
+        /// Over a lossy, duplicating link from one origin, every delivered message is
+        /// delivered once, and a loss before any delivered message is flagged.
+        #[test]
+        fn every_loss_before_a_delivered_envelope_is_flagged(
+            fates in proptest::collection::vec(0u8..4, 1..200)
+        ) {
+            let mut t = table();
+            let mut delivered = std::collections::BTreeSet::new();
+            let mut flagged = false;
+            let mut lost = false;
+            for (i, fate) in fates.iter().enumerate() {
+                let seq = i as u64 + 1;
+                let copies = match fate { 0 => 0, 1 => 2, _ => 1 };
+                lost |= copies == 0;
+                for _ in 0..copies {
+                    let arrival = t.on_publish("a", 1, seq, 1);
+                    flagged |= arrival.possibly_missed();
+                    if arrival.deliver() {
+                        proptest::prop_assert!(delivered.insert(seq), "delivered twice");
+                    }
+                    if lost { proptest::prop_assert!(flagged, "a loss before {} went unnoticed", seq); }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_restarted_peer_repairs_and_starts_without_a_lease() {
+        let mut t = table();
+        t.on_beat("p", beat(3, Some(10)), 20);
+        let restarted = Beat {
+            incarnation: 2,
+            stamp: 1,
+            last_seq: 0,
+            echo: None,
+        };
+        assert_eq!(
+            t.on_beat("p", restarted, 30),
+            Some(MissCause::PeerRestarted { origin: "p".into() })
+        );
+        assert_eq!(t.valid_until(1), 0);
+    }
+}

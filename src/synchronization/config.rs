@@ -1,0 +1,84 @@
+//! Heartbeat and lease settings of a topic.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// How a topic's Synchronization actors keep each other honest.
+///
+/// ```
+/// use std::time::Duration;
+/// use ractor_cache_sync::SyncConfig;
+/// let config = SyncConfig::default().lease(Duration::from_millis(500));
+/// assert_eq!(config.heartbeat_interval(), Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncConfig {
+    heartbeat: Duration,
+    lease: Duration,
+    forget_after: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(200),
+            lease: Duration::from_secs(1),
+            forget_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SyncConfig {
+    /// How often each node sends every peer a heartbeat on the topic (carrying its last
+    /// sequence number and echoing the peer's last heartbeat stamp). Default 200 ms; at least
+    /// 1 ms, and at most a third of the lease.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// How long a peer's confirmation keeps cached reads safe: the staleness bound of
+    /// [`Mode::Bounded`](crate::Mode::Bounded). Default 1 s; at least 3 heartbeats.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a peer that fell silent (crashed, partitioned) stays in the peer set. While it
+    /// is there and its lease has run out, bounded-mode reads go to the source; once it is
+    /// forgotten the cache is repaired and served again. Longer is safer against long
+    /// partitions, shorter gives the cache back sooner after a crash. Default 30 s; at least
+    /// the lease.
+    pub fn forget_after(mut self, after: Duration) -> Self {
+        self.forget_after = after;
+        self
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// The lease.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// The forget-after duration.
+    pub fn forget_after_duration(&self) -> Duration {
+        self.forget_after
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.heartbeat < Duration::from_millis(1) || self.heartbeat * 3 > self.lease {
+            return Err(Error::Config("need 1 ms <= heartbeat <= lease / 3".into()));
+        }
+        if self.forget_after < self.lease {
+            return Err(Error::Config(
+                "forget_after must be at least the lease".into(),
+            ));
+        }
+        Ok(())
+    }
+}

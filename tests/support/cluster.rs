@@ -4,6 +4,10 @@
 
 #[path = "../../examples/support/node_process.rs"]
 mod node_process;
+#[path = "proxy.rs"]
+pub mod proxy;
+#[path = "scenario.rs"]
+pub mod scenario;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,6 +105,14 @@ pub fn wait_for_joins(node: &mut NodeProcess, count: u64) {
 /// Polls `stats` until the node's cache reports `health` (`healthy`, `repairing`, `bypassing`).
 pub fn wait_for_health(node: &mut NodeProcess, health: &str) {
     let name = node.spec.name.clone();
-    eventually(DEADLINE, || (node.ask("stats")["health"] == health).then_some(()))
-        .unwrap_or_else(|| panic!("{name} never became {health}: {}", node.ask("stats")));
+    eventually(DEADLINE, || {
+        (node.ask("stats")["health"] == health).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{name} never became {health}: {}", node.ask("stats")));
+}
+
+/// Sends `signal` (e.g. `SIGSTOP`, `SIGCONT`) to the node's process.
+pub fn signal(node: &NodeProcess, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(node.pid() as i32);
+    nix::sys::signal::kill(pid, signal).expect("signal the node");
 }

@@ -1,0 +1,116 @@
+//! Runs a writer and readers against real node processes while a fault is applied, records
+//! every committed write and every read with the time it was sent, and checks the staleness
+//! bound offline.
+//!
+//! The bound, checked exactly: a read *sent* at least `lease` after a put's reply must return
+//! that put's version or a newer one. (A node serves a cached value only while it holds a
+//! lease anchored at the send time of one of its own heartbeats that the writer echoed after
+//! every earlier publish; such a heartbeat left before the put's reply, so the lease ends
+//! before `reply + lease`.) Every process on the machine shares one monotonic clock.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::NodeProcess;
+
+/// One read: when it was sent, what came back.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub node: String,
+    pub sent: Instant,
+    pub version: u64,
+    pub hit: bool,
+}
+
+/// Everything that happened in one scenario.
+#[derive(Debug, Default)]
+pub struct History {
+    /// (reply received, committed version), in commit order.
+    pub puts: Mutex<Vec<(Instant, u64)>>,
+    pub reads: Mutex<Vec<Read>>,
+}
+
+/// What the checker found.
+#[derive(Debug)]
+pub struct Verdict {
+    pub reads: usize,
+    pub hits: usize,
+    pub puts: usize,
+    /// Longest time any read returned a version after a newer one had been committed.
+    pub worst_staleness: Duration,
+    pub violations: Vec<String>,
+}
+
+pub const KEY: &str = "k";
+
+/// Writes `KEY` on `writer` every `pace` until `stop`.
+pub fn write_loop(writer: &mut NodeProcess, history: &History, stop: &AtomicBool, pace: Duration) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let reply = writer.ask(&format!("put {KEY} value-{n}"));
+        let version = reply["version"].as_u64().expect("put returns a version");
+        history.puts.lock().unwrap().push((Instant::now(), version));
+        std::thread::sleep(pace);
+    }
+}
+
+/// Reads `KEY` on `reader` every `pace` until `stop`.
+pub fn read_loop(reader: &mut NodeProcess, history: &History, stop: &AtomicBool, pace: Duration) {
+    while !stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
+        let Ok(reply) = reader.request(&format!("get {KEY}")) else {
+            return; // the node was killed on purpose
+        };
+        let read = Read {
+            node: reader.spec.name.clone(),
+            sent,
+            version: reply["version"].as_u64().unwrap_or(0),
+            hit: reply["hit"] == true,
+        };
+        history.reads.lock().unwrap().push(read);
+        std::thread::sleep(pace);
+    }
+}
+
+impl History {
+    /// Checks every read against the puts: exact bound `lease`, no tolerance.
+    pub fn check(&self, lease: Duration) -> Verdict {
+        let puts = self.puts.lock().unwrap().clone();
+        let reads = self.reads.lock().unwrap().clone();
+        let mut violations = Vec::new();
+        let mut worst = Duration::ZERO;
+        for read in &reads {
+            let required = puts
+                .iter()
+                .filter(|(reply, _)| *reply + lease <= read.sent)
+                .map(|&(_, v)| v)
+                .max()
+                .unwrap_or(0);
+            if read.version < required {
+                violations.push(format!(
+                    "{} read v{} but v{} was committed over {:?} before the read was sent",
+                    read.node, read.version, required, lease
+                ));
+            }
+            // The first newer version committed, if any, and how long before this read.
+            if let Some(&(newer_at, _)) = puts.iter().find(|(_, v)| *v > read.version) {
+                worst = worst.max(read.sent.saturating_duration_since(newer_at));
+            }
+        }
+        Verdict {
+            reads: reads.len(),
+            hits: reads.iter().filter(|r| r.hit).count(),
+            puts: puts.len(),
+            worst_staleness: worst,
+            violations,
+        }
+    }
+
+    /// The last committed version.
+    pub fn last_version(&self) -> u64 {
+        self.puts.lock().unwrap().last().map_or(0, |&(_, v)| v)
+    }
+}

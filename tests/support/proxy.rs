@@ -151,10 +151,7 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
 
 /// Forwards whole frames from `from` to `to`, applying the rules to each.
 fn pump(mut from: TcpStream, mut to: TcpStream, dir: Dir, generation: u64, shared: &Shared) {
-    loop {
-        let Some(frame) = read_frame(&mut from) else {
-            break;
-        };
+    while let Some(frame) = read_frame(&mut from) {
         let copies = {
             let mut rules = shared.rules.lock().unwrap();
             while rules.stalled[dir.index()] && rules.generation == generation {

@@ -216,6 +216,9 @@ fn fresh(incarnation: u64, applied: u64, now: u64) -> Peer {
 }
 
 #[cfg(test)]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,7 @@
 //! The cache handle: reads from local heap, invalidates locally and cluster-wide.
 
 mod actor;
+mod batch;
 mod builder;
 mod invalidation;
 mod store;
@@ -11,6 +12,7 @@ use ractor::{ActorCell, ActorRef};
 
 pub use self::actor::CacheKey;
 use self::actor::CacheMessage;
+use self::batch::Batch;
 pub use self::builder::{CacheBuilder, Mode};
 pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
@@ -27,6 +29,7 @@ use crate::{CacheStats, Error, Health, Node, Result, Source, Topic, Version};
 /// per key however many tasks ask at the same time.
 pub struct Cache<K, V> {
     store: Arc<Store<K, V>>,
+    batch: Arc<Batch<K>>,
     actor: ActorRef<CacheMessage<K>>,
     shared: Arc<SyncShared>,
     mode: Mode,
@@ -36,6 +39,7 @@ impl<K, V> Clone for Cache<K, V> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            batch: self.batch.clone(),
             actor: self.actor.clone(),
             shared: self.shared.clone(),
             mode: self.mode,
@@ -106,16 +110,47 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.invalidate_keys(vec![(key.clone(), Some(version))])
     }
 
+    /// Like [`invalidate_version`](Self::invalidate_version) (with `version` if known), then
+    /// waits until every peer known now has applied it (about one heartbeat) or `timeout`
+    /// passes, and says which peers did.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the cache actor has stopped; [`Error::Timeout`] if the
+    /// actor did not answer in time. The local entry is dropped in every case.
+    pub async fn invalidate_confirmed(
+        &self,
+        key: &K,
+        version: Option<Version>,
+        timeout: std::time::Duration,
+    ) -> Result<crate::Confirmation> {
+        self.store.invalidate(key, version);
+        let sync =
+            ractor::call_t!(self.actor, CacheMessage::Sync, 5_000).map_err(Error::stopped)?;
+        let invalidation = Invalidation::Keys(vec![(key.clone(), version)]);
+        let confirmation = sync.publish_confirmed(&invalidation, timeout).await?;
+        crate::stats::bump(&self.store.counters.invalidations_sent);
+        Ok(confirmation)
+    }
+
     /// Invalidates many keys in one message.
     ///
     /// # Errors
     ///
     /// As [`invalidate`](Self::invalidate).
+    ///
+    /// Invalidations are coalesced: all keys invalidated while the previous envelope was
+    /// going out travel together in the next one, each key once; past the batch cap the batch
+    /// becomes an `invalidate_all`.
     pub fn invalidate_keys(&self, keys: Vec<(K, Option<Version>)>) -> Result<()> {
         for (key, version) in &keys {
             self.store.invalidate(key, *version);
         }
-        self.send(CacheMessage::Publish(Invalidation::Keys(keys)))
+        crate::stats::add(&self.store.counters.invalidations_sent, keys.len() as u64);
+        if self.batch.add(keys) {
+            self.send(CacheMessage::Flush)?;
+        }
+        Ok(())
     }
 
     /// Drops every entry here at once and tells every other node to do the same.
@@ -125,7 +160,11 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_all(&self) -> Result<()> {
         self.store.invalidate_all();
-        self.send(CacheMessage::Publish(Invalidation::All))
+        crate::stats::bump(&self.store.counters.invalidations_sent);
+        if self.batch.add_all() {
+            self.send(CacheMessage::Flush)?;
+        }
+        Ok(())
     }
 
     /// Casts `bytes` unchanged to every remote member of the cache's topic, as if they were an

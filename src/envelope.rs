@@ -40,11 +40,24 @@ pub(crate) enum Body {
         stamp: u64,
         /// The last sequence number the sender published on this topic (0 if none).
         last_seq: u64,
-        /// For each peer the sender knows: (name, incarnation, that peer's last stamp received).
-        echoes: Vec<(String, u64, u64)>,
+        /// One entry per peer the sender knows.
+        echoes: Vec<Echo>,
     },
     /// The sender is leaving the topic cleanly after publishing up to `last_seq`.
     Leave { last_seq: u64 },
+}
+
+/// What a heartbeat's sender knows of one of its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Echo {
+    /// The peer's name.
+    pub(crate) peer: String,
+    /// The peer's incarnation these figures are about.
+    pub(crate) incarnation: u64,
+    /// The peer's last heartbeat stamp received (its clock; 0 if none yet).
+    pub(crate) stamp: u64,
+    /// The highest of the peer's sequence numbers applied (or covered by a repair).
+    pub(crate) applied: u64,
 }
 
 /// Why bytes from the network are not a usable envelope.
@@ -133,7 +146,12 @@ mod tests {
             Body::Heartbeat {
                 stamp: 9,
                 last_seq: 3,
-                echoes: vec![("b@h".into(), 1, 2)],
+                echoes: vec![Echo {
+                    peer: "b@h".into(),
+                    incarnation: 1,
+                    stamp: 2,
+                    applied: 3,
+                }],
             },
             Body::Leave { last_seq: 4 },
         ] {

@@ -30,8 +30,9 @@ pub use health::Health;
 pub use node::{Node, NodeConfig, SHUTDOWN_GRACE};
 pub use source::{Source, Version};
 pub use stats::CacheStats;
-pub use synchronization::{Delivery, MissCause, Recipients, Synchronization, TopicMessage};
+pub use synchronization::{Confirmation, Delivery, MissCause, Recipients};
 pub use synchronization::{SyncConfig, SyncStats};
+pub use synchronization::{Synchronization, TopicMessage};
 pub use topic::{Topic, PG_SCOPE};
 
 /// The README's example, compiled and run as a doctest.

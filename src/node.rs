@@ -3,6 +3,7 @@
 mod config;
 mod dialer;
 mod peers;
+pub(crate) mod registry;
 mod watchdog;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use crate::envelope::Echo;
 use crate::sequence::Arrival;
 use crate::MissCause;
 
@@ -27,6 +28,8 @@ pub(crate) struct Peer {
     pub(crate) last_heard: u64,
     /// The peer's last heartbeat stamp (its clock), echoed back in our heartbeats.
     their_stamp: u64,
+    /// Highest of our sequence numbers the peer says it applied.
+    pub(crate) acked: u64,
 }
 
 /// What one heartbeat says.
@@ -40,6 +43,8 @@ pub(crate) struct Beat {
     pub(crate) last_seq: u64,
     /// Our own stamp the peer last received from our current incarnation, if any.
     pub(crate) echo: Option<u64>,
+    /// The highest of our sequence numbers the peer applied, if it said.
+    pub(crate) acked: Option<u64>,
 }
 
 /// Lease parameters, in microseconds.
@@ -122,9 +127,10 @@ impl PeerTable {
         let peer = self.peers.get_mut(origin).expect("inserted above");
         peer.last_heard = now;
         peer.their_stamp = peer.their_stamp.max(beat.stamp);
-        if let Some(echo) = beat.echo.filter(|&t| t <= now) {
+        if let Some(echo) = beat.echo.filter(|&t| t > 0 && t <= now) {
             peer.lease_until = peer.lease_until.max(echo + lease);
         }
+        peer.acked = peer.acked.max(beat.acked.unwrap_or(0));
         cause
     }
 
@@ -182,13 +188,39 @@ impl PeerTable {
             .map(|(name, p)| (name.as_str(), p.lease_until))
     }
 
-    /// `(peer, its incarnation, its last stamp)` for our next heartbeat's echoes.
-    pub(crate) fn echoes(&self) -> Vec<(String, u64, u64)> {
+    /// What we know of every peer, for our next heartbeat.
+    pub(crate) fn echoes(&self) -> Vec<Echo> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.their_stamp > 0)
-            .map(|(name, p)| (name.clone(), p.incarnation, p.their_stamp))
+            .map(|(name, p)| Echo {
+                peer: name.clone(),
+                incarnation: p.incarnation,
+                stamp: p.their_stamp,
+                applied: p.applied,
+            })
             .collect()
+    }
+
+    /// Peers for which `too_far_behind(highest of our sequence numbers it acknowledged)`.
+    pub(crate) fn overflowing(&self, too_far_behind: impl Fn(u64) -> bool) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| too_far_behind(p.acked))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Stops counting what `peer` has not acknowledged up to `last_seq`: its session is being
+    /// closed, and it repairs (sees a gap) when it hears from us again.
+    pub(crate) fn forgive(&mut self, peer: &str, last_seq: u64) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.acked = p.acked.max(last_seq);
+        }
+    }
+
+    /// Whether `peer` has applied our message `seq`.
+    pub(crate) fn has_applied(&self, peer: &str, seq: u64) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.acked >= seq)
     }
 
     pub(crate) fn peers(&self) -> impl Iterator<Item = (&String, &Peer)> {
@@ -212,6 +244,7 @@ fn fresh(incarnation: u64, applied: u64, now: u64) -> Peer {
         lease_until: 0,
         last_heard: now,
         their_stamp: 0,
+        acked: 0,
     }
 }
 
@@ -237,6 +270,7 @@ mod tests {
             stamp: 5,
             last_seq,
             echo,
+            acked: Some(last_seq),
         }
     }
 
@@ -347,6 +381,18 @@ mod tests {
     }
 
     #[test]
+    fn unacknowledged_backlogs_overflow_and_can_be_forgiven() {
+        let mut t = table();
+        t.on_beat("p", beat(0, None), 1); // acked 0
+        let behind = |last: u64| move |acked: u64| last - acked > 10;
+        assert!(t.overflowing(behind(10)).is_empty());
+        assert_eq!(t.overflowing(behind(11)), vec!["p".to_owned()]);
+        t.forgive("p", 11);
+        assert!(t.overflowing(behind(11)).is_empty());
+        assert!(t.has_applied("p", 11) && !t.has_applied("p", 12));
+    }
+
+    #[test]
     fn a_restarted_peer_repairs_and_starts_without_a_lease() {
         let mut t = table();
         t.on_beat("p", beat(3, Some(10)), 20);
@@ -355,6 +401,7 @@ mod tests {
             stamp: 1,
             last_seq: 0,
             echo: None,
+            acked: None,
         };
         assert_eq!(
             t.on_beat("p", restarted, 30),

@@ -1,12 +1,14 @@
 //! The per-topic Synchronization actor and its handle.
 
 mod actor;
+mod backlog;
 mod config;
 pub(crate) mod message;
 pub(crate) mod shared;
 mod stats;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorRef};
 use serde::{de::DeserializeOwned, Serialize};
@@ -73,6 +75,24 @@ pub enum MissCause {
         /// The forgotten node.
         origin: String,
     },
+}
+
+/// Which peers applied a message published with
+/// [`publish_confirmed`](Synchronization::publish_confirmed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Confirmation {
+    /// Peers (`name@host`) whose heartbeats said they applied it.
+    pub applied: Vec<String>,
+    /// Peers known when it was published that did not say so before the timeout.
+    pub missing: Vec<String>,
+}
+
+impl Confirmation {
+    /// Whether every peer known at publish time applied it.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
 }
 
 /// Who receives a published message.
@@ -214,6 +234,29 @@ impl<M: TopicMessage> Synchronization<M> {
         let payload = postcard::to_stdvec(message).map_err(|e| Error::Encode(e.to_string()))?;
         let local = (recipients == Recipients::RemoteAndLocal).then(|| message.clone());
         self.send(SyncMessage::Publish { payload, local })
+    }
+
+    /// Publishes `message` to every other node, then waits until each peer known now has
+    /// applied it (peers acknowledge in their heartbeats, so this takes about one heartbeat
+    /// interval) or `timeout` passes, and says which did and which did not.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if `message` cannot be encoded; [`Error::ActorStopped`] if the actor
+    /// has stopped.
+    pub async fn publish_confirmed(&self, message: &M, timeout: Duration) -> Result<Confirmation> {
+        let payload = postcard::to_stdvec(message).map_err(|e| Error::Encode(e.to_string()))?;
+        let request = |reply| SyncMessage::PublishConfirmed {
+            payload,
+            timeout,
+            reply,
+        };
+        let wait = Some(timeout + Duration::from_secs(1));
+        match self.actor.call(request, wait).await {
+            Ok(ractor::rpc::CallResult::Success(confirmation)) => Ok(confirmation),
+            Ok(_) => Err(Error::Timeout(timeout)),
+            Err(e) => Err(Error::stopped(e)),
+        }
     }
 
     /// Calls `subscriber` with every [`Delivery`] of the topic on this node, in order, from the

@@ -43,7 +43,10 @@ fn a_remote_invalidation_reloads_a_cached_key_in_the_background() {
     // that the entry read below stays cached.
     cluster::wait_for_joins(&mut nodes[1], 1);
     put(&mut nodes[0], "k", "v1");
+    // v1's invalidation must be out of the way, or it could be coalesced with v2's.
+    cluster::wait_for_stat(&mut nodes[1], "invalidations_received", 1);
     assert_eq!(nodes[1].value("k").as_deref(), Some("v1"));
+    assert_eq!(nodes[1].ask("get k")["hit"], true);
     put(&mut nodes[0], "k", "v2");
 
     // b reloads on its own: without any read, its stats show the reload and the next read is a

@@ -7,6 +7,14 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// A put that waits until every peer applied the invalidation (or one second passes).
+    PutConfirmed {
+        key: String,
+        value: String,
+    },
+    /// Invalidates `n` distinct keys as fast as possible, without writing the database: a load
+    /// generator for backlog and memory tests.
+    Burst(u64),
     Get {
         key: String,
     },
@@ -31,15 +39,21 @@ impl Command {
         let (verb, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let rest = rest.trim();
         match verb {
-            "put" => {
+            "put" | "put-confirmed" => {
                 let (key, value) = rest
                     .split_once(char::is_whitespace)
-                    .ok_or("usage: put KEY VALUE")?;
-                Ok(Self::Put {
-                    key: key.to_owned(),
-                    value: value.trim().to_owned(),
+                    .ok_or_else(|| format!("usage: {verb} KEY VALUE"))?;
+                let (key, value) = (key.to_owned(), value.trim().to_owned());
+                Ok(if verb == "put" {
+                    Self::Put { key, value }
+                } else {
+                    Self::PutConfirmed { key, value }
                 })
             }
+            "burst" => match rest.parse::<u64>() {
+                Ok(n) if (1..=10_000_000).contains(&n) => Ok(Self::Burst(n)),
+                _ => Err("usage: burst N (1 to 10000000)".into()),
+            },
             "get" if !rest.is_empty() && !rest.contains(char::is_whitespace) => Ok(Self::Get {
                 key: rest.to_owned(),
             }),
@@ -54,7 +68,7 @@ impl Command {
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
             other => Err(format!(
-                "unknown command {other:?} (expected put, get, peers, stats, inject or quit)"
+                "unknown command {other:?} (expected put, put-confirmed, get, peers, stats, burst, inject or quit)"
             )),
         }
     }

@@ -7,7 +7,8 @@
 //!     [--peer 127.0.0.1:4002]... --db /tmp/kv.db [--cookie SECRET]
 //! ```
 //!
-//! Commands: `put KEY VALUE`, `get KEY`, `peers`, `stats`, `inject HEX|foreign`, `quit`.
+//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `stats`,
+//! `burst N`, `inject HEX|foreign`, `quit`.
 //! See `examples/README.md` for the reply formats.
 
 mod command;
@@ -63,6 +64,10 @@ struct Args {
     /// How long a silent peer stays in the peer set, in milliseconds (at least the lease).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(3..=86_400_000))]
     forget_after_ms: u64,
+    /// Bytes of this node's messages a peer may leave unacknowledged before its session is
+    /// closed (bounds memory under a stopped peer).
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_backlog_bytes: u64,
     /// A peer silent for this long (milliseconds) is declared down: its session is closed and
     /// dialled again.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
@@ -122,6 +127,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .lease(ms(args.lease_ms))
         .heartbeat(ms(args.heartbeat_ms))
         .forget_after(ms(args.forget_after_ms))
+        .max_backlog(args.max_backlog_bytes)
         .spawn(&node)
         .await
         .map_err(|e| e.to_string())?;
@@ -155,6 +161,8 @@ impl NodeProcess {
     async fn run(&self, command: Command) -> Value {
         let result = match command {
             Command::Put { key, value } => self.put(key, value).await,
+            Command::PutConfirmed { key, value } => self.put_confirmed(key, value).await,
+            Command::Burst(n) => self.burst(n).await,
             Command::Get { key } => self.get(key).await,
             Command::Peers => Ok(json!({ "ok": "peers", "peers": self.node.peers() })),
             Command::Stats => Ok(self.stats()),
@@ -176,6 +184,38 @@ impl NodeProcess {
         Ok(json!({ "ok": "put", "key": key, "version": version }))
     }
 
+    async fn put_confirmed(&self, key: String, value: String) -> Result<Value, String> {
+        let version = self
+            .source
+            .put(key.clone(), value)
+            .await
+            .map_err(|e| e.to_string())?;
+        let timeout = Duration::from_secs(1);
+        let confirmation = self
+            .cache
+            .invalidate_confirmed(&key, Some(version), timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(json!({
+            "ok": "put", "key": key, "version": version,
+            "applied": confirmation.applied, "missing": confirmation.missing,
+        }))
+    }
+
+    async fn burst(&self, n: u64) -> Result<Value, String> {
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            self.cache
+                .invalidate(&format!("burst-{i}"))
+                .map_err(|e| e.to_string())?;
+            if i % 4096 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        Ok(json!({ "ok": "burst", "sent": n, "seconds": secs }))
+    }
+
     async fn get(&self, key: String) -> Result<Value, String> {
         let lookup = self.cache.lookup(&key).await.map_err(|e| e.to_string())?;
         let (value, version) = lookup.value.unzip();
@@ -194,7 +234,7 @@ impl NodeProcess {
         };
         json!({
             "health": health, "health_reason": reason, "bypasses": s.bypasses,
-            "lease_expiries": s.sync.lease_expiries, "peer_leaves": s.sync.peer_leaves,
+            "lease_expiries": s.sync.lease_expiries, "backlog_overflows": s.sync.backlog_overflows, "peer_leaves": s.sync.peer_leaves,
             "peers_forgotten": s.sync.peers_forgotten, "peers_declared_down": self.node.peers_declared_down(),
             "ok": "stats", "hits": s.hits, "misses": s.misses, "loads": s.loads,
             "load_failures": s.load_failures,

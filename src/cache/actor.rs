@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::batch::Batch;
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
 use crate::stats::{add, bump};
@@ -26,10 +27,12 @@ impl<K, V> CacheActor<K, V> {
 
 /// Messages of the cache actor.
 pub(crate) enum CacheMessage<K> {
-    /// Publish a local invalidation to the other nodes.
-    Publish(Invalidation<K>),
+    /// Publish what the batch holds (sent once per batch, by whoever found it empty).
+    Flush,
     /// Cast raw bytes to every remote member (fault injection).
     SendRaw(Vec<u8>),
+    /// Hand out the current Synchronization handle (it changes when the actor is restarted).
+    Sync(ractor::RpcReplyPort<Synchronization<Invalidation<K>>>),
 }
 
 impl<K: Send + 'static> ractor::Message for CacheMessage<K> {}
@@ -37,6 +40,7 @@ impl<K: Send + 'static> ractor::Message for CacheMessage<K> {}
 /// What the cache actor starts with.
 pub(crate) struct CacheArguments<K, V> {
     pub(crate) store: Arc<Store<K, V>>,
+    pub(crate) batch: Arc<Batch<K>>,
     pub(crate) topic: Topic<Invalidation<K>>,
     pub(crate) node_name: String,
     pub(crate) sync_config: SyncConfig,
@@ -88,8 +92,15 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CacheMessage::Publish(invalidation) => state.publish(&invalidation),
+            CacheMessage::Flush => {
+                if let Some(invalidation) = state.args.batch.take() {
+                    state.publish(&invalidation);
+                }
+            }
             CacheMessage::SendRaw(bytes) => state.sync.send_raw(bytes)?,
+            CacheMessage::Sync(reply) => {
+                let _ = reply.send(state.sync.clone());
+            }
         }
         Ok(())
     }
@@ -140,13 +151,8 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
 
 impl<K: CacheKey, V> CacheState<K, V> {
     fn publish(&self, invalidation: &Invalidation<K>) {
-        let keys = match invalidation {
-            Invalidation::Keys(keys) => keys.len() as u64,
-            _ => 1,
-        };
-        match self.sync.publish(invalidation) {
-            Ok(()) => add(&self.args.store.counters.invalidations_sent, keys),
-            Err(error) => tracing::error!(%error, "invalidation not published"),
+        if let Err(error) = self.sync.publish(invalidation) {
+            tracing::error!(%error, "invalidation not published");
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell};
 
 use super::actor::{CacheActor, CacheArguments, CacheKey};
+use super::batch::Batch;
 use super::store::Store;
 use super::{Cache, Invalidation};
 use crate::{Error, Node, Result, Source, SyncConfig, Topic};
@@ -43,6 +44,7 @@ pub struct CacheBuilder<K, V> {
     source: Arc<dyn Source<K, V>>,
     mode: Mode,
     sync: SyncConfig,
+    max_batch_keys: usize,
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
@@ -52,6 +54,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             source,
             mode: Mode::default(),
             sync: SyncConfig::default(),
+            max_batch_keys: 4096,
         }
     }
 
@@ -79,6 +82,19 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
+    /// Most keys one coalesced invalidation carries; a larger batch goes out as an
+    /// `invalidate_all` instead (peers then reload what they need). Default 4096; at least 1.
+    pub fn max_batch_keys(mut self, keys: usize) -> Self {
+        self.max_batch_keys = keys;
+        self
+    }
+
+    /// See [`SyncConfig::max_backlog`]. Default 8 MiB.
+    pub fn max_backlog(mut self, bytes: u64) -> Self {
+        self.sync = self.sync.max_backlog(bytes);
+        self
+    }
+
     /// Spawns the cache (and its topic's Synchronization actor) on `node`, unsupervised.
     ///
     /// # Errors
@@ -99,10 +115,15 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
 
     async fn start(self, node: &Node, supervisor: Option<ActorCell>) -> Result<Cache<K, V>> {
         self.sync.validate()?;
+        if self.max_batch_keys == 0 {
+            return Err(Error::Config("max_batch_keys must be at least 1".into()));
+        }
+        let batch = Arc::new(Batch::new(self.max_batch_keys));
         let shared = Arc::default();
         let store = Arc::new(Store::new(self.source, self.mode, Arc::clone(&shared)));
         let args = CacheArguments {
             store: store.clone(),
+            batch: batch.clone(),
             topic: self.topic,
             node_name: node.name().to_owned(),
             sync_config: self.sync,
@@ -115,6 +136,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
         Ok(Cache {
             store,
+            batch,
             actor,
             shared,
             mode: self.mode,

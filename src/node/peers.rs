@@ -56,6 +56,7 @@ impl NodeEventSubscription for PeerEvents {
             actor: ses.actor.clone(),
             ready_at: now_us(),
         };
+        super::registry::register(&session.name, ses.actor.clone());
         self.sessions.send_modify(|s| {
             s.insert(ses.actor.get_id(), session);
         });
@@ -63,6 +64,7 @@ impl NodeEventSubscription for PeerEvents {
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         tracing::info!(addr = %ses.peer_addr, "peer session closed");
+        super::registry::unregister(ses.actor.get_id());
         self.sessions
             .send_if_modified(|s| s.remove(&ses.actor.get_id()).is_some());
     }

@@ -206,6 +206,7 @@ impl World {
                     stamp,
                     last_seq,
                     echo,
+                    acked: None,
                 };
                 if self.table.on_beat("w", beat, self.now).is_some() {
                     self.cached = None; // repair

@@ -13,11 +13,12 @@ use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
+use super::backlog::Backlog;
 use super::message::{Subscriber, SyncMessage};
 use super::shared::SyncShared;
 use super::{Delivery, MissCause, SyncConfig, TopicMessage};
 use crate::clock::now_us;
-use crate::envelope::{Body, Envelope};
+use crate::envelope::{Body, Echo, Envelope};
 use crate::peer_table::{Beat, LeaseParams, PeerTable};
 use crate::sequence::Arrival;
 use crate::stats::bump;
@@ -55,6 +56,17 @@ pub(crate) struct SynchronizationState<M> {
     shared: Arc<SyncShared>,
     ticker: JoinHandle<()>,
     leases_were_valid: bool,
+    max_backlog: u64,
+    backlog: Backlog,
+    waiters: Vec<Waiter>,
+}
+
+/// A `publish_confirmed` caller waiting for acknowledgements.
+struct Waiter {
+    seq: u64,
+    peers: Vec<String>,
+    deadline: u64,
+    reply: ractor::RpcReplyPort<crate::Confirmation>,
 }
 
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {
@@ -88,6 +100,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             shared: args.shared,
             ticker,
             leases_were_valid: false,
+            max_backlog: args.config.max_backlog_bytes(),
+            backlog: Backlog::default(),
+            waiters: Vec::new(),
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
@@ -124,6 +139,11 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             SyncMessage::Subscribe(subscriber) => state.subscribers.push(subscriber),
             SyncMessage::SendRaw(bytes) => state.cast_to_remote_members(&bytes),
             SyncMessage::Tick => state.tick(),
+            SyncMessage::PublishConfirmed {
+                payload,
+                timeout,
+                reply,
+            } => state.publish_confirmed(payload, timeout, reply),
         }
         state.refresh_gate();
         Ok(())
@@ -152,12 +172,68 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
 }
 
 impl<M: TopicMessage> SynchronizationState<M> {
+    fn publish_confirmed(
+        &mut self,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+        reply: ractor::RpcReplyPort<crate::Confirmation>,
+    ) {
+        self.publish(payload, None);
+        let peers = self.peers.peers().map(|(name, _)| name.clone()).collect();
+        let deadline = now_us() + timeout.as_micros() as u64;
+        let seq = self.last_seq;
+        self.waiters.push(Waiter {
+            seq,
+            peers,
+            deadline,
+            reply,
+        });
+        self.answer_waiters();
+    }
+
+    /// Answers every waiter whose peers all applied its message, or whose time is up.
+    fn answer_waiters(&mut self) {
+        let now = now_us();
+        let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| {
+                w.deadline <= now || w.peers.iter().all(|p| self.peers.has_applied(p, w.seq))
+            });
+        self.waiters = waiting;
+        for waiter in done {
+            let mut peers = waiter.peers;
+            peers.sort();
+            let (applied, missing) = peers
+                .into_iter()
+                .partition(|p| self.peers.has_applied(p, waiter.seq));
+            let _ = waiter.reply.send(crate::Confirmation { applied, missing });
+        }
+    }
+
+    /// Closes the session of every peer that left more than `max_backlog` of our messages
+    /// unacknowledged, dropping what ractor_cluster queued for it.
+    fn shed_overflowing_peers(&mut self) {
+        let (backlog, limit) = (&self.backlog, self.max_backlog);
+        for peer in self
+            .peers
+            .overflowing(|acked| backlog.unacked_since(acked) > limit)
+        {
+            bump(&self.shared.counters.backlog_overflows);
+            crate::node::registry::close_session(&peer, "backlog overflow");
+            self.peers.forgive(&peer, self.last_seq);
+        }
+    }
+
     fn publish(&mut self, payload: Vec<u8>, local: Option<M>) {
         self.last_seq += 1;
         bump(&self.shared.counters.published);
         let seq = self.last_seq;
         let _span = tracing::debug_span!("publish", topic = %self.group, seq).entered();
-        self.send(Body::Publish { seq, payload });
+        let sent = self.send(Body::Publish { seq, payload });
+        self.backlog.record(seq, sent);
+        if seq % 64 == 0 {
+            self.shed_overflowing_peers();
+        }
         if let Some(message) = local {
             let origin = self.node_name.clone();
             self.deliver(Delivery::Message { origin, message });
@@ -171,6 +247,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
             tracing::warn!(topic = %self.group, peer = %forgotten, "forgetting a silent peer");
             self.possibly_missed(MissCause::PeerForgotten { origin: forgotten });
         }
+        self.shed_overflowing_peers();
+        self.answer_waiters();
         let beat = Body::Heartbeat {
             stamp: now,
             last_seq: self.last_seq,
@@ -179,8 +257,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.send(beat);
     }
 
-    /// Encodes once and casts the same bytes to every remote member.
-    fn send(&self, body: Body) {
+    /// Encodes once and casts the same bytes to every remote member; returns the size.
+    fn send(&self, body: Body) -> usize {
         let envelope = Envelope {
             topic: self.group.clone(),
             origin: self.node_name.clone(),
@@ -188,9 +266,15 @@ impl<M: TopicMessage> SynchronizationState<M> {
             body,
         };
         match envelope.encode() {
-            Ok(bytes) => self.cast_to_remote_members(&bytes),
+            Ok(bytes) => {
+                self.cast_to_remote_members(&bytes);
+                bytes.len()
+            }
             // Peers notice the skipped sequence number at the next heartbeat and repair.
-            Err(error) => tracing::error!(%error, topic = %self.group, "envelope not sent"),
+            Err(error) => {
+                tracing::error!(%error, topic = %self.group, "envelope not sent");
+                0
+            }
         }
     }
 
@@ -235,16 +319,20 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 last_seq,
                 echoes,
             } => {
-                let echo = self.own_echo(&echoes);
+                let own = self.own_echo(&echoes);
                 let beat = Beat {
                     incarnation,
                     stamp,
                     last_seq,
-                    echo,
+                    echo: own.map(|e| e.stamp),
+                    acked: own.map(|e| e.applied),
                 };
                 if let Some(cause) = self.peers.on_beat(&origin, beat, now) {
                     self.count_cause(&cause);
                     self.possibly_missed(cause);
+                }
+                if !self.waiters.is_empty() {
+                    self.answer_waiters();
                 }
             }
             Body::Leave { last_seq } => {
@@ -257,11 +345,11 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
     }
 
-    fn own_echo(&self, echoes: &[(String, u64, u64)]) -> Option<u64> {
+    /// What the peer says about us, if it is about our current incarnation.
+    fn own_echo<'e>(&self, echoes: &'e [Echo]) -> Option<&'e Echo> {
         echoes
             .iter()
-            .find(|(name, inc, _)| *name == self.node_name && *inc == self.incarnation)
-            .map(|&(_, _, stamp)| stamp)
+            .find(|e| e.peer == self.node_name && e.incarnation == self.incarnation)
     }
 
     fn receive_publish(&mut self, origin: String, arrival: Arrival, payload: &[u8]) {

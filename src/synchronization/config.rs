@@ -17,7 +17,11 @@ pub struct SyncConfig {
     heartbeat: Duration,
     lease: Duration,
     forget_after: Duration,
+    max_backlog: u64,
 }
+
+/// Default bound on unacknowledged bytes per peer.
+const DEFAULT_MAX_BACKLOG: u64 = 8 * 1024 * 1024;
 
 impl Default for SyncConfig {
     fn default() -> Self {
@@ -25,6 +29,7 @@ impl Default for SyncConfig {
             heartbeat: Duration::from_millis(200),
             lease: Duration::from_secs(1),
             forget_after: Duration::from_secs(30),
+            max_backlog: DEFAULT_MAX_BACKLOG,
         }
     }
 }
@@ -55,6 +60,21 @@ impl SyncConfig {
         self
     }
 
+    /// How many bytes of this node's messages a peer may leave unacknowledged (peers
+    /// acknowledge in their heartbeats). Past that — a stopped or hopelessly slow peer — its
+    /// session is closed, which drops everything queued for it; it repairs when it reconnects.
+    /// This bounds the memory ractor_cluster's unbounded send queues can take. Default 8 MiB;
+    /// at least 1.
+    pub fn max_backlog(mut self, bytes: u64) -> Self {
+        self.max_backlog = bytes;
+        self
+    }
+
+    /// The backlog bound in bytes.
+    pub fn max_backlog_bytes(&self) -> u64 {
+        self.max_backlog
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat
@@ -73,6 +93,9 @@ impl SyncConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.heartbeat < Duration::from_millis(1) || self.heartbeat * 3 > self.lease {
             return Err(Error::Config("need 1 ms <= heartbeat <= lease / 3".into()));
+        }
+        if self.max_backlog == 0 {
+            return Err(Error::Config("max_backlog must be at least 1".into()));
         }
         if self.forget_after < self.lease {
             return Err(Error::Config(

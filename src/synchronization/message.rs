@@ -32,6 +32,12 @@ pub(crate) enum SyncMessage<M> {
     SendRaw(Vec<u8>),
     /// Time to send heartbeats and forget silent peers.
     Tick,
+    /// Publish, then report which peers applied it within `timeout`.
+    PublishConfirmed {
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+        reply: ractor::RpcReplyPort<crate::Confirmation>,
+    },
 }
 
 impl<M: Send + 'static> ractor::Message for SyncMessage<M> {

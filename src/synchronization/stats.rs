@@ -28,6 +28,8 @@ pub struct SyncStats {
     pub peer_leaves: u64,
     /// Silent peers forgotten after `forget_after` (each causes a repair).
     pub peers_forgotten: u64,
+    /// Times a peer's unacknowledged backlog passed `max_backlog` and its session was closed.
+    pub backlog_overflows: u64,
     /// Times the leases went from valid to expired (bounded-mode reads then bypass the cache).
     pub lease_expiries: u64,
     /// Times subscribers were told they may have missed messages (gap, restart, decode
@@ -48,6 +50,7 @@ pub(crate) struct SyncCounters {
     pub(crate) peer_leaves: AtomicU64,
     pub(crate) peers_forgotten: AtomicU64,
     pub(crate) lease_expiries: AtomicU64,
+    pub(crate) backlog_overflows: AtomicU64,
     pub(crate) possibly_missed: AtomicU64,
 }
 
@@ -65,6 +68,7 @@ impl SyncCounters {
             peer_leaves: self.peer_leaves.load(Relaxed),
             peers_forgotten: self.peers_forgotten.load(Relaxed),
             lease_expiries: self.lease_expiries.load(Relaxed),
+            backlog_overflows: self.backlog_overflows.load(Relaxed),
             possibly_missed: self.possibly_missed.load(Relaxed),
         }
     }

@@ -116,3 +116,10 @@ pub fn signal(node: &NodeProcess, signal: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(node.pid() as i32);
     nix::sys::signal::kill(pid, signal).expect("signal the node");
 }
+
+/// Polls `stats` until `counter` reaches at least `at_least`.
+pub fn wait_for_stat(node: &mut NodeProcess, counter: &str, at_least: u64) {
+    let name = node.spec.name.clone();
+    eventually(DEADLINE, || (node.stat(counter) >= at_least).then_some(()))
+        .unwrap_or_else(|| panic!("{name}: {counter} never reached {at_least}"));
+}

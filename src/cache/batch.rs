@@ -1,0 +1,115 @@
+//! Local invalidations waiting to be published, coalesced: one envelope carries every key
+//! invalidated since the last one went out, each key once. Bounded: past `max_keys` the batch
+//! escalates to "invalidate everything", so a burst of any size takes constant memory.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+use super::Invalidation;
+use crate::Version;
+
+pub(crate) struct Batch<K> {
+    pending: Mutex<Pending<K>>,
+    max_keys: usize,
+}
+
+struct Pending<K> {
+    keys: HashMap<K, Option<Version>>,
+    all: bool,
+}
+
+impl<K: Hash + Eq> Batch<K> {
+    pub(crate) fn new(max_keys: usize) -> Self {
+        let pending = Pending {
+            keys: HashMap::new(),
+            all: false,
+        };
+        Self {
+            pending: Mutex::new(pending),
+            max_keys,
+        }
+    }
+
+    /// Adds keys. Returns true if the batch was empty, i.e. the caller must ask for a flush.
+    pub(crate) fn add(&self, keys: impl IntoIterator<Item = (K, Option<Version>)>) -> bool {
+        self.with(|p| {
+            let was_empty = p.is_empty();
+            if !p.all {
+                for (key, version) in keys {
+                    // No version means "whatever you hold": it wins over any version.
+                    let slot = p.keys.entry(key).or_insert(version);
+                    *slot = slot.zip(version).map(|(a, b)| a.max(b));
+                }
+                if p.keys.len() > self.max_keys {
+                    p.escalate();
+                }
+            }
+            was_empty
+        })
+    }
+
+    /// Replaces the batch with "invalidate everything". Returns true if it was empty.
+    pub(crate) fn add_all(&self) -> bool {
+        self.with(|p| {
+            let was_empty = p.is_empty();
+            p.escalate();
+            was_empty
+        })
+    }
+
+    /// Takes what is pending, if anything.
+    pub(crate) fn take(&self) -> Option<Invalidation<K>> {
+        self.with(|p| {
+            if p.all {
+                p.all = false;
+                p.keys.clear();
+                return Some(Invalidation::All);
+            }
+            (!p.keys.is_empty()).then(|| Invalidation::Keys(p.keys.drain().collect()))
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Pending<K>) -> T) -> T {
+        f(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<K> Pending<K> {
+    fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+
+    fn escalate(&mut self) {
+        self.all = true;
+        self.keys = HashMap::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_keys_and_keeps_the_strongest_version() {
+        let batch = Batch::new(10);
+        assert!(batch.add([(1, Some(3)), (2, Some(1))]));
+        assert!(!batch.add([(1, Some(5)), (2, None)]));
+        let Some(Invalidation::Keys(mut keys)) = batch.take() else {
+            panic!("expected keys")
+        };
+        keys.sort();
+        assert_eq!(keys, vec![(1, Some(5)), (2, None)]);
+        assert!(batch.take().is_none());
+    }
+
+    #[test]
+    fn escalates_to_everything_past_the_cap() {
+        let batch = Batch::new(3);
+        batch.add((0..4).map(|k| (k, None)));
+        assert_eq!(batch.take(), Some(Invalidation::All));
+        assert!(batch.add([(1, None)]), "empty again after the take");
+        assert!(!batch.add_all());
+        assert_eq!(batch.take(), Some(Invalidation::All));
+    }
+}

@@ -1,0 +1,39 @@
+//! Process-wide map from peer name to its ready session, so that a Synchronization actor can
+//! close the session of a peer that stopped acknowledging (bounded backlog). Process-wide like
+//! `ractor::pg` itself: there is one `Node` per process.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use ractor::{ActorId, ActorRef};
+use ractor_cluster::NodeSessionMessage;
+
+type Registry = HashMap<String, ActorRef<NodeSessionMessage>>;
+
+fn registry() -> &'static Mutex<Registry> {
+    static SESSIONS: OnceLock<Mutex<Registry>> = OnceLock::new();
+    SESSIONS.get_or_init(Mutex::default)
+}
+
+fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    f(&mut registry().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub(crate) fn register(peer: &str, session: ActorRef<NodeSessionMessage>) {
+    with(|r| r.insert(peer.to_owned(), session));
+}
+
+pub(crate) fn unregister(session: ActorId) {
+    with(|r| r.retain(|_, s| s.get_id() != session));
+}
+
+/// Closes the session with `peer`, if there is one; its members leave at once and it is
+/// dialled again with backoff.
+pub(crate) fn close_session(peer: &str, reason: &str) -> bool {
+    let Some(session) = with(|r| r.remove(peer)) else {
+        return false;
+    };
+    tracing::warn!(%peer, %reason, "closing the session with a peer");
+    session.stop(Some(reason.to_owned()));
+    true
+}

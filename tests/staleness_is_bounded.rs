@@ -201,7 +201,7 @@ fn crash_and_restart_of_the_writer() {
             let v = writer.ask(&format!("put {KEY} before-{n}"))["version"]
                 .as_u64()
                 .unwrap();
-            h.puts.lock().unwrap().push((std::time::Instant::now(), v));
+            h.record_put(KEY, v);
         }
         writer.kill(); // SIGKILL: no clean leave
         let mut writer = start(&spec_a);
@@ -209,7 +209,7 @@ fn crash_and_restart_of_the_writer() {
             let v = writer.ask(&format!("put {KEY} after-{n}"))["version"]
                 .as_u64()
                 .unwrap();
-            h.puts.lock().unwrap().push((std::time::Instant::now(), v));
+            h.record_put(KEY, v);
             std::thread::sleep(ms(20));
         }
         std::thread::sleep(ms(1500));

@@ -19,6 +19,7 @@ use super::NodeProcess;
 #[derive(Debug, Clone)]
 pub struct Read {
     pub node: String,
+    pub key: String,
     pub sent: Instant,
     pub version: u64,
     pub hit: bool,
@@ -27,8 +28,8 @@ pub struct Read {
 /// Everything that happened in one scenario.
 #[derive(Debug, Default)]
 pub struct History {
-    /// (reply received, committed version), in commit order.
-    pub puts: Mutex<Vec<(Instant, u64)>>,
+    /// (reply received, key, committed version).
+    pub puts: Mutex<Vec<(Instant, String, u64)>>,
     pub reads: Mutex<Vec<Read>>,
 }
 
@@ -52,7 +53,7 @@ pub fn write_loop(writer: &mut NodeProcess, history: &History, stop: &AtomicBool
         n += 1;
         let reply = writer.ask(&format!("put {KEY} value-{n}"));
         let version = reply["version"].as_u64().expect("put returns a version");
-        history.puts.lock().unwrap().push((Instant::now(), version));
+        history.record_put(KEY, version);
         std::thread::sleep(pace);
     }
 }
@@ -66,6 +67,7 @@ pub fn read_loop(reader: &mut NodeProcess, history: &History, stop: &AtomicBool,
         };
         let read = Read {
             node: reader.spec.name.clone(),
+            key: KEY.to_owned(),
             sent,
             version: reply["version"].as_u64().unwrap_or(0),
             hit: reply["hit"] == true,
@@ -76,27 +78,36 @@ pub fn read_loop(reader: &mut NodeProcess, history: &History, stop: &AtomicBool,
 }
 
 impl History {
-    /// Checks every read against the puts: exact bound `lease`, no tolerance.
+    pub fn record_put(&self, key: &str, version: u64) {
+        let put = (Instant::now(), key.to_owned(), version);
+        self.puts.lock().unwrap().push(put);
+    }
+
+    /// Checks every read against the puts of its key: exact bound `lease`, no tolerance.
     pub fn check(&self, lease: Duration) -> Verdict {
         let puts = self.puts.lock().unwrap().clone();
         let reads = self.reads.lock().unwrap().clone();
         let mut violations = Vec::new();
         let mut worst = Duration::ZERO;
         for read in &reads {
-            let required = puts
-                .iter()
-                .filter(|(reply, _)| *reply + lease <= read.sent)
-                .map(|&(_, v)| v)
+            let same_key = || puts.iter().filter(|(_, key, _)| *key == read.key);
+            let required = same_key()
+                .filter(|(reply, _, _)| *reply + lease <= read.sent)
+                .map(|&(_, _, v)| v)
                 .max()
                 .unwrap_or(0);
             if read.version < required {
                 violations.push(format!(
-                    "{} read v{} but v{} was committed over {:?} before the read was sent",
-                    read.node, read.version, required, lease
+                    "{} read {} v{} but v{} was committed over {:?} before the read was sent",
+                    read.node, read.key, read.version, required, lease
                 ));
             }
             // The first newer version committed, if any, and how long before this read.
-            if let Some(&(newer_at, _)) = puts.iter().find(|(_, v)| *v > read.version) {
+            let newer = same_key()
+                .filter(|(_, _, v)| *v > read.version)
+                .map(|(at, _, _)| *at)
+                .min();
+            if let Some(newer_at) = newer {
                 worst = worst.max(read.sent.saturating_duration_since(newer_at));
             }
         }
@@ -109,8 +120,18 @@ impl History {
         }
     }
 
-    /// The last committed version.
+    /// The last committed version of `key`.
+    pub fn last_version_of(&self, key: &str) -> u64 {
+        let puts = self.puts.lock().unwrap();
+        puts.iter()
+            .filter(|(_, k, _)| k == key)
+            .map(|&(_, _, v)| v)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The last committed version of [`KEY`].
     pub fn last_version(&self) -> u64 {
-        self.puts.lock().unwrap().last().map_or(0, |&(_, v)| v)
+        self.last_version_of(KEY)
     }
 }

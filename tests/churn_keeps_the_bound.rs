@@ -1,0 +1,202 @@
+//! Thirty seconds of churn: every node writes and reads random keys while the links between
+//! them are partitioned, stalled one way and cut at random; then a zombie session (a silent
+//! drop, a kill, a restart and a heal). Every read is checked offline against every commit.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cluster::proxy::{Dir, FaultProxy};
+use cluster::scenario::{History, Read};
+use cluster::{eventually, start, wait_for_health, wait_for_peers, Cluster, NodeProcess, DEADLINE};
+
+const LEASE: Duration = Duration::from_secs(1);
+const KEYS: usize = 5;
+
+/// A small xorshift generator: reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    nanos.as_nanos() as u64 | 1
+}
+
+/// Random puts (30 %) and gets (70 %) of `KEYS` keys on one node until `stop`.
+fn churn(node: &mut NodeProcess, history: &History, stop: &AtomicBool, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("key{}", rng.below(KEYS as u64));
+        if rng.below(10) < 3 {
+            n += 1;
+            let reply = node.ask(&format!("put {key} {}-{n}", node.spec.name));
+            history.record_put(&key, reply["version"].as_u64().expect("a version"));
+        } else {
+            let sent = Instant::now();
+            let reply = node.ask(&format!("get {key}"));
+            let read = Read {
+                node: node.spec.name.clone(),
+                key,
+                sent,
+                version: reply["version"].as_u64().unwrap_or(0),
+                hit: reply["hit"] == true,
+            };
+            history.reads.lock().unwrap().push(read);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// a listens; b dials a, c dials a and b, each through its own proxy.
+fn proxied_triangle(cluster: &Cluster) -> (Vec<NodeProcess>, Vec<FaultProxy>) {
+    let a = start(&cluster.spec("a"));
+    let ab = FaultProxy::start(a.spec.listen);
+    let mut spec_b = cluster.spec("b");
+    spec_b.peers.push(ab.addr());
+    let b = start(&spec_b);
+    let (ac, bc) = (
+        FaultProxy::start(a.spec.listen),
+        FaultProxy::start(b.spec.listen),
+    );
+    let mut spec_c = cluster.spec("c");
+    spec_c.peers.extend([ac.addr(), bc.addr()]);
+    let c = start(&spec_c);
+    let mut nodes = vec![a, b, c];
+    for node in &mut nodes {
+        wait_for_peers(node, 2);
+        wait_for_health(node, "healthy");
+    }
+    (nodes, vec![ab, ac, bc])
+}
+
+fn converge(nodes: &mut [NodeProcess], history: &History) {
+    for key in (0..KEYS).map(|k| format!("key{k}")) {
+        let last = history.last_version_of(&key);
+        for node in nodes.iter_mut() {
+            let name = node.spec.name.clone();
+            let done = eventually(DEADLINE, || {
+                (node.ask(&format!("get {key}"))["version"] == last).then_some(())
+            });
+            assert!(done.is_some(), "{name} never served {key} v{last}");
+        }
+    }
+}
+
+#[test]
+fn thirty_seconds_of_churn_under_random_faults() {
+    let cluster = Cluster::new();
+    let (mut nodes, proxies) = proxied_triangle(&cluster);
+    let history = History::default();
+    let stop = AtomicBool::new(false);
+    let base = seed();
+    println!("churn seed {base}");
+    let faults = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let (h, st) = (&history, &stop);
+            s.spawn(move || churn(node, h, st, base.wrapping_add(i as u64 * 7919)));
+        }
+        let mut rng = Rng(base ^ 0x5eed);
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            let proxy = &proxies[rng.below(3) as usize];
+            let fault = match rng.below(5) {
+                0 => {
+                    proxy.partition();
+                    "partition"
+                }
+                1 => {
+                    proxy.stall(Dir::ToListener, true);
+                    "stall to listener"
+                }
+                2 => {
+                    proxy.stall(Dir::ToDialer, true);
+                    "stall to dialer"
+                }
+                3 => {
+                    proxy.cut();
+                    "cut"
+                }
+                _ => "calm",
+            };
+            faults.lock().unwrap().push(fault);
+            std::thread::sleep(Duration::from_millis(200 + rng.below(1500)));
+            proxy.heal();
+            std::thread::sleep(Duration::from_millis(rng.below(500)));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    converge(&mut nodes, &history);
+    let verdict = history.check(LEASE);
+    println!(
+        "churn: faults {:?}; {} puts, {} reads ({} hits), worst staleness {:?}, {} violations",
+        faults.lock().unwrap(),
+        verdict.puts,
+        verdict.reads,
+        verdict.hits,
+        verdict.worst_staleness,
+        verdict.violations.len()
+    );
+    assert!(
+        verdict.violations.is_empty(),
+        "seed {base}: {:#?}",
+        &verdict.violations[..verdict.violations.len().min(5)]
+    );
+}
+
+#[test]
+fn a_zombie_session_leaves_no_ghosts() {
+    // a and b through a proxy: the link goes silent, a is killed and restarted while b still
+    // holds the old session, then the link heals.
+    let cluster = Cluster::new();
+    let a = start(&cluster.spec("a"));
+    let proxy = FaultProxy::start(a.spec.listen);
+    let mut spec_b = cluster.spec("b");
+    spec_b.peers.push(proxy.addr());
+    let mut b = start(&spec_b);
+    let spec_a = a.spec.clone();
+    let mut a = a;
+    for node in [&mut a, &mut b] {
+        wait_for_peers(node, 1);
+        wait_for_health(node, "healthy");
+    }
+    cluster::put(&mut a, "k", "v1");
+    assert_eq!(b.value("k").as_deref(), Some("v1"));
+
+    proxy.partition();
+    a.kill();
+    let mut a = start(&spec_a);
+    cluster::put(&mut a, "k", "v2"); // b cannot hear of this yet
+    proxy.heal();
+
+    // One session, with the new incarnation, and no ghost member of the old one: both
+    // healthy again, b serving v2 from its cache.
+    for node in [&mut a, &mut b] {
+        wait_for_peers(node, 1);
+        wait_for_health(node, "healthy");
+    }
+    cluster::wait_for_value(&mut b, "k", "v2");
+    let read = b.ask("get k");
+    assert_eq!(
+        (read["value"].as_str(), read["hit"].as_bool()),
+        (Some("v2"), Some(true))
+    );
+    assert_eq!(b.peers(), ["a@127.0.0.1"]);
+}

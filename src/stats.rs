@@ -30,6 +30,9 @@ pub struct CacheStats {
     pub invalidations_sent: u64,
     /// Keys peers invalidated (an `invalidate_all` counts as one).
     pub invalidations_received: u64,
+    /// Whole-cache invalidations received (a peer's `invalidate_all`, or a batch that passed
+    /// the batch cap).
+    pub invalidate_alls_received: u64,
     /// Received invalidations older than the cached version, so ignored.
     pub invalidations_ignored: u64,
     /// Reloads started because a peer invalidated a key this node had cached.
@@ -53,6 +56,7 @@ pub(crate) struct CacheCounters {
     pub(crate) load_failures: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
+    pub(crate) invalidate_alls_received: AtomicU64,
     pub(crate) invalidations_ignored: AtomicU64,
     pub(crate) reloads: AtomicU64,
     pub(crate) repairs: AtomicU64,
@@ -69,6 +73,7 @@ impl CacheCounters {
             load_failures: self.load_failures.load(Relaxed),
             invalidations_sent: self.invalidations_sent.load(Relaxed),
             invalidations_received: self.invalidations_received.load(Relaxed),
+            invalidate_alls_received: self.invalidate_alls_received.load(Relaxed),
             invalidations_ignored: self.invalidations_ignored.load(Relaxed),
             reloads: self.reloads.load(Relaxed),
             repairs: self.repairs.load(Relaxed),

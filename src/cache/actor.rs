@@ -174,6 +174,7 @@ fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
         }
         Delivery::Message { .. } => {
             bump(&store.counters.invalidations_received);
+            bump(&store.counters.invalidate_alls_received);
             store.invalidate_all();
         }
         Delivery::PossiblyMissed(cause) => repair(store, &cause),

@@ -1,0 +1,297 @@
+//! The cluster benchmark: real node processes on 127.0.0.1, the crate's invalidation path side
+//! by side with plain ractor_cluster messaging measured in the same run.
+//!
+//! ```text
+//! cargo bench --bench cluster -- [--json PATH] [--plot PATH] [--samples N]
+//! ```
+//!
+//! This binary is both the orchestrator and, re-executed with `RCS_BENCH_ROLE=node`, each node.
+
+mod node;
+mod report;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use report::{row, Latency};
+use serde_json::{json, Value};
+
+struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Proc {
+    fn spawn(name: &str, port: u16, peers: &[u16], sqlite: Option<&std::path::Path>) -> Self {
+        let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("RCS_BENCH_ROLE", "node")
+            .env("RCS_NAME", name)
+            .env("RCS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RCS_PEERS", peers.join(","))
+            .env(
+                "RCS_SQLITE",
+                sqlite.map(|p| p.display().to_string()).unwrap_or_default(),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a node");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut proc = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(proc.read()["ok"], "ready");
+        proc
+    }
+
+    fn ask(&mut self, command: &str) -> Value {
+        if std::env::var_os("RCS_BENCH_DEBUG").is_some() {
+            eprintln!("-> {command}");
+        }
+        writeln!(self.stdin, "{command}").unwrap();
+        self.read()
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("bad reply {line:?}"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// A full mesh of `n` nodes (each dials those before it); waits until every node is ready.
+fn cluster(n: usize, sqlite: Option<&std::path::Path>) -> Vec<Proc> {
+    let base = 21_000 + (std::process::id() % 4_000) as u16 * 2;
+    let ports: Vec<u16> = (0..n as u16).map(|i| base + i + n as u16 * 10).collect();
+    let mut nodes: Vec<Proc> = (0..n)
+        .map(|i| Proc::spawn(&format!("n{i}"), ports[i], &ports[..i], sqlite))
+        .collect();
+    for node in &mut nodes {
+        node.ask(&format!("wait-peers {}", n - 1));
+    }
+    // Every node armed its ping-pong keys; the first node re-arms now that all are known.
+    nodes[0].ask(&format!("wait-peers {}", n - 1));
+    nodes
+}
+
+fn samples(reply: &Value) -> Vec<u64> {
+    let list = reply["samples_ns"].as_array().cloned().unwrap_or_default();
+    list.iter().filter_map(Value::as_u64).collect()
+}
+
+/// Keys per second from the first node to all others, coalescing on.
+/// Returns (keys/s, envelopes the keys travelled in, whole-cache escalations).
+fn keys_per_sec(nodes: &mut [Proc], keys: u64) -> (f64, u64, u64) {
+    let before: Vec<Value> = nodes[1..].iter_mut().map(|n| n.ask("counts")).collect();
+    let start = nodes[0].ask(&format!("burst {keys}"))["start_ns"]
+        .as_u64()
+        .unwrap();
+    let (mut done, mut envelopes, mut alls) = (0, 0, 0);
+    for (node, b) in nodes[1..].iter_mut().zip(before) {
+        let target = b["keys"].as_u64().unwrap() + keys;
+        let reply = node.ask(&format!("await-keys {target} {}", b["alls"]));
+        done = done.max(reply["done_ns"].as_u64().unwrap());
+        envelopes = reply["envelopes"].as_u64().unwrap() - b["envelopes"].as_u64().unwrap();
+        alls = reply["alls"].as_u64().unwrap() - b["alls"].as_u64().unwrap();
+    }
+    (keys as f64 / ((done - start) as f64 / 1e9), envelopes, alls)
+}
+
+fn casts_per_sec(nodes: &mut [Proc], casts: u64) -> f64 {
+    let before = nodes[1].ask("counts")["pings"].as_u64().unwrap();
+    let start = nodes[0].ask(&format!("cast-burst {casts}"))["start_ns"]
+        .as_u64()
+        .unwrap();
+    let done = nodes[1].ask(&format!("await-pings {}", before + casts))["done_ns"]
+        .as_u64()
+        .unwrap();
+    casts as f64 / ((done - start) as f64 / 1e9)
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    if std::env::var("RCS_BENCH_ROLE").as_deref() == Ok("node") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        return runtime.block_on(node::run());
+    }
+    let rounds: u64 = arg("--samples")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let mut out = serde_json::Map::new();
+    println!(
+        "cluster benchmark: {rounds} samples per latency, loopback, {} cores\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let mut pair = cluster(2, None);
+    let base = Latency::one_way(
+        "ractor_cluster cast (baseline)",
+        &samples(&pair[0].ask(&format!("rtt-base {rounds}"))),
+    );
+    let inv = Latency::one_way(
+        "publish -> remote invalidated",
+        &samples(&pair[0].ask(&format!("rtt-crate {rounds}"))),
+    );
+    let base_rate = casts_per_sec(&mut pair, 200_000);
+    let keys_1 = keys_per_sec(&mut pair, 2_000_000);
+    let idle = pair[1].ask("rss")["rss_kib"].as_u64().unwrap();
+    pair[1].ask("fill 200000");
+    let filled = pair[1].ask("rss")["rss_kib"].as_u64().unwrap();
+    drop(pair);
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "journal_mode", "WAL")
+        .unwrap();
+    let mut sqlite_pair = cluster(2, Some(&db));
+    let reload = Latency::one_way(
+        "publish -> remote reload (SQLite)",
+        &samples(&sqlite_pair[0].ask(&format!("rtt-crate {rounds}"))),
+    );
+    drop(sqlite_pair);
+
+    let mut fan_out = Vec::new();
+    let mut keys_n = Vec::new();
+    for n in [3usize, 4, 5, 8] {
+        let mut nodes = cluster(n, None);
+        if n == 3 || n == 5 {
+            keys_n.push((n - 1, keys_per_sec(&mut nodes, 1_000_000)));
+        }
+        if n == 4 || n == 8 {
+            let lat = Latency::one_way(
+                &format!("{n} nodes"),
+                &samples(&nodes[0].ask(&format!("rtt-crate {}", rounds / 2))),
+            );
+            fan_out.push((n, lat));
+        }
+    }
+
+    let b50 = base.p(0.5);
+    let b99 = base.p(0.99);
+    println!(
+        "  {:<44} {:>12} {:<8} vs baseline",
+        "figure", "value", "unit"
+    );
+    row("baseline one-way p50", b50, "µs", None);
+    row("baseline one-way p99", b99, "µs", None);
+    row(
+        "publish -> remote invalidated p50",
+        inv.p(0.5),
+        "µs",
+        Some(b50),
+    );
+    row(
+        "publish -> remote invalidated p99",
+        inv.p(0.99),
+        "µs",
+        Some(b99),
+    );
+    row(
+        "publish -> remote reload (SQLite) p50",
+        reload.p(0.5),
+        "µs",
+        Some(b50),
+    );
+    row(
+        "baseline casts/s (one message each)",
+        base_rate,
+        "msg/s",
+        None,
+    );
+    row(
+        "invalidated keys/s, 1 peer (coalescing)",
+        keys_1.0,
+        "keys/s",
+        Some(base_rate),
+    );
+    println!(
+        "      ({} envelopes, {} escalated to invalidate_all)",
+        keys_1.1, keys_1.2
+    );
+    for (peers, (rate, envelopes, alls)) in &keys_n {
+        row(
+            &format!("invalidated keys/s, {peers} peers"),
+            *rate,
+            "keys/s",
+            Some(base_rate),
+        );
+        println!("      ({envelopes} envelopes, {alls} escalated to invalidate_all)");
+    }
+    row("invalidate p50, 2 nodes", inv.p(0.5), "µs", None);
+    for (n, lat) in &fan_out {
+        row(
+            &format!("invalidate p50, {n} nodes (all peers)"),
+            lat.p(0.5),
+            "µs",
+            Some(inv.p(0.5)),
+        );
+        row(
+            &format!("invalidate p99, {n} nodes (all peers)"),
+            lat.p(0.99),
+            "µs",
+            Some(inv.p(0.99)),
+        );
+    }
+    let per_entry = (filled.saturating_sub(idle) as f64 * 1024.0) / 200_000.0;
+    // Key "fill-00000000" (13 bytes) and value "v" (1 byte), each in a String.
+    let beyond = per_entry - (13.0 + 1.0);
+    row("idle node RSS", idle as f64 / 1024.0, "MiB", None);
+    row("bytes per cached entry (RSS delta)", per_entry, "B", None);
+    row("  of which beyond key and value bytes", beyond, "B", None);
+
+    let fan = |n: usize| fan_out.iter().find(|(m, _)| *m == n).map(|(_, l)| l.p(0.5));
+    let figures = json!({
+        "samples": rounds,
+        "baseline_one_way_p50_us": b50,
+        "baseline_one_way_p99_us": b99,
+        "invalidate_p50_us": inv.p(0.5),
+        "invalidate_p99_us": inv.p(0.99),
+        "reload_p50_us": reload.p(0.5),
+        "reload_p99_us": reload.p(0.99),
+        "baseline_casts_per_sec": base_rate,
+        "keys_per_sec_1_peer": keys_1.0,
+        "keys_1_peer_envelopes": keys_1.1,
+        "keys_1_peer_escalations": keys_1.2,
+        "keys_per_sec_2_peers": keys_n.first().map(|k| k.1 .0),
+        "keys_per_sec_4_peers": keys_n.get(1).map(|k| k.1 .0),
+        "invalidate_p50_us_2_nodes": inv.p(0.5),
+        "invalidate_p50_us_4_nodes": fan(4),
+        "invalidate_p50_us_8_nodes": fan(8),
+        "idle_rss_kib": idle,
+        "bytes_per_entry": per_entry,
+        "bytes_per_entry_beyond_key_value": beyond,
+    });
+    out.extend(figures.as_object().unwrap().clone());
+    if let Some(path) = arg("--json") {
+        std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+        println!("\n  wrote {path}");
+    }
+    let plot = arg("--plot").unwrap_or_else(|| "target/cluster-latency-cdf.svg".to_owned());
+    match report::plot_cdf(std::path::Path::new(&plot), &[&base, &inv, &reload]) {
+        Ok(()) => println!("  wrote {plot}"),
+        Err(e) => eprintln!("  plot failed: {e}"),
+    }
+}

@@ -1,0 +1,290 @@
+//! One benchmark node (this binary re-executed with `RCS_BENCH_ROLE=node`): a crate cache on
+//! topic `bench` and, beside it, a plain remote-capable ractor actor for the baseline. Driven by
+//! one command per stdin line, answering one JSON line each.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cache_sync::{Cache, Node, NodeConfig, Source, Topic, Version};
+use ractor_cluster::RactorClusterMessage;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+const BASE_GROUP: &str = "bench-baseline";
+
+/// The baseline: ractor_cluster messaging with no crate code.
+#[derive(RactorClusterMessage)]
+pub enum BaseMsg {
+    /// First byte 1: answer with a pong.
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+}
+
+struct BaseActor {
+    pings: Arc<AtomicU64>,
+    pongs: mpsc::UnboundedSender<()>,
+}
+
+impl Actor for BaseActor {
+    type Msg = BaseMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, me: ActorRef<BaseMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        ractor::pg::join(BASE_GROUP.to_owned(), vec![me.get_cell()]);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<BaseMsg>,
+        msg: BaseMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BaseMsg::Ping(bytes) => {
+                self.pings.fetch_add(1, Ordering::Relaxed);
+                if bytes.first() == Some(&1) {
+                    for member in remote_base_members() {
+                        let _ = member.cast(BaseMsg::Pong(bytes.clone()));
+                    }
+                }
+            }
+            BaseMsg::Pong(_) => {
+                let _ = self.pongs.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remote_base_members() -> Vec<ActorRef<BaseMsg>> {
+    let members = ractor::pg::get_members(&BASE_GROUP.to_owned());
+    members
+        .into_iter()
+        .filter(|c| !c.get_id().is_local())
+        .map(Into::into)
+        .collect()
+}
+
+/// The crate's source: constant values; loading `ping` answers with a `pong-<me>`
+/// invalidation, loading `pong-*` reports to the driver. Optionally reads SQLite first.
+struct BenchSource {
+    me: OnceLock<(String, Cache<String, String>)>,
+    pongs: mpsc::UnboundedSender<()>,
+    version: AtomicU64,
+    sqlite: Option<std::sync::Mutex<rusqlite::Connection>>,
+}
+
+#[async_trait::async_trait]
+impl Source<String, String> for BenchSource {
+    async fn load(&self, key: &String) -> ractor_cache_sync::Result<Option<(String, Version)>> {
+        if let Some(conn) = &self.sqlite {
+            let conn = conn.lock().unwrap();
+            let read: rusqlite::Result<i64> = conn.query_row("SELECT 1", [], |r| r.get(0));
+            read.map_err(ractor_cache_sync::Error::from_source)?;
+        }
+        let version = self.version.fetch_add(1, Ordering::Relaxed);
+        if key == "ping" {
+            if let Some((name, cache)) = self.me.get() {
+                let _ = cache.invalidate(&format!("pong-{name}"));
+            }
+        } else if key.starts_with("pong-") && version > 0 {
+            let _ = self.pongs.send(());
+        }
+        Ok(Some(("v".to_owned(), version)))
+    }
+}
+
+pub async fn run() {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let mut config = NodeConfig::new(env("RCS_NAME"), "bench-cookie-0123456789abcdef")
+        .listen(env("RCS_LISTEN").parse().expect("RCS_LISTEN"));
+    for peer in env("RCS_PEERS").split(',').filter(|p| !p.is_empty()) {
+        config = config.peer(peer);
+    }
+    let node = Node::start(config).await.expect("node starts");
+    let (pong_tx, mut pongs) = mpsc::unbounded_channel();
+    let sqlite = (!env("RCS_SQLITE").is_empty()).then(|| {
+        std::sync::Mutex::new(rusqlite::Connection::open(env("RCS_SQLITE")).expect("sqlite"))
+    });
+    let source = Arc::new(BenchSource {
+        me: OnceLock::new(),
+        pongs: pong_tx.clone(),
+        version: AtomicU64::new(0),
+        sqlite,
+    });
+    let cache: Cache<String, String> = Cache::builder(Topic::new("bench"), source.clone())
+        .spawn(&node)
+        .await
+        .expect("cache");
+    let _ = source.me.set((node.name().to_owned(), cache.clone()));
+    let pings = Arc::new(AtomicU64::new(0));
+    let (base_tx, mut base_pongs) = mpsc::unbounded_channel();
+    let base = BaseActor {
+        pings: pings.clone(),
+        pongs: base_tx,
+    };
+    Actor::spawn(None, base, ()).await.expect("baseline actor");
+    println!("{}", json!({ "ok": "ready", "pid": std::process::id() }));
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let n = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let reply = match words.first().copied().unwrap_or("") {
+            "wait-peers" => {
+                let ok = node
+                    .wait_for_peers(n(1) as usize, Duration::from_secs(60))
+                    .await
+                    .is_ok();
+                while cache.health() != ractor_cache_sync::Health::Healthy {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Arm the ping-pong: cache `ping` here and every peer's `pong-*`.
+                let _ = cache.get(&"ping".to_owned()).await;
+                for peer in node.peers() {
+                    let _ = cache.get(&format!("pong-{peer}")).await;
+                }
+                json!({ "ok": ok, "peers": node.peers() })
+            }
+            "rtt-crate" => {
+                let peers = node.peers().len();
+                let samples = rtt(n(1), peers, &mut pongs, || {
+                    let _ = cache.invalidate(&"ping".to_owned());
+                })
+                .await;
+                json!({ "samples_ns": samples })
+            }
+            "rtt-base" => {
+                let peers = node.peers().len();
+                let samples = rtt(n(1), peers, &mut base_pongs, || {
+                    for member in remote_base_members() {
+                        let _ = member.cast(BaseMsg::Ping(vec![1; 64]));
+                    }
+                })
+                .await;
+                json!({ "samples_ns": samples })
+            }
+            "burst" => {
+                let start = mono_ns();
+                for i in 0..n(1) {
+                    let _ = cache.invalidate(&format!("key-{i}"));
+                    if i % 1024 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                json!({ "start_ns": start })
+            }
+            "cast-burst" => {
+                let start = mono_ns();
+                let members = remote_base_members();
+                for i in 0..n(1) {
+                    for member in &members {
+                        let _ = member.cast(BaseMsg::Ping(vec![0; 64]));
+                    }
+                    if i % 1024 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                json!({ "start_ns": start })
+            }
+            "await-keys" => {
+                // Done when every key arrived, or a whole-cache invalidation (the batch cap
+                // escalated) that came after them.
+                let alls = n(2);
+                loop {
+                    let stats = cache.stats();
+                    if stats.invalidations_received >= n(1) || stats.invalidate_alls_received > alls
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                let stats = cache.stats();
+                json!({ "done_ns": mono_ns(), "envelopes": stats.sync.received, "alls": stats.invalidate_alls_received })
+            }
+            "await-pings" => {
+                while pings.load(Ordering::Relaxed) < n(1) {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                json!({ "done_ns": mono_ns() })
+            }
+            "fill" => {
+                for i in 0..n(1) {
+                    let _ = cache.get(&format!("fill-{i:08}")).await;
+                }
+                json!({ "entries": cache.entry_count() })
+            }
+            "rss" => json!({ "rss_kib": rss_kib() }),
+            "counts" => json!({
+                "pings": pings.load(Ordering::Relaxed),
+                "keys": cache.stats().invalidations_received,
+                "alls": cache.stats().invalidate_alls_received,
+                "envelopes": cache.stats().sync.received,
+            }),
+            "quit" => break,
+            other => json!({ "error": format!("unknown command {other:?}") }),
+        };
+        println!("{reply}");
+    }
+    let _ = cache
+        .actor()
+        .stop_and_wait(None, Some(Duration::from_secs(1)))
+        .await;
+    node.shutdown().await;
+    let _ = pong_tx;
+}
+
+/// `rounds` round trips after 500 warm-up ones: `send`, then wait for one pong per peer.
+async fn rtt(
+    rounds: u64,
+    peers: usize,
+    pongs: &mut mpsc::UnboundedReceiver<()>,
+    send: impl Fn(),
+) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(rounds as usize);
+    for round in 0..rounds + 500 {
+        while pongs.try_recv().is_ok() {}
+        let start = std::time::Instant::now();
+        send();
+        for _ in 0..peers {
+            if tokio::time::timeout(Duration::from_secs(5), pongs.recv())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if round >= 500 {
+            samples.push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    samples
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
+pub fn mono_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -6,7 +6,8 @@ mod builder;
 mod invalidation;
 mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use ractor::{ActorCell, ActorRef};
 
@@ -17,6 +18,11 @@ pub use self::builder::{CacheBuilder, Mode};
 pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
 use self::store::Store;
+use crate::synchronization::message::Drainer;
+use crate::Synchronization;
+
+/// The cache's current Synchronization handle, shared by the handles and the actor.
+pub(crate) type SyncSlot<K> = Arc<RwLock<Option<Synchronization<Invalidation<K>>>>>;
 use crate::clock::now_us;
 use crate::synchronization::SyncShared;
 use crate::{CacheStats, Error, Health, Node, Result, Source, Topic, Version};
@@ -30,6 +36,9 @@ use crate::{CacheStats, Error, Health, Node, Result, Source, Topic, Version};
 pub struct Cache<K, V> {
     store: Arc<Store<K, V>>,
     batch: Arc<Batch<K>>,
+    slot: SyncSlot<K>,
+    drainer: Drainer<Invalidation<K>>,
+    coalesce: Duration,
     actor: ActorRef<CacheMessage<K>>,
     shared: Arc<SyncShared>,
     mode: Mode,
@@ -40,6 +49,9 @@ impl<K, V> Clone for Cache<K, V> {
         Self {
             store: self.store.clone(),
             batch: self.batch.clone(),
+            slot: self.slot.clone(),
+            drainer: self.drainer.clone(),
+            coalesce: self.coalesce,
             actor: self.actor.clone(),
             shared: self.shared.clone(),
             mode: self.mode,
@@ -139,16 +151,16 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// As [`invalidate`](Self::invalidate).
     ///
-    /// Invalidations are coalesced: all keys invalidated while the previous envelope was
-    /// going out travel together in the next one, each key once; past the batch cap the batch
-    /// becomes an `invalidate_all`.
+    /// Invalidations are coalesced: a lone invalidation goes out at once; in a burst, all keys
+    /// invalidated within the coalescing window (default 1 ms) travel together in one envelope,
+    /// each key once; past the batch cap the batch becomes an `invalidate_all`.
     pub fn invalidate_keys(&self, keys: Vec<(K, Option<Version>)>) -> Result<()> {
         for (key, version) in &keys {
             self.store.invalidate(key, *version);
         }
         crate::stats::add(&self.store.counters.invalidations_sent, keys.len() as u64);
         if self.batch.add(keys) {
-            self.send(CacheMessage::Flush)?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -162,7 +174,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.store.invalidate_all();
         crate::stats::bump(&self.store.counters.invalidations_sent);
         if self.batch.add_all() {
-            self.send(CacheMessage::Flush)?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -203,6 +215,18 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.
     pub fn actor(&self) -> ActorCell {
         self.actor.get_cell()
+    }
+
+    /// Asks the Synchronization actor to publish the batch; if it is being restarted, the cache
+    /// actor drains the batch once the new one is up.
+    fn flush(&self) -> Result<()> {
+        let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(sync) => sync.drain(self.drainer.clone(), self.coalesce).or(Ok(())),
+            None => Err(Error::ActorStopped(
+                "synchronization actor not started".into(),
+            )),
+        }
     }
 
     fn send(&self, message: CacheMessage<K>) -> Result<()> {

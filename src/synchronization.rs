@@ -272,6 +272,11 @@ impl<M: TopicMessage> Synchronization<M> {
         self.send(SyncMessage::Subscribe(Arc::new(subscriber)))
     }
 
+    /// Asks the actor to publish what `take` yields, at most once per `window`.
+    pub(crate) fn drain(&self, take: message::Drainer<M>, window: Duration) -> Result<()> {
+        self.send(SyncMessage::Drain { take, window })
+    }
+
     /// Casts `bytes` unchanged to every remote member of the topic, as if they were an
     /// envelope. A fault-injection tool to check how peers handle garbage; not for normal use.
     ///

@@ -117,7 +117,9 @@ pub async fn run() {
         version: AtomicU64::new(0),
         sqlite,
     });
+    // A backlog bound above what a 2 M-key burst can leave unacknowledged between heartbeats.
     let cache: Cache<String, String> = Cache::builder(Topic::new("bench"), source.clone())
+        .max_backlog(512 << 20)
         .spawn(&node)
         .await
         .expect("cache");

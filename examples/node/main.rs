@@ -66,7 +66,7 @@ struct Args {
     forget_after_ms: u64,
     /// Bytes of this node's messages a peer may leave unacknowledged before its session is
     /// closed (bounds memory under a stopped peer).
-    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_backlog_bytes: u64,
     /// A peer silent for this long (milliseconds) is declared down: its session is closed and
     /// dialled again.

@@ -12,6 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::batch::Batch;
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
+use super::SyncSlot;
 use crate::stats::{add, bump};
 use crate::synchronization::SyncShared;
 use crate::{Delivery, MissCause, SyncConfig, Synchronization, Topic};
@@ -27,8 +28,6 @@ impl<K, V> CacheActor<K, V> {
 
 /// Messages of the cache actor.
 pub(crate) enum CacheMessage<K> {
-    /// Publish what the batch holds (sent once per batch, by whoever found it empty).
-    Flush,
     /// Cast raw bytes to every remote member (fault injection).
     SendRaw(Vec<u8>),
     /// Hand out the current Synchronization handle (it changes when the actor is restarted).
@@ -41,6 +40,9 @@ impl<K: Send + 'static> ractor::Message for CacheMessage<K> {}
 pub(crate) struct CacheArguments<K, V> {
     pub(crate) store: Arc<Store<K, V>>,
     pub(crate) batch: Arc<Batch<K>>,
+    /// The current Synchronization handle, shared with the `Cache` handles, which publish
+    /// through it directly; replaced when the actor is restarted.
+    pub(crate) slot: SyncSlot<K>,
     pub(crate) topic: Topic<Invalidation<K>>,
     pub(crate) node_name: String,
     pub(crate) sync_config: SyncConfig,
@@ -92,11 +94,6 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CacheMessage::Flush => {
-                if let Some(invalidation) = state.args.batch.take() {
-                    state.publish(&invalidation);
-                }
-            }
             CacheMessage::SendRaw(bytes) => state.sync.send_raw(bytes)?,
             CacheMessage::Sync(reply) => {
                 let _ = reply.send(state.sync.clone());
@@ -146,15 +143,11 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
         args.shared.clone(),
     )
     .await?;
+    *args.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(sync.clone());
+    // Whatever was batched while no actor was there goes out now.
+    let batch = args.batch.clone();
+    sync.drain(Arc::new(move || batch.take()), std::time::Duration::ZERO)?;
     Ok(sync)
-}
-
-impl<K: CacheKey, V> CacheState<K, V> {
-    fn publish(&self, invalidation: &Invalidation<K>) {
-        if let Err(error) = self.sync.publish(invalidation) {
-            tracing::error!(%error, "invalidation not published");
-        }
-    }
 }
 
 /// Applies one delivery to the store before returning.

@@ -58,15 +58,16 @@ impl<K: Hash + Eq> Batch<K> {
         })
     }
 
-    /// Takes what is pending, if anything.
-    pub(crate) fn take(&self) -> Option<Invalidation<K>> {
+    /// Takes what is pending, if anything, with the number of keys (1 for everything).
+    pub(crate) fn take(&self) -> Option<(Invalidation<K>, usize)> {
         self.with(|p| {
             if p.all {
                 p.all = false;
                 p.keys.clear();
-                return Some(Invalidation::All);
+                return Some((Invalidation::All, 1));
             }
-            (!p.keys.is_empty()).then(|| Invalidation::Keys(p.keys.drain().collect()))
+            let count = p.keys.len();
+            (count > 0).then(|| (Invalidation::Keys(p.keys.drain().collect()), count))
         })
     }
 
@@ -95,7 +96,7 @@ mod tests {
         let batch = Batch::new(10);
         assert!(batch.add([(1, Some(3)), (2, Some(1))]));
         assert!(!batch.add([(1, Some(5)), (2, None)]));
-        let Some(Invalidation::Keys(mut keys)) = batch.take() else {
+        let Some((Invalidation::Keys(mut keys), 2)) = batch.take() else {
             panic!("expected keys")
         };
         keys.sort();
@@ -107,9 +108,9 @@ mod tests {
     fn escalates_to_everything_past_the_cap() {
         let batch = Batch::new(3);
         batch.add((0..4).map(|k| (k, None)));
-        assert_eq!(batch.take(), Some(Invalidation::All));
+        assert_eq!(batch.take(), Some((Invalidation::All, 1)));
         assert!(batch.add([(1, None)]), "empty again after the take");
         assert!(!batch.add_all());
-        assert_eq!(batch.take(), Some(Invalidation::All));
+        assert_eq!(batch.take(), Some((Invalidation::All, 1)));
     }
 }

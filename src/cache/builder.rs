@@ -8,7 +8,7 @@ use ractor::{Actor, ActorCell};
 use super::actor::{CacheActor, CacheArguments, CacheKey};
 use super::batch::Batch;
 use super::store::Store;
-use super::{Cache, Invalidation};
+use super::{Cache, Invalidation, SyncSlot};
 use crate::{Error, Node, Result, Source, SyncConfig, Topic};
 
 /// What a cache does when it cannot vouch for its entries.
@@ -45,6 +45,7 @@ pub struct CacheBuilder<K, V> {
     mode: Mode,
     sync: SyncConfig,
     max_batch_keys: usize,
+    coalesce: Duration,
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
@@ -54,7 +55,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             source,
             mode: Mode::default(),
             sync: SyncConfig::default(),
-            max_batch_keys: 4096,
+            max_batch_keys: 65_536,
+            coalesce: Duration::from_millis(1),
         }
     }
 
@@ -83,13 +85,23 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     }
 
     /// Most keys one coalesced invalidation carries; a larger batch goes out as an
-    /// `invalidate_all` instead (peers then reload what they need). Default 4096; at least 1.
+    /// `invalidate_all` instead (peers then reload what they need). Default 65 536 (an envelope
+    /// of under 1 MiB for short keys); at least 1.
     pub fn max_batch_keys(mut self, keys: usize) -> Self {
         self.max_batch_keys = keys;
         self
     }
 
-    /// See [`SyncConfig::max_backlog`]. Default 8 MiB.
+    /// Coalescing window: in a burst, at most one envelope per window carries every key
+    /// invalidated meanwhile; an invalidation after a quiet window goes out at once, so this is
+    /// the most latency coalescing adds. Default 1 ms; `Duration::ZERO` turns it off (batches
+    /// then form only while the previous envelope is being sent); at most 1 s.
+    pub fn coalesce_window(mut self, window: Duration) -> Self {
+        self.coalesce = window;
+        self
+    }
+
+    /// See [`SyncConfig::max_backlog`]. Default 32 MiB.
     pub fn max_backlog(mut self, bytes: u64) -> Self {
         self.sync = self.sync.max_backlog(bytes);
         self
@@ -118,12 +130,17 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         if self.max_batch_keys == 0 {
             return Err(Error::Config("max_batch_keys must be at least 1".into()));
         }
+        if self.coalesce > Duration::from_secs(1) {
+            return Err(Error::Config("coalesce_window must be at most 1 s".into()));
+        }
         let batch = Arc::new(Batch::new(self.max_batch_keys));
         let shared = Arc::default();
         let store = Arc::new(Store::new(self.source, self.mode, Arc::clone(&shared)));
+        let slot: SyncSlot<K> = Arc::default();
         let args = CacheArguments {
             store: store.clone(),
             batch: batch.clone(),
+            slot: slot.clone(),
             topic: self.topic,
             node_name: node.name().to_owned(),
             sync_config: self.sync,
@@ -134,9 +151,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             None => Actor::spawn(None, CacheActor::new(), args).await,
         };
         let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
+        let drain_from = batch.clone();
         Ok(Cache {
             store,
             batch,
+            slot,
+            drainer: Arc::new(move || drain_from.take()),
+            coalesce: self.coalesce,
             actor,
             shared,
             mode: self.mode,

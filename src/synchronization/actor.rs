@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
 use super::backlog::Backlog;
-use super::message::{Subscriber, SyncMessage};
+use super::message::{Drainer, Subscriber, SyncMessage};
 use super::shared::SyncShared;
 use super::{Delivery, MissCause, SyncConfig, TopicMessage};
 use crate::clock::now_us;
@@ -59,6 +59,10 @@ pub(crate) struct SynchronizationState<M> {
     max_backlog: u64,
     backlog: Backlog,
     waiters: Vec<Waiter>,
+    /// When (µs) a coalescing batch was last drained, and whether a delayed drain is pending.
+    last_drain: u64,
+    last_drain_items: usize,
+    drain_scheduled: bool,
 }
 
 /// A `publish_confirmed` caller waiting for acknowledgements.
@@ -103,6 +107,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             max_backlog: args.config.max_backlog_bytes(),
             backlog: Backlog::default(),
             waiters: Vec::new(),
+            last_drain: 0,
+            last_drain_items: 0,
+            drain_scheduled: false,
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
@@ -126,11 +133,12 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            SyncMessage::Drain { take, window } => state.drain(&myself, take, window),
             SyncMessage::Wire(bytes) => state.receive(&bytes),
             SyncMessage::Foreign(variant) => {
                 state.undecodable(format!("foreign message {variant:?}"))
@@ -172,6 +180,43 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
 }
 
 impl<M: TopicMessage> SynchronizationState<M> {
+    /// Publishes a coalescing batch now, unless the previous batch carried several items (a
+    /// burst is under way) and went out less than `window` ago: then once that much time has
+    /// passed (one delayed drain at a time). Lone messages, even back to back, are never
+    /// delayed; a burst travels in one envelope per window.
+    fn drain(
+        &mut self,
+        myself: &ActorRef<SyncMessage<M>>,
+        take: Drainer<M>,
+        window: std::time::Duration,
+    ) {
+        let now = now_us();
+        let window_us = window.as_micros() as u64;
+        let since = now.saturating_sub(self.last_drain);
+        if since < window_us && self.last_drain_items > 1 {
+            if !self.drain_scheduled {
+                self.drain_scheduled = true;
+                let delay = std::time::Duration::from_micros(window_us - since);
+                myself.send_after(delay, move || SyncMessage::Drain {
+                    take: take.clone(),
+                    window: std::time::Duration::ZERO,
+                });
+            }
+            return;
+        }
+        self.drain_scheduled = false;
+        self.last_drain = now;
+        let Some((message, items)) = take() else {
+            self.last_drain_items = 0;
+            return;
+        };
+        self.last_drain_items = items;
+        match postcard::to_stdvec(&message) {
+            Ok(payload) => self.publish(payload, None),
+            Err(error) => tracing::error!(%error, topic = %self.group, "batch not encoded"),
+        }
+    }
+
     fn publish_confirmed(
         &mut self,
         payload: Vec<u8>,

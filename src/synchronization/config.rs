@@ -21,7 +21,7 @@ pub struct SyncConfig {
 }
 
 /// Default bound on unacknowledged bytes per peer.
-const DEFAULT_MAX_BACKLOG: u64 = 8 * 1024 * 1024;
+const DEFAULT_MAX_BACKLOG: u64 = 32 * 1024 * 1024;
 
 impl Default for SyncConfig {
     fn default() -> Self {
@@ -63,7 +63,7 @@ impl SyncConfig {
     /// How many bytes of this node's messages a peer may leave unacknowledged (peers
     /// acknowledge in their heartbeats). Past that — a stopped or hopelessly slow peer — its
     /// session is closed, which drops everything queued for it; it repairs when it reconnects.
-    /// This bounds the memory ractor_cluster's unbounded send queues can take. Default 8 MiB;
+    /// This bounds the memory ractor_cluster's unbounded send queues can take. Default 32 MiB;
     /// at least 1.
     pub fn max_backlog(mut self, bytes: u64) -> Self {
         self.max_backlog = bytes;

@@ -18,6 +18,9 @@ pub(crate) const WIRE_VARIANT: &str = "ractor_cache_sync::Envelope";
 /// A local subscriber callback.
 pub(crate) type Subscriber<M> = Arc<dyn Fn(Delivery<M>) + Send + Sync>;
 
+/// Takes whatever a coalescing batch holds, if anything, with how many items it carries.
+pub(crate) type Drainer<M> = Arc<dyn Fn() -> Option<(M, usize)> + Send + Sync>;
+
 /// Messages of the Synchronization actor.
 pub(crate) enum SyncMessage<M> {
     /// Envelope bytes from a peer (or injected locally for fault testing).
@@ -32,6 +35,12 @@ pub(crate) enum SyncMessage<M> {
     SendRaw(Vec<u8>),
     /// Time to send heartbeats and forget silent peers.
     Tick,
+    /// Publish what `take` yields, at most once per `window` (a burst is coalesced, a lone
+    /// message goes out at once).
+    Drain {
+        take: Drainer<M>,
+        window: std::time::Duration,
+    },
     /// Publish, then report which peers applied it within `timeout`.
     PublishConfirmed {
         payload: Vec<u8>,

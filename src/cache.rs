@@ -92,6 +92,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         Ok(self.lookup(key).await?.value.map(|(value, _)| value))
     }
 
+    /// The cached value of `key`, if this node may serve it from its heap right now: no load,
+    /// no await, no message, no allocation beyond cloning `V` (use `Arc<T>` for large values).
+    /// `None` on a miss, and in bounded mode while some peer's lease is not valid.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        self.store.peek(key)
+    }
+
     /// Like [`get`](Self::get), with the value's version and whether it was a hit.
     ///
     /// # Errors

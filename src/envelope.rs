@@ -119,6 +119,33 @@ impl Envelope {
     }
 }
 
+/// Encoding and decoding as the Synchronization actor does them, for the benchmarks.
+#[allow(unreachable_pub)] // re-exported as `__bench`
+pub mod bench {
+    use super::{Body, Envelope};
+
+    /// Encodes a publish envelope of `payload` once and copies it for `peers` casts, as a
+    /// publish to `peers` remote members does.
+    pub fn encode_for_peers(payload: &[u8], peers: usize) -> Vec<Vec<u8>> {
+        let envelope = Envelope {
+            topic: "bench".into(),
+            origin: "a@127.0.0.1".into(),
+            incarnation: 7,
+            body: Body::Publish {
+                seq: 1,
+                payload: payload.to_vec(),
+            },
+        };
+        let bytes = envelope.encode().expect("encodes");
+        (0..peers).map(|_| bytes.clone()).collect()
+    }
+
+    /// Decodes an envelope; true if it decoded.
+    pub fn decode(bytes: &[u8]) -> bool {
+        Envelope::decode(bytes).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,12 @@ pub use synchronization::{SyncConfig, SyncStats};
 pub use synchronization::{Synchronization, TopicMessage};
 pub use topic::{Topic, PG_SCOPE};
 
+/// Entry points for the crate's own benchmarks; not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::envelope::bench::*;
+}
+
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

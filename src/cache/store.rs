@@ -111,9 +111,18 @@ where
         Ok(Lookup { value, hit: false })
     }
 
+    /// The cached value, if it may be served now; never loads.
+    pub(crate) fn peek(&self, key: &K) -> Option<V> {
+        let servable = self.mode == Mode::Eventual || self.leases.leases_valid(now_us());
+        servable
+            .then(|| self.cached(key))
+            .flatten()
+            .map(|(value, _)| value)
+    }
+
     fn cached(&self, key: &K) -> Option<(V, Version)> {
         let entry = self.entries.get(key)?;
-        bump(&self.counters.hits);
+        self.counters.hits.bump();
         Some((entry.value.clone(), entry.version))
     }
 

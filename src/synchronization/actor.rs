@@ -113,6 +113,11 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
+        // Peers already in the group joined before we could watch: treat them as joining now.
+        for _ in state.remote_members() {
+            bump(&state.shared.counters.peer_joins);
+            state.possibly_missed(MissCause::PeerJoined);
+        }
         state.refresh_gate();
         Ok(state)
     }

@@ -1,0 +1,106 @@
+//! Micro-benchmarks of the hot paths: a cache hit (1 and 2 threads), a miss with single
+//! flight, envelope encode/decode, and preparing one publish for N peers.
+//!
+//! `cargo bench --bench micro`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ractor_cache_sync::{Cache, Node, NodeConfig, Source, Topic, Version};
+
+struct Constant;
+
+#[async_trait::async_trait]
+impl Source<u64, Arc<String>> for Constant {
+    async fn load(&self, key: &u64) -> ractor_cache_sync::Result<Option<(Arc<String>, Version)>> {
+        Ok(Some((Arc::new(format!("value {key}")), 1)))
+    }
+}
+
+fn setup() -> (tokio::runtime::Runtime, Node, Cache<u64, Arc<String>>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (node, cache) = runtime.block_on(async {
+        let node = Node::start(NodeConfig::new("bench", "cookie"))
+            .await
+            .unwrap();
+        let cache = Cache::spawn(Topic::new("micro"), Arc::new(Constant), &node)
+            .await
+            .unwrap();
+        for key in 0..1024 {
+            cache.get(&key).await.unwrap();
+        }
+        (node, cache)
+    });
+    (runtime, node, cache)
+}
+
+fn hits(c: &mut Criterion) {
+    let (_runtime, _node, cache) = setup();
+    let mut group = c.benchmark_group("cache_hit");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("1_thread", |b| {
+        let mut key = 0u64;
+        b.iter(|| {
+            key = (key + 1) & 1023;
+            cache.peek(&key).expect("hit")
+        })
+    });
+    group.bench_function("2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let cache = &cache;
+                    s.spawn(move || {
+                        for i in 0..iters {
+                            // Disjoint halves of the keys: threads share the map, not values.
+                            std::hint::black_box(cache.peek(&((i & 511) + t * 512)));
+                        }
+                    });
+                }
+            });
+            // Per read: two threads did `iters` each in this time.
+            start.elapsed() / 2
+        })
+    });
+    group.finish();
+}
+
+fn miss_with_single_flight(c: &mut Criterion) {
+    let (runtime, _node, cache) = setup();
+    c.bench_function("miss_invalidate_then_get", |b| {
+        b.iter(|| {
+            cache.invalidate(&7).unwrap();
+            runtime.block_on(cache.get(&7)).unwrap()
+        })
+    });
+}
+
+fn envelopes(c: &mut Criterion) {
+    use ractor_cache_sync::__bench::{decode, encode_for_peers};
+    let payload = vec![7u8; 64];
+    let bytes = encode_for_peers(&payload, 1).pop().unwrap();
+    c.bench_function("envelope_encode_64B", |b| {
+        b.iter(|| encode_for_peers(&payload, 1))
+    });
+    c.bench_function("envelope_decode_64B", |b| b.iter(|| decode(&bytes)));
+    let mut group = c.benchmark_group("publish_prepare_for_peers");
+    for peers in [1usize, 4, 16] {
+        group.bench_with_input(BenchmarkId::from_parameter(peers), &peers, |b, &peers| {
+            b.iter(|| encode_for_peers(&payload, peers))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = hits, miss_with_single_flight, envelopes
+}
+criterion_main!(benches);

@@ -185,7 +185,11 @@ fn main() {
                 &format!("{n} nodes"),
                 &samples(&nodes[0].ask(&format!("rtt-crate {}", rounds / 2))),
             );
-            fan_out.push((n, lat));
+            let base = Latency::one_way(
+                &format!("{n} nodes, baseline"),
+                &samples(&nodes[0].ask(&format!("rtt-base {}", rounds / 2))),
+            );
+            fan_out.push((n, lat, base));
         }
     }
 
@@ -241,7 +245,13 @@ fn main() {
         println!("      ({envelopes} envelopes, {alls} escalated to invalidate_all)");
     }
     row("invalidate p50, 2 nodes", inv.p(0.5), "µs", None);
-    for (n, lat) in &fan_out {
+    for (n, lat, base) in &fan_out {
+        row(
+            &format!("baseline p50, {n} nodes (all peers)"),
+            base.p(0.5),
+            "µs",
+            Some(b50),
+        );
         row(
             &format!("invalidate p50, {n} nodes (all peers)"),
             lat.p(0.5),
@@ -254,6 +264,10 @@ fn main() {
             "µs",
             Some(inv.p(0.99)),
         );
+        println!(
+            "      (invalidate / baseline at {n} nodes: {:.2}x)",
+            lat.p(0.5) / base.p(0.5)
+        );
     }
     let per_entry = (filled.saturating_sub(idle) as f64 * 1024.0) / 200_000.0;
     // Key "fill-00000000" (13 bytes) and value "v" (1 byte), each in a String.
@@ -262,7 +276,18 @@ fn main() {
     row("bytes per cached entry (RSS delta)", per_entry, "B", None);
     row("  of which beyond key and value bytes", beyond, "B", None);
 
-    let fan = |n: usize| fan_out.iter().find(|(m, _)| *m == n).map(|(_, l)| l.p(0.5));
+    let fan = |n: usize| {
+        fan_out
+            .iter()
+            .find(|(m, _, _)| *m == n)
+            .map(|(_, l, _)| l.p(0.5))
+    };
+    let fan_base = |n: usize| {
+        fan_out
+            .iter()
+            .find(|(m, _, _)| *m == n)
+            .map(|(_, _, b)| b.p(0.5))
+    };
     let figures = json!({
         "samples": rounds,
         "baseline_one_way_p50_us": b50,
@@ -280,6 +305,8 @@ fn main() {
         "invalidate_p50_us_2_nodes": inv.p(0.5),
         "invalidate_p50_us_4_nodes": fan(4),
         "invalidate_p50_us_8_nodes": fan(8),
+        "baseline_one_way_p50_us_4_nodes": fan_base(4),
+        "baseline_one_way_p50_us_8_nodes": fan_base(8),
         "idle_rss_kib": idle,
         "bytes_per_entry": per_entry,
         "bytes_per_entry_beyond_key_value": beyond,

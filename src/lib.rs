@@ -22,6 +22,7 @@ mod sequence;
 mod source;
 mod stats;
 mod synchronization;
+mod telemetry;
 mod topic;
 
 pub use cache::{Cache, CacheBuilder, CacheKey, Invalidation, Lookup, Mode};

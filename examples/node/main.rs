@@ -68,6 +68,9 @@ struct Args {
     /// closed (bounds memory under a stopped peer).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_backlog_bytes: u64,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// A peer silent for this long (milliseconds) is declared down: its session is closed and
     /// dialled again.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
@@ -109,6 +112,12 @@ async fn main() {
 }
 
 async fn start(args: &Args) -> Result<NodeProcess, String> {
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    }
     let source = SqliteSource::open(&args.db).map_err(|e| format!("cannot open database: {e}"))?;
     let config = args
         .peers

@@ -137,6 +137,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         let shared = Arc::default();
         let store = Arc::new(Store::new(self.source, self.mode, Arc::clone(&shared)));
         let slot: SyncSlot<K> = Arc::default();
+        let args_topic = self.topic.name().to_owned();
         let args = CacheArguments {
             store: store.clone(),
             batch: batch.clone(),
@@ -152,7 +153,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         };
         let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
         let drain_from = batch.clone();
-        Ok(Cache {
+        let topic = args_topic;
+        let cache = Cache {
             store,
             batch,
             slot,
@@ -161,6 +163,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             actor,
             shared,
             mode: self.mode,
-        })
+        };
+        tokio::spawn(crate::telemetry::report_cache(cache.clone(), topic));
+        Ok(cache)
     }
 }

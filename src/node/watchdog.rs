@@ -39,6 +39,8 @@ impl Watchdog {
             let now = now_us();
             let heard = self.liveness.last_heard();
             let sessions = self.sessions.borrow().clone();
+            let declared = self.declared_down.load(Ordering::Relaxed);
+            crate::telemetry::publish_node(super::peers::names(&sessions).len(), declared);
             closed.retain(|id| sessions.contains_key(id));
             for (id, session) in sessions {
                 let last = heard.get(&session.name).copied().unwrap_or(0);

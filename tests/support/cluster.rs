@@ -12,7 +12,7 @@ pub mod scenario;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use node_process::{eventually, NodeProcess, NodeSpec};
+pub use node_process::{eventually, free_port, NodeProcess, NodeSpec};
 
 /// Generous: a liveness bound for a loaded 2-core CI machine, not a performance claim.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -12,6 +12,7 @@ pub mod scenario;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[allow(unused_imports)] // each test file uses a different part
 pub use node_process::{eventually, free_port, NodeProcess, NodeSpec};
 
 /// Generous: a liveness bound for a loaded 2-core CI machine, not a performance claim.

@@ -219,6 +219,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.mode
     }
 
+    /// The cache's current Synchronization actor (it changes when the cache actor restarts it
+    /// after a failure), for monitoring and fault injection.
+    pub fn synchronization_actor(&self) -> Option<ActorCell> {
+        let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(Synchronization::actor)
+    }
+
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.
     pub fn actor(&self) -> ActorCell {
         self.actor.get_cell()

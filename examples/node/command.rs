@@ -23,6 +23,8 @@ pub enum Command {
     /// Cast hex-encoded bytes to every remote member as if they were an envelope (fault
     /// injection), or, with `foreign`, a message of a type that is not ours.
     Inject(Injection),
+    /// Kill the cache's Synchronization actor (the cache actor restarts it).
+    KillSync,
     Quit,
 }
 
@@ -58,17 +60,18 @@ impl Command {
                 key: rest.to_owned(),
             }),
             "get" => Err("usage: get KEY".into()),
-            "peers" | "stats" | "quit" if !rest.is_empty() => {
+            "peers" | "stats" | "quit" | "kill-sync" if !rest.is_empty() => {
                 Err(format!("{verb} takes no arguments"))
             }
             "peers" => Ok(Self::Peers),
+            "kill-sync" => Ok(Self::KillSync),
             "stats" => Ok(Self::Stats),
             "quit" => Ok(Self::Quit),
             "inject" if rest == "foreign" => Ok(Self::Inject(Injection::Foreign)),
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
             other => Err(format!(
-                "unknown command {other:?} (expected put, put-confirmed, get, peers, stats, burst, inject or quit)"
+                "unknown command {other:?} (expected put, put-confirmed, get, peers, stats, burst, inject, kill-sync or quit)"
             )),
         }
     }

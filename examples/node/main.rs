@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `stats`,
-//! `burst N`, `inject HEX|foreign`, `quit`.
+//! `burst N`, `inject HEX|foreign`, `kill-sync`, `quit`.
 //! See `examples/README.md` for the reply formats.
 
 mod command;
@@ -176,6 +176,13 @@ impl NodeProcess {
             Command::Peers => Ok(json!({ "ok": "peers", "peers": self.node.peers() })),
             Command::Stats => Ok(self.stats()),
             Command::Inject(injection) => self.inject(injection),
+            Command::KillSync => match self.cache.synchronization_actor() {
+                Some(actor) => {
+                    actor.kill();
+                    Ok(json!({ "ok": "kill-sync" }))
+                }
+                None => Err("no synchronization actor running".to_owned()),
+            },
             Command::Quit => unreachable!("handled by the caller"),
         };
         result.unwrap_or_else(|error| json!({ "error": error }))

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[allow(unused_imports)] // each test file uses a different part
-pub use node_process::{eventually, free_port, NodeProcess, NodeSpec};
+pub use node_process::{eventually, free_port, node_binary, NodeProcess, NodeSpec};
 
 /// Generous: a liveness bound for a loaded 2-core CI machine, not a performance claim.
 pub const DEADLINE: Duration = Duration::from_secs(20);

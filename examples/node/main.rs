@@ -12,10 +12,11 @@
 //! See `examples/README.md` for the reply formats.
 
 mod command;
+mod database;
+mod postgres;
 mod sqlite;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use command::{Command, Injection};
-use sqlite::SqliteSource;
+use database::Database;
 
 /// Longest command line accepted; longer lines are refused and skipped.
 const MAX_LINE: usize = 1 << 20;
@@ -42,9 +43,10 @@ struct Args {
     /// A peer to keep a session with (repeatable).
     #[arg(long = "peer")]
     peers: Vec<String>,
-    /// SQLite database file (created if missing) shared by the cluster's nodes.
+    /// The source of truth shared by the cluster's nodes: a SQLite file (created if missing),
+    /// or a `postgres://user:password@host:port/database` URL.
     #[arg(long)]
-    db: PathBuf,
+    db: String,
     /// Cluster cookie (shared secret).
     #[arg(long, env = "RACTOR_CACHE_SYNC_COOKIE", hide_env_values = true)]
     cookie: String,
@@ -86,7 +88,7 @@ enum ModeArg {
 struct NodeProcess {
     node: Node,
     cache: Cache<String, String>,
-    source: SqliteSource,
+    source: Database,
     topic: String,
 }
 
@@ -118,7 +120,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
             .install()
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
-    let source = SqliteSource::open(&args.db).map_err(|e| format!("cannot open database: {e}"))?;
+    let source = Database::open(&args.db).await?;
     let config = args
         .peers
         .iter()

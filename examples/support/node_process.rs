@@ -20,7 +20,10 @@ pub struct NodeSpec {
     pub name: String,
     pub listen: SocketAddr,
     pub peers: Vec<SocketAddr>,
+    /// A SQLite file, or a `postgres://` URL.
     pub db: PathBuf,
+    /// Where the node's stderr goes (`NAME.PORT.log`).
+    pub log_dir: PathBuf,
     pub cookie: String,
     pub extra: Vec<String>,
 }
@@ -33,6 +36,7 @@ impl NodeSpec {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             peers: Vec::new(),
             db: db.to_owned(),
+            log_dir: db.parent().map_or_else(std::env::temp_dir, Path::to_owned),
             cookie: "test-cookie-0123456789abcdef".to_owned(),
             extra: Vec::new(),
         }
@@ -203,8 +207,8 @@ fn read_lines(stdout: std::process::ChildStdout) -> Receiver<String> {
 
 /// Where a node's stderr (its log) goes: beside its database.
 pub fn log_path(spec: &NodeSpec) -> PathBuf {
-    spec.db
-        .with_file_name(format!("{}.{}.log", spec.name, spec.listen.port()))
+    spec.log_dir
+        .join(format!("{}.{}.log", spec.name, spec.listen.port()))
 }
 
 /// The `node` example binary built beside the running executable (`target/<profile>/examples`).

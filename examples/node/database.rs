@@ -1,0 +1,44 @@
+//! The node's source of truth: a SQLite file, or PostgreSQL when `--db` is a `postgres://` URL.
+
+use ractor_cache_sync::{Result, Source, Version};
+
+use crate::postgres::PostgresSource;
+use crate::sqlite::SqliteSource;
+
+#[derive(Clone)]
+pub enum Database {
+    Sqlite(SqliteSource),
+    Postgres(PostgresSource),
+}
+
+impl Database {
+    pub async fn open(db: &str) -> std::result::Result<Self, String> {
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            let source = PostgresSource::connect(db).await;
+            return source
+                .map(Self::Postgres)
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"));
+        }
+        let source = SqliteSource::open(std::path::Path::new(db));
+        source
+            .map(Self::Sqlite)
+            .map_err(|e| format!("cannot open database: {e}"))
+    }
+
+    pub async fn put(&self, key: String, value: String) -> Result<Version> {
+        match self {
+            Self::Sqlite(db) => db.put(key, value).await,
+            Self::Postgres(db) => db.put(key, value).await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source<String, String> for Database {
+    async fn load(&self, key: &String) -> Result<Option<(String, Version)>> {
+        match self {
+            Self::Sqlite(db) => db.load(key).await,
+            Self::Postgres(db) => db.load(key).await,
+        }
+    }
+}

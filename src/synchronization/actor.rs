@@ -450,6 +450,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
     }
 
     fn possibly_missed(&self, cause: MissCause) {
+        let _span = tracing::info_span!("repair", topic = %self.group, ?cause).entered();
         bump(&self.shared.counters.possibly_missed);
         let now = now_us();
         self.shared.update(|s| s.last_repair = now);

@@ -55,19 +55,7 @@ fn run(
         );
     }
     let verdict = history.check(LEASE);
-    println!(
-        "{name}: {} puts, {} reads ({} hits), worst staleness {:?}, {} violations",
-        verdict.puts,
-        verdict.reads,
-        verdict.hits,
-        verdict.worst_staleness,
-        verdict.violations.len()
-    );
-    assert!(
-        verdict.violations.is_empty(),
-        "{name}: {:#?}",
-        &verdict.violations[..verdict.violations.len().min(5)]
-    );
+    verdict.report_and_assert(name);
     assert!(
         verdict.reads > 100 && verdict.puts > 20,
         "{name}: too little traffic to judge"
@@ -222,6 +210,5 @@ fn crash_and_restart_of_the_writer() {
     });
     assert!(converged.is_some(), "b never served v{last}");
     let verdict = history.check(LEASE);
-    println!("crash and restart of the writer: {verdict:?}");
-    assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+    verdict.report_and_assert("crash and restart of the writer");
 }

@@ -77,6 +77,22 @@ pub fn read_loop(reader: &mut NodeProcess, history: &History, stop: &AtomicBool,
     }
 }
 
+impl Verdict {
+    /// Prints the figures under `label` and fails the test on any violation.
+    pub fn report_and_assert(&self, label: &str) {
+        println!(
+            "{label}: {} puts, {} reads ({} hits), worst staleness {:?}, {} violations",
+            self.puts,
+            self.reads,
+            self.hits,
+            self.worst_staleness,
+            self.violations.len()
+        );
+        let shown = &self.violations[..self.violations.len().min(5)];
+        assert!(self.violations.is_empty(), "{label}: {shown:#?}");
+    }
+}
+
 impl History {
     pub fn record_put(&self, key: &str, version: u64) {
         let put = (Instant::now(), key.to_owned(), version);

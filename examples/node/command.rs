@@ -32,6 +32,12 @@ pub enum Command {
 pub enum Injection {
     Bytes(Vec<u8>),
     Foreign,
+    /// `n` bytes of garbage in one message.
+    Size(usize),
+    /// `n` small garbage envelopes, as fast as possible.
+    Flood(u64),
+    /// A well-formed envelope of another topic.
+    OtherTopic,
 }
 
 impl Command {
@@ -68,6 +74,15 @@ impl Command {
             "stats" => Ok(Self::Stats),
             "quit" => Ok(Self::Quit),
             "inject" if rest == "foreign" => Ok(Self::Inject(Injection::Foreign)),
+            "inject" if rest == "other-topic" => Ok(Self::Inject(Injection::OtherTopic)),
+            "inject" if rest.starts_with("size ") || rest.starts_with("flood ") => {
+                let (what, n) = rest.split_once(' ').unwrap_or_default();
+                match (what, n.trim().parse::<u64>()) {
+                    ("size", Ok(n)) if n <= 64 << 20 => Ok(Self::Inject(Injection::Size(n as usize))),
+                    ("flood", Ok(n)) if n <= 10_000_000 => Ok(Self::Inject(Injection::Flood(n))),
+                    _ => Err("usage: inject size BYTES (<= 64 MiB) | inject flood COUNT".into()),
+                }
+            }
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
             other => Err(format!(
@@ -78,7 +93,8 @@ impl Command {
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
-    let usage = || "usage: inject HEXBYTES | inject foreign".to_owned();
+    let usage =
+        || "usage: inject HEXBYTES | foreign | other-topic | size BYTES | flood COUNT".to_owned();
     if hex.is_empty() || hex.len() % 2 != 0 || !hex.is_ascii() {
         return Err(usage());
     }

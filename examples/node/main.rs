@@ -70,6 +70,9 @@ struct Args {
     /// closed (bounds memory under a stopped peer).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_backlog_bytes: u64,
+    /// Allow listening on a non-loopback address without encryption (trusted networks only).
+    #[arg(long)]
+    insecure: bool,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -126,6 +129,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .iter()
         .fold(NodeConfig::new(&args.name, &args.cookie), |c, p| c.peer(p))
         .listen(args.listen)
+        .allow_insecure(args.insecure)
         .heartbeat(ms(args.heartbeat_ms))
         .peer_timeout(ms(args.peer_timeout_ms));
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
@@ -271,6 +275,25 @@ impl NodeProcess {
             Injection::Bytes(bytes) => {
                 let len = bytes.len();
                 self.cache.send_raw(bytes).map_err(|e| e.to_string())?;
+                json!(len)
+            }
+            Injection::Size(n) => {
+                self.cache
+                    .send_raw(vec![0xA5; n])
+                    .map_err(|e| e.to_string())?;
+                json!(n)
+            }
+            Injection::Flood(n) => {
+                for i in 0..n {
+                    let garbage = i.to_be_bytes().to_vec();
+                    self.cache.send_raw(garbage).map_err(|e| e.to_string())?;
+                }
+                json!(n)
+            }
+            Injection::OtherTopic => {
+                let envelope = ractor_cache_sync::__bench::encode_for_peers(b"x", 1).remove(0);
+                let len = envelope.len();
+                self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
                 json!(len)
             }
             Injection::Foreign => {

@@ -27,6 +27,7 @@ pub struct NodeConfig {
     handshake_timeout: Duration,
     heartbeat: Duration,
     peer_timeout: Duration,
+    insecure: bool,
 }
 
 impl NodeConfig {
@@ -44,6 +45,7 @@ impl NodeConfig {
             handshake_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_millis(200),
             peer_timeout: Duration::from_secs(3),
+            insecure: false,
         }
     }
 
@@ -96,6 +98,15 @@ impl NodeConfig {
     /// heartbeats.
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = timeout;
+        self
+    }
+
+    /// Allows listening on a non-loopback address without encryption. The cookie handshake
+    /// only authenticates: on a plaintext link a captured handshake can be brute-forced
+    /// offline and nothing after it is protected, so a node refuses to start that way unless
+    /// told so. Default `false`.
+    pub fn allow_insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
         self
     }
 
@@ -153,8 +164,29 @@ impl NodeConfig {
         if self.handshake_timeout < Duration::from_millis(10) {
             return bad("handshake timeout must be at least 10 ms");
         }
+        if !self.listen.ip().is_loopback() && !self.insecure {
+            return bad("refusing to listen on a non-loopback address without encryption; allow it explicitly (allow_insecure / --insecure) on a trusted network only");
+        }
+        if cookie_bits(&self.cookie) < 128 {
+            tracing::warn!("the cluster cookie has under 128 bits of entropy: use at least 16 random bytes (e.g. 32 hex digits)");
+        }
         Ok(())
     }
+}
+
+/// A rough upper bound of a cookie's entropy: its length times the bits per character of the
+/// smallest alphabet (digits, hex, letters, printable) that contains all of it.
+fn cookie_bits(cookie: &str) -> u32 {
+    let alphabet_bits = if cookie.chars().all(|c| c.is_ascii_digit()) {
+        3.3
+    } else if cookie.chars().all(|c| c.is_ascii_hexdigit()) {
+        4.0
+    } else if cookie.chars().all(|c| c.is_ascii_alphanumeric()) {
+        5.9
+    } else {
+        6.5
+    };
+    (cookie.chars().count() as f64 * alphabet_bits) as u32
 }
 
 #[cfg(test)]
@@ -167,6 +199,20 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.host(), "127.0.0.2");
         assert_eq!(config.clone().hostname("h").host(), "h");
+    }
+
+    #[test]
+    fn refuses_plaintext_on_a_public_address_unless_allowed() {
+        let public = NodeConfig::new("a", "c").listen("0.0.0.0:4000".parse().unwrap());
+        assert!(matches!(public.validate(), Err(Error::Config(_))));
+        public.allow_insecure(true).validate().unwrap();
+    }
+
+    #[test]
+    fn estimates_cookie_entropy_conservatively() {
+        assert!(cookie_bits("0123456789abcdef0123456789abcdef") >= 128);
+        assert!(cookie_bits("secret") < 128);
+        assert!(cookie_bits("1234567890") < 64);
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod topic;
 pub use cache::{Cache, CacheBuilder, CacheKey, Invalidation, Lookup, Mode};
 pub use error::{BoxError, Error, Result};
 pub use health::Health;
-pub use node::{Node, NodeConfig, SHUTDOWN_GRACE};
+pub use node::{Node, NodeConfig, TlsFiles, SHUTDOWN_GRACE, TLS_CLUSTER_NAME};
 pub use source::{Source, Version};
 pub use stats::CacheStats;
 pub use synchronization::{Confirmation, Delivery, MissCause, Recipients};

@@ -1,9 +1,11 @@
 //! The cluster node: ractor_cluster's NodeServer plus a dialer per configured peer.
 
+mod acceptor;
 mod config;
 mod dialer;
 mod peers;
 pub(crate) mod registry;
+mod tls;
 mod watchdog;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorRef};
-use ractor_cluster::{NodeServer, NodeServerMessage};
+use ractor_cluster::{IncomingEncryptionMode, NodeServer, NodeServerMessage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::config::NodeConfig;
 use self::dialer::Dialer;
 use self::peers::{PeerEvents, Sessions};
+pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::{Watchdog, LIVENESS_TOPIC};
 use crate::{Error, Result, SyncConfig, Synchronization, Topic};
 
@@ -65,21 +68,40 @@ impl Node {
     async fn launch(config: NodeConfig, supervisor: Option<ActorCell>) -> Result<Self> {
         config.validate()?;
         let listen = config.listen_addr();
+        let tls = config.tls_setup()?.map(Arc::new);
+        // With TLS our own accept loop owns the listen address; ractor_cluster's listener (whose
+        // handshakes have no timeout) is parked on an ephemeral loopback port, TLS-only too.
+        let (port, ip, encryption) = match &tls {
+            Some(tls) => (
+                0,
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                Some(IncomingEncryptionMode::Tls(tls.acceptor.clone())),
+            ),
+            None => (listen.port(), listen.ip(), None),
+        };
         let server = NodeServer::new(
-            listen.port(),
+            port,
             config.cookie().to_owned(),
             config.name().to_owned(),
             config.host(),
-            None,
+            encryption,
             None,
         )
-        .with_listen_addr(listen.ip());
+        .with_listen_addr(ip);
         let spawned = match supervisor {
             Some(sup) => Actor::spawn_linked(None, server, (), sup).await,
             None => Actor::spawn(None, server, ()).await,
         };
         let (server, _) = spawned.map_err(|e| Error::spawn("node server", e))?;
-        let (events, sessions) = PeerEvents::new();
+        let listener = match &tls {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| Error::spawn("TLS listener", e))?,
+            ),
+            None => None,
+        };
+        let (events, sessions) = PeerEvents::new(tls.is_some());
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: EVENTS_ID.to_owned(),
@@ -95,7 +117,11 @@ impl Node {
         let topic = Topic::new(LIVENESS_TOPIC);
         let liveness = Synchronization::spawn_with(topic, name.clone(), sync, None).await?;
         let declared_down = Arc::new(AtomicU64::new(0));
-        let mut tasks = spawn_dialers(&config, &server, &sessions);
+        let mut tasks = spawn_dialers(&config, &server, &sessions, tls.as_ref());
+        if let (Some(listener), Some(tls)) = (listener, &tls) {
+            let accept = acceptor::run(listener, tls.clone(), server.clone(), config.handshake());
+            tasks.push(tokio::spawn(accept));
+        }
         let watchdog = Watchdog {
             liveness: liveness.clone(),
             sessions: sessions.clone(),
@@ -174,6 +200,7 @@ fn spawn_dialers(
     config: &NodeConfig,
     server: &ActorRef<NodeServerMessage>,
     sessions: &watch::Receiver<Sessions>,
+    tls: Option<&Arc<tls::Tls>>,
 ) -> Vec<JoinHandle<()>> {
     let dial = |addr: &String| Dialer {
         server: server.clone(),
@@ -181,6 +208,8 @@ fn spawn_dialers(
         sessions: sessions.clone(),
         backoff: config.redial(),
         handshake_timeout: config.handshake(),
+        tls: tls.cloned(),
+        known_name: None,
     };
     config
         .peers()

@@ -70,6 +70,19 @@ struct Args {
     /// closed (bounds memory under a stopped peer).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_backlog_bytes: u64,
+    /// This node's certificate (PEM), signed by the cluster CA; enables mutual TLS.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The cluster CA certificate (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With TLS, admit only peers whose certificate names this node (repeatable; default: any
+    /// node certified by the CA).
+    #[arg(long = "tls-allow")]
+    tls_allow: Vec<String>,
     /// Allow listening on a non-loopback address without encryption (trusted networks only).
     #[arg(long)]
     insecure: bool,
@@ -124,14 +137,22 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
     let source = Database::open(&args.db).await?;
+    let mut config = NodeConfig::new(&args.name, &args.cookie);
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        config = config.tls(ractor_cache_sync::TlsFiles::new(cert, key, ca));
+    }
     let config = args
         .peers
         .iter()
-        .fold(NodeConfig::new(&args.name, &args.cookie), |c, p| c.peer(p))
+        .fold(config, |c, p| c.peer(p))
         .listen(args.listen)
         .allow_insecure(args.insecure)
         .heartbeat(ms(args.heartbeat_ms))
         .peer_timeout(ms(args.peer_timeout_ms));
+    let config = args
+        .tls_allow
+        .iter()
+        .fold(config, |c, name| c.allow_peer(name));
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
     let mode = match args.mode {
         ModeArg::Bounded => Mode::Bounded,

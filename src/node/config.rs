@@ -28,6 +28,8 @@ pub struct NodeConfig {
     heartbeat: Duration,
     peer_timeout: Duration,
     insecure: bool,
+    tls: Option<super::tls::TlsFiles>,
+    allowed_peers: Vec<String>,
 }
 
 impl NodeConfig {
@@ -46,6 +48,8 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(200),
             peer_timeout: Duration::from_secs(3),
             insecure: false,
+            tls: None,
+            allowed_peers: Vec::new(),
         }
     }
 
@@ -110,6 +114,22 @@ impl NodeConfig {
         self
     }
 
+    /// Encrypts and mutually authenticates every cluster link with TLS: see
+    /// [`TlsFiles`](crate::TlsFiles) and [`TLS_CLUSTER_NAME`](crate::TLS_CLUSTER_NAME). Default:
+    /// no TLS.
+    pub fn tls(mut self, files: super::tls::TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
+    /// With TLS, admits only peers whose certificate names one of these nodes (repeatable).
+    /// Default: every node with a certificate from the cluster CA. Either way a peer must claim
+    /// the node name its certificate carries.
+    pub fn allow_peer(mut self, name: impl Into<String>) -> Self {
+        self.allowed_peers.push(name.into());
+        self
+    }
+
     /// The node's short name.
     pub fn name(&self) -> &str {
         &self.name
@@ -143,6 +163,13 @@ impl NodeConfig {
         self.handshake_timeout
     }
 
+    pub(crate) fn tls_setup(&self) -> Result<Option<super::tls::Tls>> {
+        let Some(files) = &self.tls else {
+            return Ok(None);
+        };
+        super::tls::Tls::load(files, self.allowed_peers.clone()).map(Some)
+    }
+
     pub(crate) fn liveness(&self) -> (Duration, Duration) {
         (self.heartbeat, self.peer_timeout)
     }
@@ -164,7 +191,7 @@ impl NodeConfig {
         if self.handshake_timeout < Duration::from_millis(10) {
             return bad("handshake timeout must be at least 10 ms");
         }
-        if !self.listen.ip().is_loopback() && !self.insecure {
+        if !self.listen.ip().is_loopback() && !self.insecure && self.tls.is_none() {
             return bad("refusing to listen on a non-loopback address without encryption; allow it explicitly (allow_insecure / --insecure) on a trusted network only");
         }
         if cookie_bits(&self.cookie) < 128 {

@@ -8,7 +8,8 @@ use ractor::ActorRef;
 use ractor_cluster::NodeServerMessage;
 use tokio::sync::watch;
 
-use super::peers::{has_session, Sessions};
+use super::peers::{has_session, is_with, Sessions};
+use super::tls::Tls;
 
 pub(crate) struct Dialer {
     pub(crate) server: ActorRef<NodeServerMessage>,
@@ -16,6 +17,10 @@ pub(crate) struct Dialer {
     pub(crate) sessions: watch::Receiver<Sessions>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
+    pub(crate) tls: Option<std::sync::Arc<Tls>>,
+    /// The name of the node behind `addr`, once a session with it was seen: a session it
+    /// opened to us (which does not show `addr`) then counts too.
+    pub(crate) known_name: Option<String>,
 }
 
 impl Dialer {
@@ -42,13 +47,35 @@ impl Dialer {
     }
 
     fn connected(&self, resolved: &[SocketAddr]) -> bool {
-        has_session(&self.sessions.borrow(), &self.addr, resolved)
+        let sessions = self.sessions.borrow();
+        let named = |name: &String| sessions.values().any(|s| &s.name == name);
+        has_session(&sessions, &self.addr, resolved) || self.known_name.as_ref().is_some_and(named)
+    }
+
+    fn learn_name(&mut self, resolved: &[SocketAddr]) {
+        let sessions = self.sessions.borrow();
+        let name = sessions
+            .values()
+            .find(|s| is_with(s, &self.addr, resolved))
+            .map(|s| s.name.clone());
+        drop(sessions);
+        if name.is_some() {
+            self.known_name = name;
+        }
     }
 
     async fn dial_and_wait(&mut self, resolved: &[SocketAddr]) -> bool {
         tracing::debug!(peer = %self.addr, "dialling");
-        if let Err(error) = ractor_cluster::client_connect(&self.server, self.addr.as_str()).await {
-            tracing::debug!(peer = %self.addr, ?error, "dial failed");
+        let dialled = match &self.tls {
+            Some(tls) => {
+                super::acceptor::dial(&self.addr, tls, &self.server, self.handshake_timeout).await
+            }
+            None => ractor_cluster::client_connect(&self.server, self.addr.as_str())
+                .await
+                .map_err(|e| format!("{e:?}")),
+        };
+        if let Err(error) = dialled {
+            tracing::debug!(peer = %self.addr, %error, "dial failed");
             return false;
         }
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
@@ -58,6 +85,7 @@ impl Dialer {
                 _ => return false,
             }
         }
+        self.learn_name(resolved);
         true
     }
 }

@@ -29,19 +29,36 @@ pub(crate) type Sessions = HashMap<ActorId, PeerSession>;
 /// Publishes the set of ready sessions into a watch channel.
 pub(crate) struct PeerEvents {
     sessions: watch::Sender<Sessions>,
+    /// With TLS: a session whose claimed name differs from its certificate is closed.
+    tls: bool,
 }
 
 impl PeerEvents {
-    pub(crate) fn new() -> (Self, watch::Receiver<Sessions>) {
+    pub(crate) fn new(tls: bool) -> (Self, watch::Receiver<Sessions>) {
         let (sessions, receiver) = watch::channel(Sessions::new());
-        (Self { sessions }, receiver)
+        (Self { sessions, tls }, receiver)
     }
 }
 
 impl NodeEventSubscription for PeerEvents {
     fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
 
-    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        if !self.tls {
+            return;
+        }
+        let claimed = ses
+            .peer_name
+            .as_ref()
+            .map(|p| p.name.split('@').next().unwrap_or("").to_owned());
+        let certified = super::registry::identity(&ses.peer_addr);
+        if claimed.is_none() || claimed != certified {
+            tracing::warn!(?claimed, ?certified, addr = %ses.peer_addr, "peer claims a name its certificate does not carry: closing");
+            ses.actor.stop(Some(
+                "claimed name does not match the certificate".to_owned(),
+            ));
+        }
+    }
 
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {
         let (name, listens_on) = match &ses.peer_name {
@@ -77,10 +94,17 @@ pub(crate) fn has_session(
     addr: &str,
     resolved: &[std::net::SocketAddr],
 ) -> bool {
+    sessions.values().any(|s| is_with(s, addr, resolved))
+}
+
+/// Whether `session` is with the peer configured as `addr`.
+pub(crate) fn is_with(
+    session: &PeerSession,
+    addr: &str,
+    resolved: &[std::net::SocketAddr],
+) -> bool {
     let matches = |s: &str| s == addr || s.parse().is_ok_and(|a| resolved.contains(&a));
-    sessions
-        .values()
-        .any(|s| matches(&s.listens_on) || matches(&s.peer_addr))
+    matches(&session.listens_on) || matches(&session.peer_addr)
 }
 
 /// Sorted, distinct names of the peers with a ready session.

@@ -37,3 +37,23 @@ pub(crate) fn close_session(peer: &str, reason: &str) -> bool {
     session.stop(Some(reason.to_owned()));
     true
 }
+
+/// Certificate node names of TLS connections, by the peer's socket address.
+fn identities() -> &'static Mutex<HashMap<String, String>> {
+    static IDENTITIES: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    IDENTITIES.get_or_init(Mutex::default)
+}
+
+pub(crate) fn record_identity(peer_addr: &str, name: &str) {
+    let mut ids = identities().lock().unwrap_or_else(|e| e.into_inner());
+    if ids.len() > 4096 {
+        ids.clear(); // stale entries of closed connections; live ones are checked long before
+    }
+    ids.insert(peer_addr.to_owned(), name.to_owned());
+}
+
+/// The certificate node name of the TLS connection from `peer_addr`, if there was one.
+pub(crate) fn identity(peer_addr: &str) -> Option<String> {
+    let ids = identities().lock().unwrap_or_else(|e| e.into_inner());
+    ids.get(peer_addr).cloned()
+}

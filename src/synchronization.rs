@@ -3,7 +3,9 @@
 mod actor;
 mod backlog;
 mod config;
+mod incoming;
 pub(crate) mod message;
+mod outgoing;
 pub(crate) mod shared;
 mod stats;
 

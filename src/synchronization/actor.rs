@@ -14,13 +14,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
 use super::backlog::Backlog;
-use super::message::{Drainer, Subscriber, SyncMessage};
+use super::message::{Subscriber, SyncMessage};
 use super::shared::SyncShared;
-use super::{Delivery, MissCause, SyncConfig, TopicMessage};
-use crate::clock::now_us;
-use crate::envelope::{Body, Echo, Envelope};
-use crate::peer_table::{Beat, LeaseParams, PeerTable};
-use crate::sequence::Arrival;
+use super::{MissCause, SyncConfig, TopicMessage};
+use crate::envelope::Body;
+use crate::peer_table::{LeaseParams, PeerTable};
 use crate::stats::bump;
 use crate::topic::PG_SCOPE;
 use crate::Topic;
@@ -47,30 +45,30 @@ pub(crate) struct SynchronizationArguments<M> {
 
 /// The actor's state.
 pub(crate) struct SynchronizationState<M> {
-    group: String,
-    node_name: String,
-    incarnation: u64,
-    last_seq: u64,
-    peers: PeerTable,
-    subscribers: Vec<Subscriber<M>>,
-    shared: Arc<SyncShared>,
-    ticker: JoinHandle<()>,
-    leases_were_valid: bool,
-    max_backlog: u64,
-    backlog: Backlog,
-    waiters: Vec<Waiter>,
+    pub(super) group: String,
+    pub(super) node_name: String,
+    pub(super) incarnation: u64,
+    pub(super) last_seq: u64,
+    pub(super) peers: PeerTable,
+    pub(super) subscribers: Vec<Subscriber<M>>,
+    pub(super) shared: Arc<SyncShared>,
+    pub(super) ticker: JoinHandle<()>,
+    pub(super) leases_were_valid: bool,
+    pub(super) max_backlog: u64,
+    pub(super) backlog: Backlog,
+    pub(super) waiters: Vec<Waiter>,
     /// When (µs) a coalescing batch was last drained, and whether a delayed drain is pending.
-    last_drain: u64,
-    last_drain_items: usize,
-    drain_scheduled: bool,
+    pub(super) last_drain: u64,
+    pub(super) last_drain_items: usize,
+    pub(super) drain_scheduled: bool,
 }
 
 /// A `publish_confirmed` caller waiting for acknowledgements.
-struct Waiter {
-    seq: u64,
-    peers: Vec<String>,
-    deadline: u64,
-    reply: ractor::RpcReplyPort<crate::Confirmation>,
+pub(super) struct Waiter {
+    pub(super) seq: u64,
+    pub(super) peers: Vec<String>,
+    pub(super) deadline: u64,
+    pub(super) reply: ractor::RpcReplyPort<crate::Confirmation>,
 }
 
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {
@@ -181,321 +179,6 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             state.refresh_gate();
         }
         Ok(())
-    }
-}
-
-impl<M: TopicMessage> SynchronizationState<M> {
-    /// Publishes a coalescing batch now, unless the previous batch carried several items (a
-    /// burst is under way) and went out less than `window` ago: then once that much time has
-    /// passed (one delayed drain at a time). Lone messages, even back to back, are never
-    /// delayed; a burst travels in one envelope per window.
-    fn drain(
-        &mut self,
-        myself: &ActorRef<SyncMessage<M>>,
-        take: Drainer<M>,
-        window: std::time::Duration,
-    ) {
-        let now = now_us();
-        let window_us = window.as_micros() as u64;
-        let since = now.saturating_sub(self.last_drain);
-        if since < window_us && self.last_drain_items > 1 {
-            if !self.drain_scheduled {
-                self.drain_scheduled = true;
-                let delay = std::time::Duration::from_micros(window_us - since);
-                myself.send_after(delay, move || SyncMessage::Drain {
-                    take: take.clone(),
-                    window: std::time::Duration::ZERO,
-                });
-            }
-            return;
-        }
-        self.drain_scheduled = false;
-        self.last_drain = now;
-        let Some((message, items)) = take() else {
-            self.last_drain_items = 0;
-            return;
-        };
-        self.last_drain_items = items;
-        match postcard::to_stdvec(&message) {
-            Ok(payload) => self.publish(payload, None),
-            Err(error) => tracing::error!(%error, topic = %self.group, "batch not encoded"),
-        }
-    }
-
-    fn publish_confirmed(
-        &mut self,
-        payload: Vec<u8>,
-        timeout: std::time::Duration,
-        reply: ractor::RpcReplyPort<crate::Confirmation>,
-    ) {
-        self.publish(payload, None);
-        let peers = self.peers.peers().map(|(name, _)| name.clone()).collect();
-        let deadline = now_us() + timeout.as_micros() as u64;
-        let seq = self.last_seq;
-        self.waiters.push(Waiter {
-            seq,
-            peers,
-            deadline,
-            reply,
-        });
-        self.answer_waiters();
-    }
-
-    /// Answers every waiter whose peers all applied its message, or whose time is up.
-    fn answer_waiters(&mut self) {
-        let now = now_us();
-        let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|w| {
-                w.deadline <= now || w.peers.iter().all(|p| self.peers.has_applied(p, w.seq))
-            });
-        self.waiters = waiting;
-        for waiter in done {
-            let mut peers = waiter.peers;
-            peers.sort();
-            let (applied, missing) = peers
-                .into_iter()
-                .partition(|p| self.peers.has_applied(p, waiter.seq));
-            let _ = waiter.reply.send(crate::Confirmation { applied, missing });
-        }
-    }
-
-    /// Closes the session of every peer that left more than `max_backlog` of our messages
-    /// unacknowledged, dropping what ractor_cluster queued for it.
-    fn shed_overflowing_peers(&mut self) {
-        let (backlog, limit) = (&self.backlog, self.max_backlog);
-        for peer in self
-            .peers
-            .overflowing(|acked| backlog.unacked_since(acked) > limit)
-        {
-            bump(&self.shared.counters.backlog_overflows);
-            crate::node::registry::close_session(&peer, "backlog overflow");
-            self.peers.forgive(&peer, self.last_seq);
-        }
-    }
-
-    fn publish(&mut self, payload: Vec<u8>, local: Option<M>) {
-        self.last_seq += 1;
-        bump(&self.shared.counters.published);
-        let seq = self.last_seq;
-        let _span = tracing::debug_span!("publish", topic = %self.group, seq).entered();
-        let sent = self.send(Body::Publish { seq, payload });
-        self.backlog.record(seq, sent);
-        if seq % 64 == 0 {
-            self.shed_overflowing_peers();
-        }
-        if let Some(message) = local {
-            let origin = self.node_name.clone();
-            self.deliver(Delivery::Message { origin, message });
-        }
-    }
-
-    fn tick(&mut self) {
-        let now = now_us();
-        for forgotten in self.peers.forget_silent(now) {
-            bump(&self.shared.counters.peers_forgotten);
-            tracing::warn!(topic = %self.group, peer = %forgotten, "forgetting a silent peer");
-            self.possibly_missed(MissCause::PeerForgotten { origin: forgotten });
-        }
-        self.shed_overflowing_peers();
-        self.answer_waiters();
-        let beat = Body::Heartbeat {
-            stamp: now,
-            last_seq: self.last_seq,
-            echoes: self.peers.echoes(),
-        };
-        self.send(beat);
-    }
-
-    /// Encodes once and casts the same bytes to every remote member; returns the size.
-    fn send(&self, body: Body) -> usize {
-        let envelope = Envelope {
-            topic: self.group.clone(),
-            origin: self.node_name.clone(),
-            incarnation: self.incarnation,
-            body,
-        };
-        match envelope.encode() {
-            Ok(bytes) => {
-                self.cast_to_remote_members(&bytes);
-                bytes.len()
-            }
-            // Peers notice the skipped sequence number at the next heartbeat and repair.
-            Err(error) => {
-                tracing::error!(%error, topic = %self.group, "envelope not sent");
-                0
-            }
-        }
-    }
-
-    /// Remote `ActorRef`s are never cached: stub ids change when a session is re-established,
-    /// so pg is read on every send.
-    fn cast_to_remote_members(&self, bytes: &[u8]) {
-        for cell in self.remote_members() {
-            let member: ActorRef<SyncMessage<M>> = cell.into();
-            // A stub whose session just died refuses the cast; that peer repairs on rejoin.
-            if member.cast(SyncMessage::Wire(bytes.to_vec())).is_ok() {
-                bump(&self.shared.counters.envelopes_sent);
-            }
-        }
-    }
-
-    fn remote_members(&self) -> Vec<ractor::ActorCell> {
-        let mut members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &self.group);
-        members.retain(|c| !c.get_id().is_local());
-        members
-    }
-
-    fn receive(&mut self, bytes: &[u8]) {
-        let envelope = match Envelope::decode(bytes) {
-            Ok(envelope) => envelope,
-            Err(error) => return self.undecodable(error.to_string()),
-        };
-        if envelope.topic != self.group {
-            return self.undecodable(format!("envelope for unknown topic {:?}", envelope.topic));
-        }
-        if envelope.origin == self.node_name {
-            return; // our own broadcast looped back: several nodes in one process
-        }
-        let now = now_us();
-        let (origin, incarnation) = (envelope.origin, envelope.incarnation);
-        match envelope.body {
-            Body::Publish { seq, payload } => {
-                let arrival = self.peers.on_publish(&origin, incarnation, seq, now);
-                self.receive_publish(origin, arrival, &payload);
-            }
-            Body::Heartbeat {
-                stamp,
-                last_seq,
-                echoes,
-            } => {
-                let own = self.own_echo(&echoes);
-                let beat = Beat {
-                    incarnation,
-                    stamp,
-                    last_seq,
-                    echo: own.map(|e| e.stamp),
-                    acked: own.map(|e| e.applied),
-                };
-                if let Some(cause) = self.peers.on_beat(&origin, beat, now) {
-                    self.count_cause(&cause);
-                    self.possibly_missed(cause);
-                }
-                if !self.waiters.is_empty() {
-                    self.answer_waiters();
-                }
-            }
-            Body::Leave { last_seq } => {
-                bump(&self.shared.counters.peer_leaves);
-                if let Some(cause) = self.peers.on_leave(&origin, incarnation, last_seq) {
-                    self.count_cause(&cause);
-                    self.possibly_missed(cause);
-                }
-            }
-        }
-    }
-
-    /// What the peer says about us, if it is about our current incarnation.
-    fn own_echo<'e>(&self, echoes: &'e [Echo]) -> Option<&'e Echo> {
-        echoes
-            .iter()
-            .find(|e| e.peer == self.node_name && e.incarnation == self.incarnation)
-    }
-
-    fn receive_publish(&mut self, origin: String, arrival: Arrival, payload: &[u8]) {
-        let _span = tracing::debug_span!("receive", topic = %self.group, %origin).entered();
-        match arrival {
-            Arrival::Duplicate => return bump(&self.shared.counters.duplicates),
-            Arrival::Gap { missed } => {
-                let cause = MissCause::Gap {
-                    origin: origin.clone(),
-                    missed,
-                };
-                self.count_cause(&cause);
-                self.possibly_missed(cause);
-            }
-            Arrival::NewIncarnation => {
-                let cause = MissCause::PeerRestarted {
-                    origin: origin.clone(),
-                };
-                self.count_cause(&cause);
-                self.possibly_missed(cause);
-            }
-            Arrival::FirstContact | Arrival::InOrder => {}
-        }
-        match postcard::from_bytes::<M>(payload) {
-            Ok(message) => {
-                bump(&self.shared.counters.received);
-                self.deliver(Delivery::Message { origin, message });
-            }
-            Err(error) => self.undecodable(format!("payload does not decode: {error}")),
-        }
-    }
-
-    fn count_cause(&self, cause: &MissCause) {
-        match cause {
-            MissCause::Gap { origin, missed } => {
-                bump(&self.shared.counters.gaps);
-                tracing::warn!(topic = %self.group, %origin, missed, "sequence gap");
-            }
-            MissCause::PeerRestarted { .. } => bump(&self.shared.counters.peer_restarts),
-            _ => {}
-        }
-    }
-
-    fn undecodable(&self, reason: String) {
-        bump(&self.shared.counters.decode_failures);
-        tracing::warn!(topic = %self.group, %reason, "undecodable message from a peer");
-        self.possibly_missed(MissCause::Undecodable { reason });
-    }
-
-    fn possibly_missed(&self, cause: MissCause) {
-        let _span = tracing::info_span!("repair", topic = %self.group, ?cause).entered();
-        bump(&self.shared.counters.possibly_missed);
-        let now = now_us();
-        self.shared.update(|s| s.last_repair = now);
-        self.deliver(Delivery::PossiblyMissed(cause));
-    }
-
-    fn deliver(&self, delivery: Delivery<M>) {
-        for subscriber in &self.subscribers {
-            subscriber(delivery.clone());
-        }
-    }
-
-    /// Recomputes until when cached reads are safe, after every change.
-    fn refresh_gate(&mut self) {
-        let now = now_us();
-        let members = self.remote_members().len();
-        let until = self.peers.valid_until(members);
-        self.shared.set_valid_until(until);
-        let valid = now < until;
-        if self.leases_were_valid && !valid {
-            bump(&self.shared.counters.lease_expiries);
-        }
-        self.leases_were_valid = valid;
-        let weakest = self.weakest_reason(members, now);
-        let last_heard = self
-            .peers
-            .peers()
-            .map(|(n, p)| (n.clone(), p.last_heard))
-            .collect();
-        self.shared.update(|s| {
-            s.weakest = weakest;
-            s.last_heard = last_heard;
-        });
-    }
-
-    fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {
-        if members > self.peers.len() {
-            return Some(format!(
-                "{} remote members, {} heard from",
-                members,
-                self.peers.len()
-            ));
-        }
-        let (name, until) = self.peers.weakest()?;
-        (until <= now).then(|| format!("no valid lease from {name}"))
     }
 }
 

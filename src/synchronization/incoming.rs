@@ -1,0 +1,164 @@
+//! What the Synchronization actor receives: envelopes checked against the peer table, repairs,
+//! deliveries to subscribers, and the lease gate readers check.
+
+use super::actor::SynchronizationState;
+use super::{Delivery, MissCause, TopicMessage};
+use crate::clock::now_us;
+use crate::envelope::{Body, Echo, Envelope};
+use crate::peer_table::Beat;
+use crate::sequence::Arrival;
+use crate::stats::bump;
+
+impl<M: TopicMessage> SynchronizationState<M> {
+    pub(super) fn receive(&mut self, bytes: &[u8]) {
+        let envelope = match Envelope::decode(bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => return self.undecodable(error.to_string()),
+        };
+        if envelope.topic != self.group {
+            return self.undecodable(format!("envelope for unknown topic {:?}", envelope.topic));
+        }
+        if envelope.origin == self.node_name {
+            return; // our own broadcast looped back: several nodes in one process
+        }
+        let now = now_us();
+        let (origin, incarnation) = (envelope.origin, envelope.incarnation);
+        match envelope.body {
+            Body::Publish { seq, payload } => {
+                let arrival = self.peers.on_publish(&origin, incarnation, seq, now);
+                self.receive_publish(origin, arrival, &payload);
+            }
+            Body::Heartbeat {
+                stamp,
+                last_seq,
+                echoes,
+            } => {
+                let own = self.own_echo(&echoes);
+                let beat = Beat {
+                    incarnation,
+                    stamp,
+                    last_seq,
+                    echo: own.map(|e| e.stamp),
+                    acked: own.map(|e| e.applied),
+                };
+                if let Some(cause) = self.peers.on_beat(&origin, beat, now) {
+                    self.count_cause(&cause);
+                    self.possibly_missed(cause);
+                }
+                if !self.waiters.is_empty() {
+                    self.answer_waiters();
+                }
+            }
+            Body::Leave { last_seq } => {
+                bump(&self.shared.counters.peer_leaves);
+                if let Some(cause) = self.peers.on_leave(&origin, incarnation, last_seq) {
+                    self.count_cause(&cause);
+                    self.possibly_missed(cause);
+                }
+            }
+        }
+    }
+
+    /// What the peer says about us, if it is about our current incarnation.
+    pub(super) fn own_echo<'e>(&self, echoes: &'e [Echo]) -> Option<&'e Echo> {
+        echoes
+            .iter()
+            .find(|e| e.peer == self.node_name && e.incarnation == self.incarnation)
+    }
+
+    pub(super) fn receive_publish(&mut self, origin: String, arrival: Arrival, payload: &[u8]) {
+        let _span = tracing::debug_span!("receive", topic = %self.group, %origin).entered();
+        match arrival {
+            Arrival::Duplicate => return bump(&self.shared.counters.duplicates),
+            Arrival::Gap { missed } => {
+                let cause = MissCause::Gap {
+                    origin: origin.clone(),
+                    missed,
+                };
+                self.count_cause(&cause);
+                self.possibly_missed(cause);
+            }
+            Arrival::NewIncarnation => {
+                let cause = MissCause::PeerRestarted {
+                    origin: origin.clone(),
+                };
+                self.count_cause(&cause);
+                self.possibly_missed(cause);
+            }
+            Arrival::FirstContact | Arrival::InOrder => {}
+        }
+        match postcard::from_bytes::<M>(payload) {
+            Ok(message) => {
+                bump(&self.shared.counters.received);
+                self.deliver(Delivery::Message { origin, message });
+            }
+            Err(error) => self.undecodable(format!("payload does not decode: {error}")),
+        }
+    }
+
+    pub(super) fn count_cause(&self, cause: &MissCause) {
+        match cause {
+            MissCause::Gap { origin, missed } => {
+                bump(&self.shared.counters.gaps);
+                tracing::warn!(topic = %self.group, %origin, missed, "sequence gap");
+            }
+            MissCause::PeerRestarted { .. } => bump(&self.shared.counters.peer_restarts),
+            _ => {}
+        }
+    }
+
+    pub(super) fn undecodable(&self, reason: String) {
+        bump(&self.shared.counters.decode_failures);
+        tracing::warn!(topic = %self.group, %reason, "undecodable message from a peer");
+        self.possibly_missed(MissCause::Undecodable { reason });
+    }
+
+    pub(super) fn possibly_missed(&self, cause: MissCause) {
+        let _span = tracing::info_span!("repair", topic = %self.group, ?cause).entered();
+        bump(&self.shared.counters.possibly_missed);
+        let now = now_us();
+        self.shared.update(|s| s.last_repair = now);
+        self.deliver(Delivery::PossiblyMissed(cause));
+    }
+
+    pub(super) fn deliver(&self, delivery: Delivery<M>) {
+        for subscriber in &self.subscribers {
+            subscriber(delivery.clone());
+        }
+    }
+
+    /// Recomputes until when cached reads are safe, after every change.
+    pub(super) fn refresh_gate(&mut self) {
+        let now = now_us();
+        let members = self.remote_members().len();
+        let until = self.peers.valid_until(members);
+        self.shared.set_valid_until(until);
+        let valid = now < until;
+        if self.leases_were_valid && !valid {
+            bump(&self.shared.counters.lease_expiries);
+        }
+        self.leases_were_valid = valid;
+        let weakest = self.weakest_reason(members, now);
+        let last_heard = self
+            .peers
+            .peers()
+            .map(|(n, p)| (n.clone(), p.last_heard))
+            .collect();
+        self.shared.update(|s| {
+            s.weakest = weakest;
+            s.last_heard = last_heard;
+        });
+    }
+
+    pub(super) fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {
+        if members > self.peers.len() {
+            return Some(format!(
+                "{} remote members, {} heard from",
+                members,
+                self.peers.len()
+            ));
+        }
+        let (name, until) = self.peers.weakest()?;
+        (until <= now).then(|| format!("no valid lease from {name}"))
+    }
+}

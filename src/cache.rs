@@ -116,7 +116,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// [`Error::ActorStopped`] if the cache actor has stopped; the local entry is dropped
     /// anyway.
     pub fn invalidate(&self, key: &K) -> Result<()> {
-        self.invalidate_keys(vec![(key.clone(), None)])
+        self.invalidate_one(key, None)
     }
 
     /// Like [`invalidate`](Self::invalidate), naming the version just committed: nodes that
@@ -126,7 +126,17 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_version(&self, key: &K, version: Version) -> Result<()> {
-        self.invalidate_keys(vec![(key.clone(), Some(version))])
+        self.invalidate_one(key, Some(version))
+    }
+
+    /// One key, without building a list.
+    fn invalidate_one(&self, key: &K, version: Option<Version>) -> Result<()> {
+        self.store.invalidate(key, version);
+        crate::stats::bump(&self.store.counters.invalidations_sent);
+        if self.batch.add(std::iter::once((key.clone(), version))) {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Like [`invalidate_version`](Self::invalidate_version) (with `version` if known), then

@@ -5,7 +5,9 @@
 //! removes the entry, and installing happens while holding the flight map's lock for that key,
 //! so a load that started before an invalidation can never install afterwards.
 //!
-//! Lock order: `flights` shard, then `entries` shard; never the other way round.
+//! Entries live in a lock-free map (`papaya`: a lookup takes no lock, so readers on different
+//! cores do not fight over a lock word); in-flight loads live in a sharded locked map
+//! (`dashmap`), whose entry lock serialises installing against invalidating.
 
 use std::hash::Hash;
 use std::sync::Arc;
@@ -66,7 +68,7 @@ pub(crate) enum Dropped {
 }
 
 pub(crate) struct Store<K, V> {
-    entries: DashMap<K, Entry<V>>,
+    entries: papaya::HashMap<K, Entry<V>>,
     flights: DashMap<K, Arc<Flight<V>>>,
     source: Arc<dyn Source<K, V>>,
     mode: Mode,
@@ -82,7 +84,7 @@ where
 {
     pub(crate) fn new(source: Arc<dyn Source<K, V>>, mode: Mode, leases: Arc<SyncShared>) -> Self {
         Self {
-            entries: DashMap::new(),
+            entries: papaya::HashMap::new(),
             flights: DashMap::new(),
             source,
             mode,
@@ -121,7 +123,8 @@ where
     }
 
     fn cached(&self, key: &K) -> Option<(V, Version)> {
-        let entry = self.entries.get(key)?;
+        let entries = self.entries.pin();
+        let entry = entries.get(key)?;
         self.counters.hits.bump();
         Some((entry.value.clone(), entry.version))
     }
@@ -160,30 +163,32 @@ where
                 value: value.clone(),
                 version: *version,
             };
-            self.entries.insert(key.clone(), entry);
+            self.entries.pin().insert(key.clone(), entry);
         }
         current.remove();
     }
 
     /// Drops `key` unless the cached entry is already at `version` or newer.
     pub(crate) fn invalidate(&self, key: &K, version: Option<Version>) -> Dropped {
-        if let (Some(version), Some(entry)) = (version, self.entries.get(key)) {
-            if entry.version >= version {
+        if let Some(version) = version {
+            let entries = self.entries.pin();
+            if entries.get(key).is_some_and(|e| e.version >= version) {
                 return Dropped::Ignored;
             }
         }
         let flight = self.flights.remove(key);
-        match (self.entries.remove(key), flight) {
-            (Some(_), _) => Dropped::Entry,
-            (None, Some(_)) => Dropped::Flight,
-            (None, None) => Dropped::Nothing,
+        let removed = self.entries.pin().remove(key).is_some();
+        match (removed, flight) {
+            (true, _) => Dropped::Entry,
+            (false, Some(_)) => Dropped::Flight,
+            (false, None) => Dropped::Nothing,
         }
     }
 
     /// Drops every entry and cancels the installation of every in-flight load.
     pub(crate) fn invalidate_all(&self) {
         self.flights.clear();
-        self.entries.clear();
+        self.entries.pin().clear();
     }
 
     pub(crate) fn entry_count(&self) -> usize {

@@ -113,7 +113,7 @@ pub async fn run() {
     });
     let source = Arc::new(BenchSource {
         me: OnceLock::new(),
-        pongs: pong_tx.clone(),
+        pongs: pong_tx,
         version: AtomicU64::new(0),
         sqlite,
     });
@@ -243,7 +243,6 @@ pub async fn run() {
         .stop_and_wait(None, Some(Duration::from_secs(1)))
         .await;
     node.shutdown().await;
-    let _ = pong_tx;
 }
 
 /// `rounds` round trips after 500 warm-up ones: `send`, then wait for one pong per peer.

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::batch::Batch;
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
 use super::SyncSlot;
 use crate::stats::{add, bump};
+use crate::synchronization::message::Drainer;
 use crate::synchronization::SyncShared;
 use crate::{Delivery, MissCause, SyncConfig, Synchronization, Topic};
 
@@ -39,7 +39,8 @@ impl<K: Send + 'static> ractor::Message for CacheMessage<K> {}
 /// What the cache actor starts with.
 pub(crate) struct CacheArguments<K, V> {
     pub(crate) store: Arc<Store<K, V>>,
-    pub(crate) batch: Arc<Batch<K>>,
+    /// Takes the batch: the same closure the `Cache` handles use.
+    pub(crate) drainer: Drainer<Invalidation<K>>,
     /// The current Synchronization handle, shared with the `Cache` handles, which publish
     /// through it directly; replaced when the actor is restarted.
     pub(crate) slot: SyncSlot<K>,
@@ -145,8 +146,7 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
     .await?;
     *args.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(sync.clone());
     // Whatever was batched while no actor was there goes out now.
-    let batch = args.batch.clone();
-    sync.drain(Arc::new(move || batch.take()), std::time::Duration::ZERO)?;
+    sync.drain(args.drainer.clone(), std::time::Duration::ZERO)?;
     Ok(sync)
 }
 

@@ -9,6 +9,7 @@ use super::actor::{CacheActor, CacheArguments, CacheKey};
 use super::batch::Batch;
 use super::store::Store;
 use super::{Cache, Invalidation, SyncSlot};
+use crate::synchronization::message::Drainer;
 use crate::{Error, Node, Result, Source, SyncConfig, Topic};
 
 /// What a cache does when it cannot vouch for its entries.
@@ -134,13 +135,15 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             return Err(Error::Config("coalesce_window must be at most 1 s".into()));
         }
         let batch = Arc::new(Batch::new(self.max_batch_keys));
+        let drain_from = batch.clone();
+        let drainer: Drainer<Invalidation<K>> = Arc::new(move || drain_from.take());
         let shared = Arc::default();
         let store = Arc::new(Store::new(self.source, self.mode, Arc::clone(&shared)));
         let slot: SyncSlot<K> = Arc::default();
-        let args_topic = self.topic.name().to_owned();
+        let topic = self.topic.name().to_owned();
         let args = CacheArguments {
             store: store.clone(),
-            batch: batch.clone(),
+            drainer: drainer.clone(),
             slot: slot.clone(),
             topic: self.topic,
             node_name: node.name().to_owned(),
@@ -152,13 +155,11 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             None => Actor::spawn(None, CacheActor::new(), args).await,
         };
         let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
-        let drain_from = batch.clone();
-        let topic = args_topic;
         let cache = Cache {
             store,
             batch,
             slot,
-            drainer: Arc::new(move || drain_from.take()),
+            drainer,
             coalesce: self.coalesce,
             actor,
             shared,

@@ -98,7 +98,7 @@ where
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
         // The gate is read before the entry: a repair that closed and reopened it happened
         // before the gate was stored, so an open gate means the entry read is post-repair.
-        if self.mode == Mode::Eventual || self.leases.leases_valid(now_us()) {
+        if self.servable() {
             if let Some(value) = self.cached(key) {
                 return Ok(Lookup {
                     value: Some(value),
@@ -115,11 +115,16 @@ where
 
     /// The cached value, if it may be served now; never loads.
     pub(crate) fn peek(&self, key: &K) -> Option<V> {
-        let servable = self.mode == Mode::Eventual || self.leases.leases_valid(now_us());
-        servable
+        self.servable()
             .then(|| self.cached(key))
             .flatten()
             .map(|(value, _)| value)
+    }
+
+    /// Whether entries may be served from the heap now (always in eventual mode; in bounded
+    /// mode while every peer's lease is valid): one atomic load and a clock read.
+    fn servable(&self) -> bool {
+        self.mode == Mode::Eventual || self.leases.leases_valid(now_us())
     }
 
     fn cached(&self, key: &K) -> Option<(V, Version)> {

@@ -140,6 +140,12 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Only what peers send (and the passing of time) can change a lease; sending does not,
+        // so the publish path skips the recomputation.
+        let leases_may_change = matches!(
+            message,
+            SyncMessage::Wire(_) | SyncMessage::Foreign(_) | SyncMessage::Tick
+        );
         match message {
             SyncMessage::Drain { take, window } => state.drain(&myself, take, window),
             SyncMessage::Wire(bytes) => state.receive(&bytes),
@@ -156,7 +162,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
                 reply,
             } => state.publish_confirmed(payload, timeout, reply),
         }
-        state.refresh_gate();
+        if leases_may_change {
+            state.refresh_gate();
+        }
         Ok(())
     }
 

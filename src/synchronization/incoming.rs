@@ -139,15 +139,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         self.leases_were_valid = valid;
         let weakest = self.weakest_reason(members, now);
-        let last_heard = self
-            .peers
-            .peers()
-            .map(|(n, p)| (n.clone(), p.last_heard))
-            .collect();
-        self.shared.update(|s| {
-            s.weakest = weakest;
-            s.last_heard = last_heard;
-        });
+        self.shared.update(|s| s.weakest = weakest);
     }
 
     pub(super) fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {

@@ -120,6 +120,13 @@ impl<M: TopicMessage> SynchronizationState<M> {
 
     pub(super) fn tick(&mut self) {
         let now = now_us();
+        // Liveness reports (the node's watchdog) need this once per heartbeat, not per message.
+        let last_heard = self
+            .peers
+            .peers()
+            .map(|(n, p)| (n.clone(), p.last_heard))
+            .collect();
+        self.shared.update(|s| s.last_heard = last_heard);
         for forgotten in self.peers.forget_silent(now) {
             bump(&self.shared.counters.peers_forgotten);
             tracing::warn!(topic = %self.group, peer = %forgotten, "forgetting a silent peer");

@@ -19,6 +19,7 @@ pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
 use self::store::Store;
 use crate::synchronization::message::Drainer;
+use crate::synchronization::Flush;
 use crate::Synchronization;
 
 /// The cache's current Synchronization handle, shared by the handles and the actor.
@@ -232,8 +233,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// The cache's current Synchronization actor (it changes when the cache actor restarts it
     /// after a failure), for monitoring and fault injection.
     pub fn synchronization_actor(&self) -> Option<ActorCell> {
-        let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref().map(Synchronization::actor)
+        self.current_sync().as_ref().map(Synchronization::actor)
     }
 
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.
@@ -241,16 +241,42 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.actor.get_cell()
     }
 
-    /// Asks the Synchronization actor to publish the batch; if it is being restarted, the cache
-    /// actor drains the batch once the new one is up.
+    /// Publishes the batch from this task, or, in a burst, makes sure a drain follows within
+    /// the coalescing window. If the Synchronization actor is being restarted, the cache
+    /// actor publishes the batch once the new one is up.
     fn flush(&self) -> Result<()> {
         let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(sync) => sync.drain(self.drainer.clone(), self.coalesce).or(Ok(())),
-            None => Err(Error::ActorStopped(
+        let Some(sync) = slot.as_ref() else {
+            return Err(Error::ActorStopped(
                 "synchronization actor not started".into(),
-            )),
+            ));
+        };
+        let flushed = sync.flush(&self.drainer, self.coalesce);
+        drop(slot);
+        if let Flush::Later(delay) = flushed {
+            let (slot, drainer) = (self.slot.clone(), self.drainer.clone());
+            let drain = move || {
+                let sync = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(sync) = sync {
+                    sync.drain_now(&drainer);
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        drain();
+                    });
+                }
+                // Outside a runtime nothing can wait: publish now.
+                Err(_) => drain(),
+            }
         }
+        Ok(())
+    }
+
+    fn current_sync(&self) -> Option<Synchronization<Invalidation<K>>> {
+        self.slot.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn send(&self, message: CacheMessage<K>) -> Result<()> {

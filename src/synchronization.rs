@@ -5,6 +5,7 @@ mod backlog;
 mod config;
 mod incoming;
 pub(crate) mod message;
+mod outbox;
 mod outgoing;
 pub(crate) mod shared;
 mod stats;
@@ -15,9 +16,11 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorRef};
 use serde::{de::DeserializeOwned, Serialize};
 
-use self::actor::{SynchronizationActor, SynchronizationArguments};
+use self::actor::{random_incarnation, SynchronizationActor, SynchronizationArguments};
 pub use self::config::SyncConfig;
 use self::message::SyncMessage;
+pub(crate) use self::outbox::Flush;
+use self::outbox::Outbox;
 pub(crate) use self::shared::SyncShared;
 pub use self::stats::SyncStats;
 use crate::clock::now_us;
@@ -113,6 +116,7 @@ pub enum Recipients {
 pub struct Synchronization<M> {
     actor: ActorRef<SyncMessage<M>>,
     shared: Arc<SyncShared>,
+    outbox: Arc<Outbox<M>>,
     topic: Topic<M>,
 }
 
@@ -121,6 +125,7 @@ impl<M> Clone for Synchronization<M> {
         Self {
             actor: self.actor.clone(),
             shared: self.shared.clone(),
+            outbox: self.outbox.clone(),
             topic: self.topic.clone(),
         }
     }
@@ -193,12 +198,19 @@ impl<M: TopicMessage> Synchronization<M> {
         shared: Arc<SyncShared>,
     ) -> Result<Self> {
         config.validate()?;
+        let outbox = Arc::new(Outbox::new(
+            topic.name().to_owned(),
+            node_name.clone(),
+            random_incarnation(),
+            shared.clone(),
+        ));
         let arguments = SynchronizationArguments {
             topic: topic.clone(),
             node_name,
             config,
             subscribers,
             shared: shared.clone(),
+            outbox: outbox.clone(),
         };
         let actor = SynchronizationActor::new();
         let spawned = match supervisor {
@@ -209,14 +221,15 @@ impl<M: TopicMessage> Synchronization<M> {
         Ok(Self {
             actor,
             shared,
+            outbox,
             topic,
         })
     }
 
     /// Publishes `message` to the subscribers on every other node.
     ///
-    /// The message is encoded once, here, and the same bytes are cast to every remote member.
-    /// Delivery is at most once; receivers detect losses by sequence number and are told
+    /// The message is numbered, encoded once and cast to every remote member right here, in
+    /// the caller's task (no hop through the actor's mailbox). Delivery is at most once; receivers detect losses by sequence number and are told
     /// [`Delivery::PossiblyMissed`].
     ///
     /// # Errors
@@ -234,8 +247,14 @@ impl<M: TopicMessage> Synchronization<M> {
     /// As [`publish`](Self::publish).
     pub fn publish_to(&self, message: &M, recipients: Recipients) -> Result<()> {
         let payload = postcard::to_stdvec(message).map_err(|e| Error::Encode(e.to_string()))?;
-        let local = (recipients == Recipients::RemoteAndLocal).then(|| message.clone());
-        self.send(SyncMessage::Publish { payload, local })
+        if recipients == Recipients::RemoteAndLocal {
+            let local = message.clone();
+            return self.send(SyncMessage::PublishWithLocal { payload, local });
+        }
+        self.ensure_running()?;
+        let seq = self.outbox.publish(payload).ok_or_else(closed)?;
+        self.published(seq);
+        Ok(())
     }
 
     /// Publishes `message` to every other node, then waits until each peer known now has
@@ -274,9 +293,48 @@ impl<M: TopicMessage> Synchronization<M> {
         self.send(SyncMessage::Subscribe(Arc::new(subscriber)))
     }
 
-    /// Asks the actor to publish what `take` yields, at most once per `window`.
-    pub(crate) fn drain(&self, take: message::Drainer<M>, window: Duration) -> Result<()> {
-        self.send(SyncMessage::Drain { take, window })
+    /// Publishes what `take` yields now, unless a burst is under way: then the caller must
+    /// call [`drain_now`](Self::drain_now) after the delay it is given.
+    pub(crate) fn flush(&self, take: &message::Drainer<M>, window: Duration) -> Flush {
+        if self.ensure_running().is_err() {
+            return Flush::Closed;
+        }
+        let flushed = self.outbox.flush(take, window);
+        if let Flush::Done(Some(seq)) = flushed {
+            self.published(seq);
+        }
+        flushed
+    }
+
+    /// Publishes what `take` yields now (the delayed drain of a burst).
+    pub(crate) fn drain_now(&self, take: &message::Drainer<M>) -> Flush {
+        if self.ensure_running().is_err() {
+            self.outbox.close();
+            return Flush::Closed;
+        }
+        let drained = self.outbox.drain_now(take);
+        if let Flush::Done(Some(seq)) = drained {
+            self.published(seq);
+        }
+        drained
+    }
+
+    /// Every 64 publishes the actor checks that no peer left too much unacknowledged.
+    fn published(&self, seq: u64) {
+        if seq % 64 == 0 {
+            let _ = self.actor.cast(SyncMessage::CheckBacklog);
+        }
+    }
+
+    /// A handle may outlive a failed actor (whose successor numbers from 1 again under a new
+    /// incarnation): publishing through it is refused.
+    fn ensure_running(&self) -> Result<()> {
+        use ractor::ActorStatus::{Stopped, Stopping};
+        if matches!(self.actor.get_status(), Stopping | Stopped) {
+            self.outbox.close();
+            return Err(closed());
+        }
+        Ok(())
     }
 
     /// Casts `bytes` unchanged to every remote member of the topic, as if they were an
@@ -318,4 +376,8 @@ impl<M: TopicMessage> Synchronization<M> {
     fn send(&self, message: SyncMessage<M>) -> Result<()> {
         self.actor.cast(message).map_err(Error::stopped)
     }
+}
+
+fn closed() -> Error {
+    Error::ActorStopped("synchronization actor stopped".into())
 }

@@ -91,6 +91,17 @@ fn samples(reply: &Value) -> Vec<u64> {
     list.iter().filter_map(Value::as_u64).collect()
 }
 
+/// Baseline and crate round trips from the first node, `rounds` each, measured in four
+/// alternating blocks so that both see the same drift of a shared machine.
+fn interleaved(node: &mut Proc, rounds: u64) -> (Vec<u64>, Vec<u64>) {
+    let (mut base, mut inv) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        base.extend(samples(&node.ask(&format!("rtt-base {}", rounds / 4))));
+        inv.extend(samples(&node.ask(&format!("rtt-crate {}", rounds / 4))));
+    }
+    (base, inv)
+}
+
 /// Keys per second from the first node to all others, coalescing on.
 /// Returns (keys/s, envelopes the keys travelled in, whole-cache escalations).
 fn keys_per_sec(nodes: &mut [Proc], keys: u64) -> (f64, u64, u64) {
@@ -145,14 +156,9 @@ fn main() {
     );
 
     let mut pair = cluster(2, None);
-    let base = Latency::one_way(
-        "ractor_cluster cast (baseline)",
-        &samples(&pair[0].ask(&format!("rtt-base {rounds}"))),
-    );
-    let inv = Latency::one_way(
-        "publish -> remote invalidated",
-        &samples(&pair[0].ask(&format!("rtt-crate {rounds}"))),
-    );
+    let (base, inv) = interleaved(&mut pair[0], rounds);
+    let base = Latency::one_way("ractor_cluster cast (baseline)", &base);
+    let inv = Latency::one_way("publish -> remote invalidated", &inv);
     let base_rate = casts_per_sec(&mut pair, 200_000);
     let keys_1 = keys_per_sec(&mut pair, 2_000_000);
     let idle = pair[1].ask("rss")["rss_kib"].as_u64().unwrap();
@@ -181,14 +187,9 @@ fn main() {
             keys_n.push((n - 1, keys_per_sec(&mut nodes, 1_000_000)));
         }
         if n == 4 || n == 8 {
-            let lat = Latency::one_way(
-                &format!("{n} nodes"),
-                &samples(&nodes[0].ask(&format!("rtt-crate {}", rounds / 2))),
-            );
-            let base = Latency::one_way(
-                &format!("{n} nodes, baseline"),
-                &samples(&nodes[0].ask(&format!("rtt-base {}", rounds / 2))),
-            );
+            let (base, lat) = interleaved(&mut nodes[0], rounds / 2);
+            let lat = Latency::one_way(&format!("{n} nodes"), &lat);
+            let base = Latency::one_way(&format!("{n} nodes, baseline"), &base);
             fan_out.push((n, lat, base));
         }
     }

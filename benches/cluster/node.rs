@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_cache_sync::{Cache, Node, NodeConfig, Source, Topic, Version};
+use ractor_cache_sync::{Cache, Invalidation, Node, NodeConfig, Source, Topic, Version};
 use ractor_cluster::RactorClusterMessage;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -70,8 +70,9 @@ fn remote_base_members() -> Vec<ActorRef<BaseMsg>> {
         .collect()
 }
 
-/// The crate's source: constant values; loading `ping` answers with a `pong-<me>`
-/// invalidation, loading `pong-*` reports to the driver. Optionally reads SQLite first.
+/// The crate's source: constant values. With SQLite (the reload figure) it reads SQLite first,
+/// and loading `ping` answers with a `pong-<me>` invalidation, loading `pong-*` reports to the
+/// driver; without, the remote-invalidation hook does that as soon as the keys are dropped.
 struct BenchSource {
     me: OnceLock<(String, Cache<String, String>)>,
     pongs: mpsc::UnboundedSender<()>,
@@ -88,6 +89,9 @@ impl Source<String, String> for BenchSource {
             read.map_err(ractor_cache_sync::Error::from_source)?;
         }
         let version = self.version.fetch_add(1, Ordering::Relaxed);
+        if self.sqlite.is_none() {
+            return Ok(Some(("v".to_owned(), version)));
+        }
         if key == "ping" {
             if let Some((name, cache)) = self.me.get() {
                 let _ = cache.invalidate(&format!("pong-{name}"));
@@ -108,6 +112,7 @@ pub async fn run() {
     }
     let node = Node::start(config).await.expect("node starts");
     let (pong_tx, mut pongs) = mpsc::unbounded_channel();
+    let hook_pongs = pong_tx.clone();
     let sqlite = (!env("RCS_SQLITE").is_empty()).then(|| {
         std::sync::Mutex::new(rusqlite::Connection::open(env("RCS_SQLITE")).expect("sqlite"))
     });
@@ -117,12 +122,31 @@ pub async fn run() {
         version: AtomicU64::new(0),
         sqlite,
     });
+    // Publish -> remote invalidated: each node answers the moment the keys are dropped.
+    let me = Arc::new(OnceLock::<(String, Cache<String, String>)>::new());
+    let hook_me = me.clone();
+    let react_in_hook = source.sqlite.is_none();
+    let hook = move |applied: &Invalidation<String>| {
+        let Invalidation::Keys(keys) = applied else {
+            return;
+        };
+        for (key, _) in keys {
+            if key == "ping" {
+                if let Some((name, cache)) = hook_me.get() {
+                    let _ = cache.invalidate(&format!("pong-{name}"));
+                }
+            } else if key.starts_with("pong-") {
+                let _ = hook_pongs.send(());
+            }
+        }
+    };
     // A backlog bound above what a 2 M-key burst can leave unacknowledged between heartbeats.
-    let cache: Cache<String, String> = Cache::builder(Topic::new("bench"), source.clone())
-        .max_backlog(512 << 20)
-        .spawn(&node)
-        .await
-        .expect("cache");
+    let mut builder = Cache::builder(Topic::new("bench"), source.clone()).max_backlog(512 << 20);
+    if react_in_hook {
+        builder = builder.on_remote_invalidation(hook);
+    }
+    let cache: Cache<String, String> = builder.spawn(&node).await.expect("cache");
+    let _ = me.set((node.name().to_owned(), cache.clone()));
     let _ = source.me.set((node.name().to_owned(), cache.clone()));
     let pings = Arc::new(AtomicU64::new(0));
     let (base_tx, mut base_pongs) = mpsc::unbounded_channel();

@@ -48,7 +48,12 @@ pub(crate) struct CacheArguments<K, V> {
     pub(crate) node_name: String,
     pub(crate) sync_config: SyncConfig,
     pub(crate) shared: Arc<SyncShared>,
+    pub(crate) on_remote: Option<OnRemote<K>>,
 }
+
+/// Called with every invalidation from another node (and every repair, as
+/// [`Invalidation::All`]) once it has been applied here.
+pub(crate) type OnRemote<K> = Arc<dyn Fn(&Invalidation<K>) + Send + Sync>;
 
 /// The cache actor's state.
 pub(crate) struct CacheState<K, V> {
@@ -134,7 +139,14 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
     args: &CacheArguments<K, V>,
 ) -> Result<Synchronization<Invalidation<K>>, ActorProcessingErr> {
     let store = args.store.clone();
-    let subscriber = Arc::new(move |delivery| apply(&store, delivery));
+    let on_remote = args.on_remote.clone();
+    let subscriber = Arc::new(move |delivery| {
+        let (applied, hot) = apply(&store, delivery);
+        if let Some(on_remote) = &on_remote {
+            on_remote(&applied);
+        }
+        reload(&store, hot);
+    });
     let sync = Synchronization::start_with(
         args.topic.clone(),
         args.node_name.clone(),
@@ -146,54 +158,61 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
     .await?;
     *args.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(sync.clone());
     // Whatever was batched while no actor was there goes out now.
-    sync.drain(args.drainer.clone(), std::time::Duration::ZERO)?;
+    sync.drain_now(&args.drainer);
     Ok(sync)
 }
 
-/// Applies one delivery to the store before returning.
+/// Applies one delivery to the store before returning; returns what it applied and the
+/// dropped keys that were cached or loading here (hot keys, to reload).
 fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
     store: &Arc<Store<K, V>>,
     delivery: Delivery<Invalidation<K>>,
-) {
+) -> (Invalidation<K>, Vec<K>) {
     match delivery {
         Delivery::Message {
             message: Invalidation::Keys(keys),
             ..
         } => {
             add(&store.counters.invalidations_received, keys.len() as u64);
-            for (key, version) in keys {
-                apply_key(store, key, version);
+            let mut hot = Vec::new();
+            for (key, version) in &keys {
+                match store.invalidate(key, *version) {
+                    Dropped::Ignored => bump(&store.counters.invalidations_ignored),
+                    Dropped::Nothing => {}
+                    Dropped::Entry | Dropped::Flight => hot.push(key.clone()),
+                }
             }
+            (Invalidation::Keys(keys), hot)
         }
         Delivery::Message { .. } => {
             bump(&store.counters.invalidations_received);
             bump(&store.counters.invalidate_alls_received);
             store.invalidate_all();
+            (Invalidation::All, Vec::new())
         }
-        Delivery::PossiblyMissed(cause) => repair(store, &cause),
+        Delivery::PossiblyMissed(cause) => {
+            repair(store, &cause);
+            (Invalidation::All, Vec::new())
+        }
     }
 }
 
-/// Drops the key and, if it was cached or being loaded (it is hot here), reloads it in the
-/// background so the next read is a hit on the fresh value.
-fn apply_key<K: CacheKey, V: Clone + Send + Sync + 'static>(
-    store: &Arc<Store<K, V>>,
-    key: K,
-    version: Option<crate::Version>,
-) {
-    match store.invalidate(&key, version) {
-        Dropped::Ignored => bump(&store.counters.invalidations_ignored),
-        Dropped::Nothing => {}
-        Dropped::Entry | Dropped::Flight => {
-            bump(&store.counters.reloads);
-            let store = store.clone();
-            tokio::spawn(async move {
-                if let Err(error) = store.load_once(&key).await {
-                    tracing::warn!(%error, "reload after invalidation failed");
-                }
-            });
-        }
+/// Reloads the hot keys of one invalidation in the background, one after another in one
+/// task (a burst never floods the source; a reader who needs a key sooner loads it itself),
+/// so the next read is a hit on the fresh value.
+fn reload<K: CacheKey, V: Clone + Send + Sync + 'static>(store: &Arc<Store<K, V>>, hot: Vec<K>) {
+    if hot.is_empty() {
+        return;
     }
+    add(&store.counters.reloads, hot.len() as u64);
+    let store = store.clone();
+    tokio::spawn(async move {
+        for key in hot {
+            if let Err(error) = store.load_once(&key).await {
+                tracing::warn!(%error, "reload after invalidation failed");
+            }
+        }
+    });
 }
 
 fn repair<K: CacheKey, V: Clone + Send + Sync + 'static>(store: &Store<K, V>, cause: &MissCause) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell};
 
-use super::actor::{CacheActor, CacheArguments, CacheKey};
+use super::actor::{CacheActor, CacheArguments, CacheKey, OnRemote};
 use super::batch::Batch;
 use super::store::Store;
 use super::{Cache, Invalidation, SyncSlot};
@@ -47,6 +47,7 @@ pub struct CacheBuilder<K, V> {
     sync: SyncConfig,
     max_batch_keys: usize,
     coalesce: Duration,
+    on_remote: Option<OnRemote<K>>,
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
@@ -58,6 +59,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             sync: SyncConfig::default(),
             max_batch_keys: 65_536,
             coalesce: Duration::from_millis(1),
+            on_remote: None,
         }
     }
 
@@ -99,6 +101,19 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     /// then form only while the previous envelope is being sent); at most 1 s.
     pub fn coalesce_window(mut self, window: Duration) -> Self {
         self.coalesce = window;
+        self
+    }
+
+    /// Calls `hook` with every invalidation from another node once it has been applied here
+    /// (the keys are gone from this node's heap), and with [`Invalidation::All`] after every
+    /// repair: to drop data derived from cached values, notify clients, or observe
+    /// propagation. It runs in the topic's Synchronization actor before the next message is
+    /// handled: keep it short and non-blocking (send to a channel or an actor).
+    pub fn on_remote_invalidation(
+        mut self,
+        hook: impl Fn(&Invalidation<K>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_remote = Some(Arc::new(hook));
         self
     }
 
@@ -149,6 +164,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             node_name: node.name().to_owned(),
             sync_config: self.sync,
             shared: shared.clone(),
+            on_remote: self.on_remote,
         };
         let spawned = match supervisor {
             Some(sup) => Actor::spawn_linked(None, CacheActor::new(), args, sup).await,

@@ -13,11 +13,10 @@ use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
-use super::backlog::Backlog;
 use super::message::{Subscriber, SyncMessage};
+use super::outbox::{remote_members, Outbox};
 use super::shared::SyncShared;
 use super::{MissCause, SyncConfig, TopicMessage};
-use crate::envelope::Body;
 use crate::peer_table::{LeaseParams, PeerTable};
 use crate::stats::bump;
 use crate::topic::PG_SCOPE;
@@ -41,26 +40,21 @@ pub(crate) struct SynchronizationArguments<M> {
     pub(crate) config: SyncConfig,
     pub(crate) subscribers: Vec<Subscriber<M>>,
     pub(crate) shared: Arc<SyncShared>,
+    pub(crate) outbox: Arc<Outbox<M>>,
 }
 
 /// The actor's state.
 pub(crate) struct SynchronizationState<M> {
     pub(super) group: String,
     pub(super) node_name: String,
-    pub(super) incarnation: u64,
-    pub(super) last_seq: u64,
+    pub(super) outbox: Arc<Outbox<M>>,
     pub(super) peers: PeerTable,
     pub(super) subscribers: Vec<Subscriber<M>>,
     pub(super) shared: Arc<SyncShared>,
     pub(super) ticker: JoinHandle<()>,
     pub(super) leases_were_valid: bool,
     pub(super) max_backlog: u64,
-    pub(super) backlog: Backlog,
     pub(super) waiters: Vec<Waiter>,
-    /// When (µs) a coalescing batch was last drained, and whether a delayed drain is pending.
-    pub(super) last_drain: u64,
-    pub(super) last_drain_items: usize,
-    pub(super) drain_scheduled: bool,
 }
 
 /// A `publish_confirmed` caller waiting for acknowledgements.
@@ -95,24 +89,19 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         let mut state = SynchronizationState {
             group,
             node_name: args.node_name,
-            incarnation: random_incarnation(),
-            last_seq: 0,
+            outbox: args.outbox,
             peers: PeerTable::new(params),
             subscribers: args.subscribers,
             shared: args.shared,
             ticker,
             leases_were_valid: false,
             max_backlog: args.config.max_backlog_bytes(),
-            backlog: Backlog::default(),
             waiters: Vec::new(),
-            last_drain: 0,
-            last_drain_items: 0,
-            drain_scheduled: false,
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
         // Peers already in the group joined before we could watch: treat them as joining now.
-        for _ in state.remote_members() {
+        for _ in remote_members(&state.group) {
             bump(&state.shared.counters.peer_joins);
             state.possibly_missed(MissCause::PeerJoined);
         }
@@ -126,17 +115,14 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
-        let leave = Body::Leave {
-            last_seq: state.last_seq,
-        };
-        state.send(leave);
+        state.outbox.leave();
         pg::demonitor_scope(PG_SCOPE.to_owned(), myself.get_id());
         Ok(())
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -147,14 +133,16 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             SyncMessage::Wire(_) | SyncMessage::Foreign(_) | SyncMessage::Tick
         );
         match message {
-            SyncMessage::Drain { take, window } => state.drain(&myself, take, window),
+            SyncMessage::CheckBacklog => state.shed_overflowing_peers(),
             SyncMessage::Wire(bytes) => state.receive(&bytes),
             SyncMessage::Foreign(variant) => {
                 state.undecodable(format!("foreign message {variant:?}"))
             }
-            SyncMessage::Publish { payload, local } => state.publish(payload, local),
+            SyncMessage::PublishWithLocal { payload, local } => {
+                state.publish_with_local(payload, local)
+            }
             SyncMessage::Subscribe(subscriber) => state.subscribers.push(subscriber),
-            SyncMessage::SendRaw(bytes) => state.cast_to_remote_members(&bytes),
+            SyncMessage::SendRaw(bytes) => state.outbox.cast_to_remote_members(&bytes),
             SyncMessage::Tick => state.tick(),
             SyncMessage::PublishConfirmed {
                 payload,
@@ -190,7 +178,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
     }
 }
 
-fn random_incarnation() -> u64 {
+pub(super) fn random_incarnation() -> u64 {
     // Falls back to the clock if the OS has no entropy to give: uniqueness across restarts,
     // not secrecy, is what matters here.
     getrandom::u64().unwrap_or_else(|_| {

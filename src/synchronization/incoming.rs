@@ -63,7 +63,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn own_echo<'e>(&self, echoes: &'e [Echo]) -> Option<&'e Echo> {
         echoes
             .iter()
-            .find(|e| e.peer == self.node_name && e.incarnation == self.incarnation)
+            .find(|e| e.peer == self.node_name && e.incarnation == self.outbox.incarnation())
     }
 
     pub(super) fn receive_publish(&mut self, origin: String, arrival: Arrival, payload: &[u8]) {
@@ -130,7 +130,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
     /// Recomputes until when cached reads are safe, after every change.
     pub(super) fn refresh_gate(&mut self) {
         let now = now_us();
-        let members = self.remote_members().len();
+        let members = super::outbox::remote_members(&self.group).len();
         let until = self.peers.valid_until(members);
         self.shared.set_valid_until(until);
         let valid = now < until;

@@ -27,20 +27,16 @@ pub(crate) enum SyncMessage<M> {
     Wire(Vec<u8>),
     /// A remote message that is not one of ours: the name of its variant.
     Foreign(String),
-    /// Publish an already-encoded payload; `local` is also handed to local subscribers.
-    Publish { payload: Vec<u8>, local: Option<M> },
+    /// Publish an already-encoded payload and hand `local` to the local subscribers.
+    PublishWithLocal { payload: Vec<u8>, local: M },
     /// Add a local subscriber.
     Subscribe(Subscriber<M>),
     /// Cast these bytes, unchanged, to every remote member (fault injection).
     SendRaw(Vec<u8>),
     /// Time to send heartbeats and forget silent peers.
     Tick,
-    /// Publish what `take` yields, at most once per `window` (a burst is coalesced, a lone
-    /// message goes out at once).
-    Drain {
-        take: Drainer<M>,
-        window: std::time::Duration,
-    },
+    /// Many publishes went out since the backlog bound was last checked.
+    CheckBacklog,
     /// Publish, then report which peers applied it within `timeout`.
     PublishConfirmed {
         payload: Vec<u8>,
@@ -104,9 +100,9 @@ mod tests {
 
     #[test]
     fn local_only_messages_never_leave_the_node() {
-        let publish = SyncMessage::<u8>::Publish {
+        let publish = SyncMessage::<u8>::PublishWithLocal {
             payload: vec![],
-            local: None,
+            local: 1,
         };
         assert!(publish.serialize().is_err());
     }

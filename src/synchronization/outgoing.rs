@@ -1,65 +1,24 @@
-//! What the Synchronization actor sends: publishes (direct, coalesced, confirmed), heartbeats,
-//! and the per-peer backlog bound.
-
-use ractor::pg;
-use ractor::ActorRef;
+//! What the Synchronization actor itself sends: publishes with local delivery, confirmed
+//! publishes, heartbeats, and the per-peer backlog bound. (Plain publishes go out from the
+//! caller's task through the [`Outbox`](super::outbox::Outbox).)
 
 use super::actor::{SynchronizationState, Waiter};
-use super::message::{Drainer, SyncMessage};
 use super::{Delivery, MissCause, TopicMessage};
 use crate::clock::now_us;
-use crate::envelope::{Body, Envelope};
 use crate::stats::bump;
-use crate::topic::PG_SCOPE;
 
 impl<M: TopicMessage> SynchronizationState<M> {
-    /// Publishes a coalescing batch now, unless the previous batch carried several items (a
-    /// burst is under way) and went out less than `window` ago: then once that much time has
-    /// passed (one delayed drain at a time). Lone messages, even back to back, are never
-    /// delayed; a burst travels in one envelope per window.
-    pub(super) fn drain(
-        &mut self,
-        myself: &ActorRef<SyncMessage<M>>,
-        take: Drainer<M>,
-        window: std::time::Duration,
-    ) {
-        let now = now_us();
-        let window_us = window.as_micros() as u64;
-        let since = now.saturating_sub(self.last_drain);
-        if since < window_us && self.last_drain_items > 1 {
-            if !self.drain_scheduled {
-                self.drain_scheduled = true;
-                let delay = std::time::Duration::from_micros(window_us - since);
-                myself.send_after(delay, move || SyncMessage::Drain {
-                    take: take.clone(),
-                    window: std::time::Duration::ZERO,
-                });
-            }
-            return;
-        }
-        self.drain_scheduled = false;
-        self.last_drain = now;
-        let Some((message, items)) = take() else {
-            self.last_drain_items = 0;
-            return;
-        };
-        self.last_drain_items = items;
-        match postcard::to_stdvec(&message) {
-            Ok(payload) => self.publish(payload, None),
-            Err(error) => tracing::error!(%error, topic = %self.group, "batch not encoded"),
-        }
-    }
-
     pub(super) fn publish_confirmed(
         &mut self,
         payload: Vec<u8>,
         timeout: std::time::Duration,
         reply: ractor::RpcReplyPort<crate::Confirmation>,
     ) {
-        self.publish(payload, None);
+        let Some(seq) = self.outbox.publish(payload) else {
+            return; // closed: the reply port drops and the caller hears the actor stopped
+        };
         let peers = self.peers.peers().map(|(name, _)| name.clone()).collect();
         let deadline = now_us() + timeout.as_micros() as u64;
-        let seq = self.last_seq;
         self.waiters.push(Waiter {
             seq,
             peers,
@@ -91,28 +50,25 @@ impl<M: TopicMessage> SynchronizationState<M> {
     /// Closes the session of every peer that left more than `max_backlog` of our messages
     /// unacknowledged, dropping what ractor_cluster queued for it.
     pub(super) fn shed_overflowing_peers(&mut self) {
-        let (backlog, limit) = (&self.backlog, self.max_backlog);
-        for peer in self
-            .peers
-            .overflowing(|acked| backlog.unacked_since(acked) > limit)
-        {
+        let limit = self.max_backlog;
+        let peers = &self.peers;
+        let overflowing = self
+            .outbox
+            .unacked(|unacked_since| peers.overflowing(|acked| unacked_since(acked) > limit));
+        if overflowing.is_empty() {
+            return;
+        }
+        let last_seq = self.outbox.last_seq();
+        for peer in overflowing {
             bump(&self.shared.counters.backlog_overflows);
             crate::node::registry::close_session(&peer, "backlog overflow");
-            self.peers.forgive(&peer, self.last_seq);
+            self.peers.forgive(&peer, last_seq);
         }
     }
 
-    pub(super) fn publish(&mut self, payload: Vec<u8>, local: Option<M>) {
-        self.last_seq += 1;
-        bump(&self.shared.counters.published);
-        let seq = self.last_seq;
-        let _span = tracing::debug_span!("publish", topic = %self.group, seq).entered();
-        let sent = self.send(Body::Publish { seq, payload });
-        self.backlog.record(seq, sent);
-        if seq % 64 == 0 {
-            self.shed_overflowing_peers();
-        }
-        if let Some(message) = local {
+    /// Publishes and hands `message` to the local subscribers too.
+    pub(super) fn publish_with_local(&mut self, payload: Vec<u8>, message: M) {
+        if self.outbox.publish(payload).is_some() {
             let origin = self.node_name.clone();
             self.deliver(Delivery::Message { origin, message });
         }
@@ -134,50 +90,6 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         self.shed_overflowing_peers();
         self.answer_waiters();
-        let beat = Body::Heartbeat {
-            stamp: now,
-            last_seq: self.last_seq,
-            echoes: self.peers.echoes(),
-        };
-        self.send(beat);
-    }
-
-    /// Encodes once and casts the same bytes to every remote member; returns the size.
-    pub(super) fn send(&self, body: Body) -> usize {
-        let envelope = Envelope {
-            topic: self.group.clone(),
-            origin: self.node_name.clone(),
-            incarnation: self.incarnation,
-            body,
-        };
-        match envelope.encode() {
-            Ok(bytes) => {
-                self.cast_to_remote_members(&bytes);
-                bytes.len()
-            }
-            // Peers notice the skipped sequence number at the next heartbeat and repair.
-            Err(error) => {
-                tracing::error!(%error, topic = %self.group, "envelope not sent");
-                0
-            }
-        }
-    }
-
-    /// Remote `ActorRef`s are never cached: stub ids change when a session is re-established,
-    /// so pg is read on every send.
-    pub(super) fn cast_to_remote_members(&self, bytes: &[u8]) {
-        for cell in self.remote_members() {
-            let member: ActorRef<SyncMessage<M>> = cell.into();
-            // A stub whose session just died refuses the cast; that peer repairs on rejoin.
-            if member.cast(SyncMessage::Wire(bytes.to_vec())).is_ok() {
-                bump(&self.shared.counters.envelopes_sent);
-            }
-        }
-    }
-
-    pub(super) fn remote_members(&self) -> Vec<ractor::ActorCell> {
-        let mut members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &self.group);
-        members.retain(|c| !c.get_id().is_local());
-        members
+        self.outbox.heartbeat(self.peers.echoes());
     }
 }

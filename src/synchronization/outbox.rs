@@ -1,0 +1,232 @@
+//! The sending side of one topic on this node: sequence numbers, the envelope header, the
+//! backlog of unacknowledged bytes and the coalescing state, behind one lock shared by the
+//! actor and every handle.
+//!
+//! Publishing needs no message to the actor: the caller's task takes the lock, numbers the
+//! message, encodes the envelope once and casts the same bytes to every remote member. The
+//! actor's heartbeats go through the same lock, so a heartbeat never announces a sequence
+//! number whose publish has not been cast yet, and casts leave in sequence order.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ractor::{pg, ActorRef};
+
+use super::backlog::Backlog;
+use super::message::{Drainer, SyncMessage};
+use super::shared::SyncShared;
+use super::TopicMessage;
+use crate::clock::now_us;
+use crate::envelope::{Body, Echo, Envelope};
+use crate::stats::bump;
+use crate::topic::PG_SCOPE;
+
+/// A flush finding the previous envelope less than this long ago, with one key in it, takes
+/// it as a burst from a tight loop and starts coalescing; one round trip between two nodes
+/// takes longer, so lone and ping-pong invalidations always go out at once.
+const BURST_GAP_US: u64 = 10;
+
+/// What a coalescing flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Published what was pending under this sequence number (`None`: nothing was pending).
+    Done(Option<u64>),
+    /// A burst is under way: drain again after this long (one pending drain at a time).
+    Later(Duration),
+    /// Someone else's drain is already due; the pending items wait for it.
+    Scheduled,
+    /// The actor has stopped; the pending items stay for its successor.
+    Closed,
+}
+
+pub(crate) struct Outbox<M> {
+    group: String,
+    node_name: String,
+    incarnation: u64,
+    shared: Arc<SyncShared>,
+    state: Mutex<State>,
+    _message: PhantomData<fn() -> M>,
+}
+
+#[derive(Default)]
+struct State {
+    last_seq: u64,
+    backlog: Backlog,
+    /// When (µs) a coalescing batch was last drained, how many items it carried, and whether a
+    /// delayed drain is pending.
+    last_drain: u64,
+    last_drain_items: usize,
+    drain_scheduled: bool,
+    /// Set once the leave announcement went out: nothing may follow it.
+    closed: bool,
+}
+
+impl<M: TopicMessage> Outbox<M> {
+    pub(crate) fn new(
+        group: String,
+        node_name: String,
+        incarnation: u64,
+        shared: Arc<SyncShared>,
+    ) -> Self {
+        Self {
+            group,
+            node_name,
+            incarnation,
+            shared,
+            state: Mutex::default(),
+            _message: PhantomData,
+        }
+    }
+
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Numbers and sends one encoded message; `None` once closed.
+    pub(crate) fn publish(&self, payload: Vec<u8>) -> Option<u64> {
+        let mut state = self.lock();
+        (!state.closed).then(|| self.publish_locked(&mut state, payload))
+    }
+
+    /// Publishes a coalescing batch now, unless the previous envelope went out less than
+    /// `window` ago and a burst is under way (it carried several items, or followed the one
+    /// before it within [`BURST_GAP_US`]): then the caller must drain again later.
+    pub(crate) fn flush(&self, take: &Drainer<M>, window: Duration) -> Flush {
+        let mut state = self.lock();
+        if state.closed {
+            return Flush::Closed;
+        }
+        if state.drain_scheduled {
+            return Flush::Scheduled;
+        }
+        let window_us = window.as_micros() as u64;
+        let since = now_us().saturating_sub(state.last_drain);
+        let burst = state.last_drain_items > 1 || since < BURST_GAP_US;
+        if since < window_us && burst {
+            state.drain_scheduled = true;
+            return Flush::Later(Duration::from_micros(window_us - since));
+        }
+        Flush::Done(self.drain_locked(&mut state, take))
+    }
+
+    /// Publishes a coalescing batch now (the delayed drain a [`Flush::Later`] asked for).
+    pub(crate) fn drain_now(&self, take: &Drainer<M>) -> Flush {
+        let mut state = self.lock();
+        state.drain_scheduled = false;
+        if state.closed {
+            return Flush::Closed;
+        }
+        Flush::Done(self.drain_locked(&mut state, take))
+    }
+
+    fn drain_locked(&self, state: &mut State, take: &Drainer<M>) -> Option<u64> {
+        state.last_drain = now_us();
+        let Some((message, items)) = take() else {
+            state.last_drain_items = 0;
+            return None;
+        };
+        state.last_drain_items = items;
+        match postcard::to_stdvec(&message) {
+            Ok(payload) => Some(self.publish_locked(state, payload)),
+            Err(error) => {
+                tracing::error!(%error, topic = %self.group, "batch not encoded");
+                None
+            }
+        }
+    }
+
+    fn publish_locked(&self, state: &mut State, payload: Vec<u8>) -> u64 {
+        state.last_seq += 1;
+        let seq = state.last_seq;
+        bump(&self.shared.counters.published);
+        let _span = tracing::debug_span!("publish", topic = %self.group, seq).entered();
+        let sent = self.send(Body::Publish { seq, payload });
+        state.backlog.record(seq, sent);
+        seq
+    }
+
+    /// Sends a heartbeat carrying the last sequence number published.
+    pub(crate) fn heartbeat(&self, echoes: Vec<Echo>) {
+        let state = self.lock();
+        if !state.closed {
+            let stamp = now_us();
+            let last_seq = state.last_seq;
+            self.send(Body::Heartbeat {
+                stamp,
+                last_seq,
+                echoes,
+            });
+        }
+    }
+
+    /// Announces a clean leave; every later publish is refused.
+    pub(crate) fn leave(&self) {
+        let mut state = self.lock();
+        if !state.closed {
+            state.closed = true;
+            let last_seq = state.last_seq;
+            self.send(Body::Leave { last_seq });
+        }
+    }
+
+    /// Refuses every later publish without announcing anything (the actor failed).
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    /// Bytes published after sequence number `acked`, for each of `acks`.
+    pub(crate) fn unacked<T>(&self, acks: impl FnOnce(&dyn Fn(u64) -> u64) -> T) -> T {
+        let state = self.lock();
+        acks(&|acked| state.backlog.unacked_since(acked))
+    }
+
+    /// Encodes once and casts the same bytes to every remote member; returns the size.
+    fn send(&self, body: Body) -> usize {
+        let envelope = Envelope {
+            topic: self.group.clone(),
+            origin: self.node_name.clone(),
+            incarnation: self.incarnation,
+            body,
+        };
+        match envelope.encode() {
+            Ok(bytes) => {
+                self.cast_to_remote_members(&bytes);
+                bytes.len()
+            }
+            // Peers notice the skipped sequence number at the next heartbeat and repair.
+            Err(error) => {
+                tracing::error!(%error, topic = %self.group, "envelope not sent");
+                0
+            }
+        }
+    }
+
+    /// Remote `ActorRef`s are never cached: stub ids change when a session is re-established,
+    /// so pg is read on every send. ractor_cluster takes an owned buffer per remote actor, so
+    /// each member gets a copy of the one encoding.
+    pub(crate) fn cast_to_remote_members(&self, bytes: &[u8]) {
+        for cell in remote_members(&self.group) {
+            let member: ActorRef<SyncMessage<M>> = cell.into();
+            // A stub whose session just died refuses the cast; that peer repairs on rejoin.
+            if member.cast(SyncMessage::Wire(bytes.to_vec())).is_ok() {
+                bump(&self.shared.counters.envelopes_sent);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The topic's members on other nodes.
+pub(crate) fn remote_members(group: &str) -> Vec<ractor::ActorCell> {
+    let mut members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &group.to_owned());
+    members.retain(|c| !c.get_id().is_local());
+    members
+}

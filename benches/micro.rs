@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot paths: a cache hit (1 and 2 threads), a miss with single
-//! flight, envelope encode/decode, and preparing one publish for N peers.
+//! flight, one invalidation in a burst, envelope encode/decode, and preparing one publish for
+//! N peers.
 //!
 //! `cargo bench --bench micro`
 
@@ -81,6 +82,20 @@ fn miss_with_single_flight(c: &mut Criterion) {
     });
 }
 
+/// One local invalidation of a key nobody caches, as in a burst: drop here, add to the
+/// coalescing batch (published once per window by a timer, with no peers to send to).
+fn invalidation_burst(c: &mut Criterion) {
+    let (runtime, _node, cache) = setup();
+    let _context = runtime.enter();
+    let mut key = 1u64 << 32;
+    c.bench_function("invalidate_in_burst", |b| {
+        b.iter(|| {
+            key += 1;
+            cache.invalidate(&key).unwrap()
+        })
+    });
+}
+
 fn envelopes(c: &mut Criterion) {
     use ractor_cache_sync::__bench::{decode, encode_for_peers};
     let payload = vec![7u8; 64];
@@ -101,6 +116,6 @@ fn envelopes(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = hits, miss_with_single_flight, envelopes
+    targets = hits, miss_with_single_flight, invalidation_burst, envelopes
 }
 criterion_main!(benches);

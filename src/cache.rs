@@ -13,7 +13,7 @@ use ractor::{ActorCell, ActorRef};
 
 pub use self::actor::CacheKey;
 use self::actor::CacheMessage;
-use self::batch::Batch;
+use self::batch::{Added, Batch};
 pub use self::builder::{CacheBuilder, Mode};
 pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
@@ -134,10 +134,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     fn invalidate_one(&self, key: &K, version: Option<Version>) -> Result<()> {
         self.store.invalidate(key, version);
         crate::stats::bump(&self.store.counters.invalidations_sent);
-        if self.batch.add(std::iter::once((key.clone(), version))) {
-            self.flush()?;
-        }
-        Ok(())
+        self.added(self.batch.add(std::iter::once((key.clone(), version))))
     }
 
     /// Like [`invalidate_version`](Self::invalidate_version) (with `version` if known), then
@@ -177,10 +174,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             self.store.invalidate(key, *version);
         }
         crate::stats::add(&self.store.counters.invalidations_sent, keys.len() as u64);
-        if self.batch.add(keys) {
-            self.flush()?;
-        }
-        Ok(())
+        self.added(self.batch.add(keys))
     }
 
     /// Drops every entry here at once and tells every other node to do the same.
@@ -241,6 +235,17 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.actor.get_cell()
     }
 
+    fn added(&self, added: Added) -> Result<()> {
+        match added {
+            Added::First => self.flush(),
+            Added::Full => {
+                self.drain_now();
+                Ok(())
+            }
+            Added::Queued => Ok(()),
+        }
+    }
+
     /// Publishes the batch from this task, or, in a burst, makes sure a drain follows within
     /// the coalescing window. If the Synchronization actor is being restarted, the cache
     /// actor publishes the batch once the new one is up.
@@ -255,12 +260,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         drop(slot);
         if let Flush::Later(delay) = flushed {
             let (slot, drainer) = (self.slot.clone(), self.drainer.clone());
-            let drain = move || {
-                let sync = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(sync) = sync {
-                    sync.drain_now(&drainer);
-                }
-            };
+            let drain = move || drain_now(&slot, &drainer);
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
@@ -275,11 +275,23 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         Ok(())
     }
 
+    fn drain_now(&self) {
+        drain_now(&self.slot, &self.drainer);
+    }
+
     fn current_sync(&self) -> Option<Synchronization<Invalidation<K>>> {
         self.slot.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn send(&self, message: CacheMessage<K>) -> Result<()> {
         self.actor.cast(message).map_err(Error::stopped)
+    }
+}
+
+/// Publishes the batch now through the current Synchronization actor, if there is one.
+fn drain_now<K: CacheKey>(slot: &SyncSlot<K>, drainer: &Drainer<Invalidation<K>>) {
+    let slot = slot.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(sync) = slot.as_ref() {
+        sync.drain_now(drainer);
     }
 }

@@ -14,6 +14,21 @@ pub(crate) struct Batch<K> {
     max_keys: usize,
 }
 
+/// Keys after which a batch goes out without waiting for the coalescing window: envelopes
+/// stay small enough to pipeline, and the dedup table small enough to stay in cache.
+const FULL_KEYS: usize = 1024;
+
+/// What adding to the batch asks the caller to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// The batch was empty: flush (now, or after the window in a burst).
+    First,
+    /// The batch is full: publish it now.
+    Full,
+    /// Nothing: a flush is already due.
+    Queued,
+}
+
 struct Pending<K> {
     keys: HashMap<K, Option<Version>>,
     all: bool,
@@ -31,8 +46,8 @@ impl<K: Hash + Eq> Batch<K> {
         }
     }
 
-    /// Adds keys. Returns true if the batch was empty, i.e. the caller must ask for a flush.
-    pub(crate) fn add(&self, keys: impl IntoIterator<Item = (K, Option<Version>)>) -> bool {
+    /// Adds keys; says whether the caller must flush.
+    pub(crate) fn add(&self, keys: impl IntoIterator<Item = (K, Option<Version>)>) -> Added {
         self.with(|p| {
             let was_empty = p.is_empty();
             if !p.all {
@@ -45,7 +60,13 @@ impl<K: Hash + Eq> Batch<K> {
                     p.escalate();
                 }
             }
-            was_empty
+            if was_empty {
+                Added::First
+            } else if p.keys.len() >= FULL_KEYS.min(self.max_keys) {
+                Added::Full
+            } else {
+                Added::Queued
+            }
         })
     }
 
@@ -94,8 +115,8 @@ mod tests {
     #[test]
     fn coalesces_keys_and_keeps_the_strongest_version() {
         let batch = Batch::new(10);
-        assert!(batch.add([(1, Some(3)), (2, Some(1))]));
-        assert!(!batch.add([(1, Some(5)), (2, None)]));
+        assert_eq!(batch.add([(1, Some(3)), (2, Some(1))]), Added::First);
+        assert_eq!(batch.add([(1, Some(5)), (2, None)]), Added::Queued);
         let Some((Invalidation::Keys(mut keys), 2)) = batch.take() else {
             panic!("expected keys")
         };
@@ -105,11 +126,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_batch_asks_to_go_out_now() {
+        let batch = Batch::new(usize::MAX);
+        assert_eq!(batch.add([(0, None)]), Added::First);
+        for key in 1..FULL_KEYS - 1 {
+            assert_eq!(batch.add([(key, None)]), Added::Queued);
+        }
+        assert_eq!(
+            batch.add([(0, None)]),
+            Added::Queued,
+            "a duplicate adds nothing"
+        );
+        assert_eq!(batch.add([(FULL_KEYS, None)]), Added::Full);
+    }
+
+    #[test]
     fn escalates_to_everything_past_the_cap() {
         let batch = Batch::new(3);
         batch.add((0..4).map(|k| (k, None)));
         assert_eq!(batch.take(), Some((Invalidation::All, 1)));
-        assert!(batch.add([(1, None)]), "empty again after the take");
+        assert_eq!(
+            batch.add([(1, None)]),
+            Added::First,
+            "empty again after the take"
+        );
         assert!(!batch.add_all());
         assert_eq!(batch.take(), Some((Invalidation::All, 1)));
     }

@@ -68,7 +68,7 @@ pub(crate) enum Dropped {
 }
 
 pub(crate) struct Store<K, V> {
-    entries: papaya::HashMap<K, Entry<V>>,
+    entries: papaya::HashMap<K, Entry<V>, foldhash::fast::RandomState>,
     flights: DashMap<K, Arc<Flight<V>>>,
     source: Arc<dyn Source<K, V>>,
     mode: Mode,
@@ -84,7 +84,7 @@ where
 {
     pub(crate) fn new(source: Arc<dyn Source<K, V>>, mode: Mode, leases: Arc<SyncShared>) -> Self {
         Self {
-            entries: papaya::HashMap::new(),
+            entries: papaya::HashMap::with_hasher(Default::default()),
             flights: DashMap::new(),
             source,
             mode,

@@ -121,9 +121,13 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.deliver(Delivery::PossiblyMissed(cause));
     }
 
+    /// Hands `delivery` to every subscriber: a copy to all but the last, which gets it.
     pub(super) fn deliver(&self, delivery: Delivery<M>) {
-        for subscriber in &self.subscribers {
-            subscriber(delivery.clone());
+        if let Some((last, others)) = self.subscribers.split_last() {
+            for subscriber in others {
+                subscriber(delivery.clone());
+            }
+            last(delivery);
         }
     }
 

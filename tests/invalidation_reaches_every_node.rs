@@ -67,6 +67,16 @@ fn a_remote_invalidation_reloads_a_cached_key_in_the_background() {
         (read["value"].as_str(), read["hit"].as_bool()),
         (Some("v2"), Some(true))
     );
+    // The cache's remote-invalidation hook saw what was applied; the writer's own hook did not
+    // fire for its own write.
+    assert_eq!(
+        nodes[1].ask("stats")["last_remote_invalidation"],
+        serde_json::json!(["k"])
+    );
+    assert_ne!(
+        nodes[0].ask("stats")["last_remote_invalidation"],
+        serde_json::json!(["k"])
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ractor_cache_sync::{Cache, Health, Mode, Node, NodeConfig, Topic};
+use ractor_cache_sync::{Cache, Health, Invalidation, Mode, Node, NodeConfig, Topic};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -106,6 +106,9 @@ struct NodeProcess {
     cache: Cache<String, String>,
     source: Database,
     topic: String,
+    /// The keys of the last invalidation another node sent ("*" for everything), as seen by
+    /// the cache's remote-invalidation hook.
+    last_remote: Arc<std::sync::Mutex<Option<Vec<String>>>>,
 }
 
 #[tokio::main]
@@ -158,7 +161,17 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         ModeArg::Bounded => Mode::Bounded,
         ModeArg::Eventual => Mode::Eventual,
     };
+    let last_remote = Arc::new(std::sync::Mutex::new(None));
+    let seen = last_remote.clone();
     let cache = Cache::builder(Topic::new(args.topic.clone()), Arc::new(source.clone()))
+        .on_remote_invalidation(move |applied| {
+            let keys = match applied {
+                Invalidation::Keys(keys) => keys.iter().map(|(k, _)| k.clone()).collect(),
+                _ => vec!["*".to_owned()],
+            };
+            tracing::debug!(?keys, "remote invalidation applied");
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+        })
         .mode(mode)
         .lease(ms(args.lease_ms))
         .heartbeat(ms(args.heartbeat_ms))
@@ -172,6 +185,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         cache,
         source,
         topic: args.topic.clone(),
+        last_remote,
     })
 }
 
@@ -288,6 +302,7 @@ impl NodeProcess {
             "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
             "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
+            "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
 

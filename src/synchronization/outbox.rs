@@ -93,6 +93,10 @@ impl<M: TopicMessage> Outbox<M> {
     /// `window` ago and a burst is under way (it carried several items, or followed the one
     /// before it within [`BURST_GAP_US`]): then the caller must drain again later.
     pub(crate) fn flush(&self, take: &Drainer<M>, window: Duration) -> Flush {
+        self.flush_at(now_us(), take, window)
+    }
+
+    fn flush_at(&self, now: u64, take: &Drainer<M>, window: Duration) -> Flush {
         let mut state = self.lock();
         if state.closed {
             return Flush::Closed;
@@ -101,27 +105,31 @@ impl<M: TopicMessage> Outbox<M> {
             return Flush::Scheduled;
         }
         let window_us = window.as_micros() as u64;
-        let since = now_us().saturating_sub(state.last_drain);
+        let since = now.saturating_sub(state.last_drain);
         let burst = state.last_drain_items > 1 || since < BURST_GAP_US;
         if since < window_us && burst {
             state.drain_scheduled = true;
             return Flush::Later(Duration::from_micros(window_us - since));
         }
-        Flush::Done(self.drain_locked(&mut state, take))
+        Flush::Done(self.drain_locked(&mut state, now, take))
     }
 
     /// Publishes a coalescing batch now (the delayed drain a [`Flush::Later`] asked for).
     pub(crate) fn drain_now(&self, take: &Drainer<M>) -> Flush {
+        self.drain_at(now_us(), take)
+    }
+
+    fn drain_at(&self, now: u64, take: &Drainer<M>) -> Flush {
         let mut state = self.lock();
         state.drain_scheduled = false;
         if state.closed {
             return Flush::Closed;
         }
-        Flush::Done(self.drain_locked(&mut state, take))
+        Flush::Done(self.drain_locked(&mut state, now, take))
     }
 
-    fn drain_locked(&self, state: &mut State, take: &Drainer<M>) -> Option<u64> {
-        state.last_drain = now_us();
+    fn drain_locked(&self, state: &mut State, now: u64, take: &Drainer<M>) -> Option<u64> {
+        state.last_drain = now;
         let Some((message, items)) = take() else {
             state.last_drain_items = 0;
             return None;
@@ -229,4 +237,92 @@ pub(crate) fn remote_members(group: &str) -> Vec<ractor::ActorCell> {
     let mut members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &group.to_owned());
     members.retain(|c| !c.get_id().is_local());
     members
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An outbox for a topic nobody else serves (nothing is cast), and a drainer that yields
+    /// `items` items as long as it is asked.
+    fn outbox(items: usize) -> (Outbox<u8>, Drainer<u8>, Arc<AtomicUsize>) {
+        let outbox = Outbox::new("outbox-test".into(), "me@here".into(), 7, Arc::default());
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = taken.clone();
+        let take: Drainer<u8> = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some((1, items))
+        });
+        (outbox, take, taken)
+    }
+
+    const WINDOW: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn lone_messages_go_out_at_once_even_back_to_back() {
+        let (outbox, take, _) = outbox(1);
+        assert_eq!(outbox.flush_at(1_000, &take, WINDOW), Flush::Done(Some(1)));
+        // A ping-pong pace: one message per round trip, well inside the window.
+        assert_eq!(outbox.flush_at(1_030, &take, WINDOW), Flush::Done(Some(2)));
+        assert_eq!(outbox.flush_at(1_060, &take, WINDOW), Flush::Done(Some(3)));
+    }
+
+    #[test]
+    fn a_tight_loop_is_coalesced_and_the_delay_stays_within_the_window() {
+        let (outbox, take, taken) = outbox(1);
+        assert_eq!(outbox.flush_at(1_000, &take, WINDOW), Flush::Done(Some(1)));
+        assert_eq!(
+            outbox.flush_at(1_002, &take, WINDOW),
+            Flush::Later(Duration::from_micros(998))
+        );
+        assert_eq!(outbox.flush_at(1_003, &take, WINDOW), Flush::Scheduled);
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            1,
+            "nothing taken while waiting"
+        );
+        assert_eq!(outbox.drain_at(2_000, &take), Flush::Done(Some(2)));
+    }
+
+    #[test]
+    fn after_a_multi_item_batch_the_next_waits_for_the_window() {
+        let (outbox, take, _) = outbox(500);
+        assert_eq!(outbox.flush_at(1_000, &take, WINDOW), Flush::Done(Some(1)));
+        assert_eq!(
+            outbox.flush_at(1_400, &take, WINDOW),
+            Flush::Later(Duration::from_micros(600))
+        );
+        assert_eq!(outbox.drain_at(2_000, &take), Flush::Done(Some(2)));
+        // Once the window has passed, the next goes out at once again.
+        assert_eq!(outbox.flush_at(3_001, &take, WINDOW), Flush::Done(Some(3)));
+    }
+
+    #[test]
+    fn a_zero_window_never_delays() {
+        let (outbox, take, _) = outbox(500);
+        for (i, now) in (1_000..1_005).enumerate() {
+            let seq = i as u64 + 1;
+            assert_eq!(
+                outbox.flush_at(now, &take, Duration::ZERO),
+                Flush::Done(Some(seq))
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_goes_out_after_the_leave() {
+        let (outbox, take, taken) = outbox(1);
+        assert_eq!(outbox.publish(vec![1]), Some(1));
+        outbox.leave();
+        assert_eq!(outbox.publish(vec![2]), None);
+        assert_eq!(outbox.flush_at(5_000, &take, WINDOW), Flush::Closed);
+        assert_eq!(outbox.drain_at(5_000, &take), Flush::Closed);
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            0,
+            "pending items stay for the successor"
+        );
+        assert_eq!(outbox.last_seq(), 1);
+    }
 }

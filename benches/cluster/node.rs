@@ -2,6 +2,7 @@
 //! topic `bench` and, beside it, a plain remote-capable ractor actor for the baseline. Driven by
 //! one command per stdin line, answering one JSON line each.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -202,8 +203,12 @@ pub async fn run() {
             }
             "burst" => {
                 let start = mono_ns();
+                // One key buffer: the keys an application invalidates already exist.
+                let mut key = String::with_capacity(24);
                 for i in 0..n(1) {
-                    let _ = cache.invalidate(&format!("key-{i}"));
+                    key.clear();
+                    let _ = write!(key, "key-{i}");
+                    let _ = cache.invalidate(&key);
                     if i % 1024 == 0 {
                         tokio::task::yield_now().await;
                     }

@@ -3,13 +3,17 @@
 //! Invariant (stale-load guard): a load installs its result only if its flight is still the
 //! key's current flight when it finishes. Every invalidation removes the key's flight before it
 //! removes the entry, and installing happens while holding the flight map's lock for that key,
-//! so a load that started before an invalidation can never install afterwards.
+//! so a load that started before an invalidation can never install afterwards. (An
+//! invalidation skips the flight map when a counter says it is empty: the counter is raised
+//! before a flight is added and lowered after it is removed, so it never reads 0 while a flight
+//! exists.)
 //!
 //! Entries live in a lock-free map (`papaya`: a lookup takes no lock, so readers on different
 //! cores do not fight over a lock word); in-flight loads live in a sharded locked map
 //! (`dashmap`), whose entry lock serialises installing against invalidating.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -69,7 +73,11 @@ pub(crate) enum Dropped {
 
 pub(crate) struct Store<K, V> {
     entries: papaya::HashMap<K, Entry<V>, foldhash::fast::RandomState>,
-    flights: DashMap<K, Arc<Flight<V>>>,
+    flights: DashMap<K, Arc<Flight<V>>, foldhash::fast::RandomState>,
+    /// How many flights the map holds, changed under the flight's entry lock. An invalidation
+    /// that reads 0 skips the map: any flight it would have cancelled starts after the read,
+    /// so after the commit the invalidation follows, and loads the new value.
+    in_flight: AtomicUsize,
     source: Arc<dyn Source<K, V>>,
     mode: Mode,
     /// The topic's lease gate: in bounded mode, entries are served only while it is open.
@@ -85,7 +93,8 @@ where
     pub(crate) fn new(source: Arc<dyn Source<K, V>>, mode: Mode, leases: Arc<SyncShared>) -> Self {
         Self {
             entries: papaya::HashMap::with_hasher(Default::default()),
-            flights: DashMap::new(),
+            flights: DashMap::with_hasher(Default::default()),
+            in_flight: AtomicUsize::new(0),
             source,
             mode,
             leases,
@@ -136,7 +145,13 @@ where
 
     /// Joins the key's flight (or starts one) and installs its result if still current.
     pub(crate) async fn load_once(&self, key: &K) -> Loaded<V> {
-        let flight = self.flights.entry(key.clone()).or_default().clone();
+        let flight = match self.flights.entry(key.clone()) {
+            MapEntry::Occupied(current) => current.get().clone(),
+            MapEntry::Vacant(vacant) => {
+                self.in_flight.fetch_add(1, SeqCst);
+                vacant.insert(Arc::default()).clone()
+            }
+        };
         let loaded = flight
             .result
             .get_or_init(|| {
@@ -171,6 +186,7 @@ where
             self.entries.pin().insert(key.clone(), entry);
         }
         current.remove();
+        self.in_flight.fetch_sub(1, SeqCst);
     }
 
     /// Drops `key` unless the cached entry is already at `version` or newer.
@@ -181,7 +197,13 @@ where
                 return Dropped::Ignored;
             }
         }
-        let flight = self.flights.remove(key);
+        let flight = if self.in_flight.load(SeqCst) > 0 {
+            self.flights.remove(key).inspect(|_| {
+                self.in_flight.fetch_sub(1, SeqCst);
+            })
+        } else {
+            None
+        };
         let removed = self.entries.pin().remove(key).is_some();
         match (removed, flight) {
             (true, _) => Dropped::Entry,
@@ -192,7 +214,12 @@ where
 
     /// Drops every entry and cancels the installation of every in-flight load.
     pub(crate) fn invalidate_all(&self) {
-        self.flights.clear();
+        let mut removed = 0;
+        self.flights.retain(|_, _| {
+            removed += 1;
+            false
+        });
+        self.in_flight.fetch_sub(removed, SeqCst);
         self.entries.pin().clear();
     }
 
@@ -275,6 +302,42 @@ mod tests {
             0,
             "the pre-invalidation load was cached"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flight_count_returns_to_zero_whatever_ends_a_flight() {
+        let (source, store) = store();
+        let flights = |store: &Store<u32, String>| store.in_flight.load(SeqCst);
+        // Installed.
+        let load = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(flights(&store), 1);
+        source.gate.notify_waiters();
+        load.await.unwrap().unwrap();
+        assert_eq!(flights(&store), 0);
+        // With no flight, an invalidation still drops the cached entry.
+        assert_eq!(store.invalidate(&1, None), Dropped::Entry);
+        // Cancelled by an invalidation, then by a whole-cache invalidation.
+        for all in [false, true] {
+            let load = tokio::spawn({
+                let store = store.clone();
+                async move { store.lookup(&2).await }
+            });
+            until(|| flights(&store) == 1).await;
+            if all {
+                store.invalidate_all();
+            } else {
+                assert_eq!(store.invalidate(&2, None), Dropped::Flight);
+            }
+            assert_eq!(flights(&store), 0);
+            tokio::task::yield_now().await;
+            source.gate.notify_waiters();
+            load.await.unwrap().unwrap();
+            assert_eq!(flights(&store), 0);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,20 +53,52 @@ fn hits(c: &mut Criterion) {
     });
     group.bench_function("2_threads", |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for t in 0..2u64 {
-                    let cache = &cache;
-                    s.spawn(move || {
-                        for i in 0..iters {
-                            // Disjoint halves of the keys: threads share the map, not values.
-                            std::hint::black_box(cache.peek(&((i & 511) + t * 512)));
-                        }
-                    });
-                }
-            });
-            // Per read: two threads did `iters` each in this time.
-            start.elapsed() / 2
+            on_two_threads(iters, |t, i| {
+                // Disjoint halves of the keys: threads share the map, not values.
+                std::hint::black_box(cache.peek(&((i & 511) + t * 512)));
+            })
+        })
+    });
+    group.finish();
+}
+
+/// Time per operation when two threads each do `iters` of `op(thread, i)` at once.
+fn on_two_threads(iters: u64, op: impl Fn(u64, u64) + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let op = &op;
+            s.spawn(move || (0..iters).for_each(|i| op(t, i)));
+        }
+    });
+    // Per operation: two threads did `iters` each in this time.
+    start.elapsed() / 2
+}
+
+/// The machine's own ceiling for the 2-thread figure: work of about a cache hit's length that
+/// shares nothing between threads.
+fn reference_scaling(c: &mut Criterion) {
+    fn work(seed: u64) -> u64 {
+        (0..24).fold(seed | 1, |x, _| {
+            let x = x ^ (x << 13);
+            let x = x ^ (x >> 7);
+            x ^ (x << 17)
+        })
+    }
+    let mut group = c.benchmark_group("no_sharing_reference");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("1_thread", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            work(std::hint::black_box(i))
+        })
+    });
+    group.bench_function("2_threads", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, |t, i| {
+                std::hint::black_box(work(std::hint::black_box(i + t)));
+            })
         })
     });
     group.finish();
@@ -116,6 +148,6 @@ fn envelopes(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = hits, miss_with_single_flight, invalidation_burst, envelopes
+    targets = hits, reference_scaling, miss_with_single_flight, invalidation_burst, envelopes
 }
 criterion_main!(benches);

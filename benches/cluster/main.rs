@@ -81,25 +81,49 @@ fn cluster(n: usize, sqlite: Option<&std::path::Path>) -> Vec<Proc> {
     for node in &mut nodes {
         node.ask(&format!("wait-peers {}", n - 1));
     }
-    // Every node armed its ping-pong keys; the first node re-arms now that all are known.
-    nodes[0].ask(&format!("wait-peers {}", n - 1));
     nodes
 }
 
 fn samples(reply: &Value) -> Vec<u64> {
-    let list = reply["samples_ns"].as_array().cloned().unwrap_or_default();
+    numbers(&reply["samples_ns"])
+}
+
+fn numbers(list: &Value) -> Vec<u64> {
+    let list = list.as_array().cloned().unwrap_or_default();
     list.iter().filter_map(Value::as_u64).collect()
+}
+
+/// Round trips from the first node: until every peer answered, and until each answer.
+#[derive(Default)]
+struct RoundTrips {
+    base: Vec<u64>,
+    inv: Vec<u64>,
+    base_each: Vec<u64>,
+    inv_each: Vec<u64>,
 }
 
 /// Baseline and crate round trips from the first node, `rounds` each, measured in four
 /// alternating blocks so that both see the same drift of a shared machine.
-fn interleaved(node: &mut Proc, rounds: u64) -> (Vec<u64>, Vec<u64>) {
-    let (mut base, mut inv) = (Vec::new(), Vec::new());
+fn interleaved(nodes: &mut [Proc], rounds: u64) -> RoundTrips {
+    let mut trips = RoundTrips::default();
     for _ in 0..4 {
-        base.extend(samples(&node.ask(&format!("rtt-base {}", rounds / 4))));
-        inv.extend(samples(&node.ask(&format!("rtt-crate {}", rounds / 4))));
+        let reply = nodes[0].ask(&format!("rtt-base {}", rounds / 4));
+        trips.base.extend(samples(&reply));
+        trips.base_each.extend(numbers(&reply["each_ns"]));
+        arm(nodes);
+        let reply = nodes[0].ask(&format!("rtt-crate {}", rounds / 4));
+        trips.inv.extend(samples(&reply));
+        trips.inv_each.extend(numbers(&reply["each_ns"]));
     }
-    (base, inv)
+    trips
+}
+
+/// Caches the keys the crate's round trips invalidate (a repair may have dropped them).
+fn arm(nodes: &mut [Proc]) {
+    for node in &mut nodes[1..] {
+        node.ask("arm");
+    }
+    nodes[0].ask("arm pongs");
 }
 
 /// Keys per second from the first node to all others, coalescing on.
@@ -163,9 +187,9 @@ fn main() {
     );
 
     let mut pair = cluster(2, None);
-    let (base, inv) = interleaved(&mut pair[0], rounds);
-    let base = Latency::one_way("ractor_cluster cast (baseline)", &base);
-    let inv = Latency::one_way("publish -> remote invalidated", &inv);
+    let trips = interleaved(&mut pair, rounds);
+    let base = Latency::one_way("ractor_cluster cast (baseline)", &trips.base);
+    let inv = Latency::one_way("publish -> remote invalidated", &trips.inv);
     let base_rate = median_of(3, || (casts_per_sec(&mut pair, 200_000), ())).0;
     let keys_1 = median_of(5, || {
         let (rate, envelopes, alls) = keys_per_sec(&mut pair, 1_000_000);
@@ -184,6 +208,7 @@ fn main() {
         .pragma_update(None, "journal_mode", "WAL")
         .unwrap();
     let mut sqlite_pair = cluster(2, Some(&db));
+    arm(&mut sqlite_pair);
     let reload = Latency::one_way(
         "publish -> remote reload (SQLite)",
         &samples(&sqlite_pair[0].ask(&format!("rtt-crate {rounds}"))),
@@ -202,10 +227,13 @@ fn main() {
             keys_n.push((n - 1, (rate, envelopes, alls)));
         }
         if n == 4 || n == 8 {
-            let (base, lat) = interleaved(&mut nodes[0], rounds / 2);
-            let lat = Latency::one_way(&format!("{n} nodes"), &lat);
-            let base = Latency::one_way(&format!("{n} nodes, baseline"), &base);
-            fan_out.push((n, lat, base));
+            let trips = interleaved(&mut nodes, rounds / 2);
+            let lat = Latency::one_way(&format!("{n} nodes"), &trips.inv);
+            let base = Latency::one_way(&format!("{n} nodes, baseline"), &trips.base);
+            let each = Latency::one_way(&format!("{n} nodes, each"), &trips.inv_each);
+            let base_each =
+                Latency::one_way(&format!("{n} nodes, baseline, each"), &trips.base_each);
+            fan_out.push((n, lat, base, each, base_each));
         }
     }
 
@@ -261,7 +289,7 @@ fn main() {
         println!("      ({envelopes} envelopes, {alls} escalated to invalidate_all)");
     }
     row("invalidate p50, 2 nodes", inv.p(0.5), "µs", None);
-    for (n, lat, base) in &fan_out {
+    for (n, lat, base, each, base_each) in &fan_out {
         row(
             &format!("baseline p50, {n} nodes (all peers)"),
             base.p(0.5),
@@ -284,6 +312,18 @@ fn main() {
             "      (invalidate / baseline at {n} nodes: {:.2}x)",
             lat.p(0.5) / base.p(0.5)
         );
+        row(
+            &format!("baseline p50, {n} nodes (each answer)"),
+            base_each.p(0.5),
+            "µs",
+            Some(b50),
+        );
+        row(
+            &format!("invalidate p50, {n} nodes (each answer)"),
+            each.p(0.5),
+            "µs",
+            Some(inv.p(0.5)),
+        );
     }
     let per_entry = (filled.saturating_sub(idle) as f64 * 1024.0) / 200_000.0;
     // Key "fill-00000000" (13 bytes) and value "v" (1 byte), each in a String.
@@ -292,18 +332,8 @@ fn main() {
     row("bytes per cached entry (RSS delta)", per_entry, "B", None);
     row("  of which beyond key and value bytes", beyond, "B", None);
 
-    let fan = |n: usize| {
-        fan_out
-            .iter()
-            .find(|(m, _, _)| *m == n)
-            .map(|(_, l, _)| l.p(0.5))
-    };
-    let fan_base = |n: usize| {
-        fan_out
-            .iter()
-            .find(|(m, _, _)| *m == n)
-            .map(|(_, _, b)| b.p(0.5))
-    };
+    let fan = |n: usize| fan_out.iter().find(|f| f.0 == n).map(|f| f.1.p(0.5));
+    let fan_base = |n: usize| fan_out.iter().find(|f| f.0 == n).map(|f| f.2.p(0.5));
     let figures = json!({
         "samples": rounds,
         "baseline_one_way_p50_us": b50,
@@ -323,6 +353,10 @@ fn main() {
         "invalidate_p50_us_8_nodes": fan(8),
         "baseline_one_way_p50_us_4_nodes": fan_base(4),
         "baseline_one_way_p50_us_8_nodes": fan_base(8),
+        "invalidate_4_vs_2_nodes": fan(4).map(|f| f / inv.p(0.5)),
+        "invalidate_p50_us_4_nodes_each_answer": fan_out.iter().find(|f| f.0 == 4).map(|f| f.3.p(0.5)),
+        "baseline_one_way_p50_us_4_nodes_each_answer": fan_out.iter().find(|f| f.0 == 4).map(|f| f.4.p(0.5)),
+        "baseline_4_vs_2_nodes": fan_base(4).map(|f| f / b50),
         "idle_rss_kib": idle,
         "bytes_per_entry": per_entry,
         "bytes_per_entry_beyond_key_value": beyond,

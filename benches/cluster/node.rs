@@ -176,30 +176,37 @@ pub async fn run() {
                 while cache.health() != ractor_cache_sync::Health::Healthy {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                // Arm the ping-pong: cache `ping` here and every peer's `pong-*`.
-                let _ = cache.get(&"ping".to_owned()).await;
-                for peer in node.peers() {
-                    let _ = cache.get(&format!("pong-{peer}")).await;
-                }
                 json!({ "ok": ok, "peers": node.peers() })
+            }
+            "arm" => {
+                // Cache what the next round trips invalidate here: `ping` on every peer, and on
+                // the measuring node (`arm pongs`) each peer's answer. Only the nodes that read a
+                // key hold it, as in a real cluster.
+                let _ = cache.get(&"ping".to_owned()).await;
+                if words.get(1) == Some(&"pongs") {
+                    for peer in node.peers() {
+                        let _ = cache.get(&format!("pong-{peer}")).await;
+                    }
+                }
+                json!({ "entries": cache.entry_count() })
             }
             "rtt-crate" => {
                 let peers = node.peers().len();
-                let samples = rtt(n(1), peers, &mut pongs, || {
+                let (all, each) = rtt(n(1), peers, &mut pongs, || {
                     let _ = cache.invalidate(&"ping".to_owned());
                 })
                 .await;
-                json!({ "samples_ns": samples })
+                json!({ "samples_ns": all, "each_ns": each })
             }
             "rtt-base" => {
                 let peers = node.peers().len();
-                let samples = rtt(n(1), peers, &mut base_pongs, || {
+                let (all, each) = rtt(n(1), peers, &mut base_pongs, || {
                     for member in remote_base_members() {
                         let _ = member.cast(BaseMsg::Ping(vec![1; 64]));
                     }
                 })
                 .await;
-                json!({ "samples_ns": samples })
+                json!({ "samples_ns": all, "each_ns": each })
             }
             "burst" => {
                 let start = mono_ns();
@@ -275,13 +282,15 @@ pub async fn run() {
 }
 
 /// `rounds` round trips after 500 warm-up ones: `send`, then wait for one pong per peer.
+/// Returns the time until every peer answered, and the time of each answer.
 async fn rtt(
     rounds: u64,
     peers: usize,
     pongs: &mut mpsc::UnboundedReceiver<()>,
     send: impl Fn(),
-) -> Vec<u64> {
-    let mut samples = Vec::with_capacity(rounds as usize);
+) -> (Vec<u64>, Vec<u64>) {
+    let mut all = Vec::with_capacity(rounds as usize);
+    let mut each = Vec::with_capacity(rounds as usize * peers);
     for round in 0..rounds + 500 {
         while pongs.try_recv().is_ok() {}
         let start = std::time::Instant::now();
@@ -293,12 +302,15 @@ async fn rtt(
             {
                 break;
             }
+            if round >= 500 {
+                each.push(start.elapsed().as_nanos() as u64);
+            }
         }
         if round >= 500 {
-            samples.push(start.elapsed().as_nanos() as u64);
+            all.push(start.elapsed().as_nanos() as u64);
         }
     }
-    samples
+    (all, each)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.

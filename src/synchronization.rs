@@ -381,3 +381,34 @@ impl<M: TopicMessage> Synchronization<M> {
 fn closed() -> Error {
     Error::ActorStopped("synchronization actor stopped".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishing_from_the_callers_task_stops_with_the_actor() {
+        let topic: Topic<u32> = Topic::new("publish-stops-with-the-actor");
+        let sync = Synchronization::spawn(topic, "me@here").await.unwrap();
+        let other = sync.clone();
+        sync.publish(&1).unwrap();
+        other.publish(&2).unwrap();
+        assert_eq!(
+            sync.stats().published,
+            2,
+            "both handles share one numbering"
+        );
+
+        sync.actor()
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(matches!(sync.publish(&3), Err(Error::ActorStopped(_))));
+        assert!(matches!(other.publish(&4), Err(Error::ActorStopped(_))));
+        assert_eq!(
+            sync.stats().published,
+            2,
+            "nothing numbered after the leave"
+        );
+    }
+}

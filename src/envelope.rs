@@ -119,12 +119,27 @@ impl Envelope {
     }
 }
 
+/// One owned buffer per peer, as ractor_cluster takes ownership of what it sends: copies of the
+/// one encoding for all peers but the last, which gets the encoding itself.
+pub(crate) fn per_peer(bytes: Vec<u8>, peers: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut encoding = Some(bytes);
+    (0..peers).map(move |peer| {
+        let last = peer + 1 == peers;
+        let buffer = if last {
+            encoding.take()
+        } else {
+            encoding.clone()
+        };
+        buffer.unwrap_or_default()
+    })
+}
+
 /// Encoding and decoding as the Synchronization actor does them, for the benchmarks.
 #[allow(unreachable_pub)] // re-exported as `__bench`
 pub mod bench {
     use super::{Body, Envelope};
 
-    /// Encodes a publish envelope of `payload` once and copies it for `peers` casts, as a
+    /// Encodes a publish envelope of `payload` once and hands out one buffer per peer, as a
     /// publish to `peers` remote members does.
     pub fn encode_for_peers(payload: &[u8], peers: usize) -> Vec<Vec<u8>> {
         let envelope = Envelope {
@@ -137,7 +152,7 @@ pub mod bench {
             },
         };
         let bytes = envelope.encode().expect("encodes");
-        (0..peers).map(|_| bytes.clone()).collect()
+        super::per_peer(bytes, peers).collect()
     }
 
     /// Decodes an envelope; true if it decoded.
@@ -150,6 +165,20 @@ pub mod bench {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_peer_gets_the_bytes_and_the_last_gets_the_encoding_itself() {
+        let bytes = vec![1u8, 2, 3];
+        let original = bytes.as_ptr();
+        let buffers: Vec<Vec<u8>> = per_peer(bytes, 3).collect();
+        assert_eq!(buffers, vec![vec![1, 2, 3]; 3]);
+        assert_eq!(
+            buffers[2].as_ptr(),
+            original,
+            "the last peer's buffer is not a copy"
+        );
+        assert_eq!(per_peer(vec![1], 0).count(), 0);
+    }
 
     fn sample(payload: Vec<u8>) -> Envelope {
         Envelope {

@@ -142,7 +142,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
                 state.publish_with_local(payload, local)
             }
             SyncMessage::Subscribe(subscriber) => state.subscribers.push(subscriber),
-            SyncMessage::SendRaw(bytes) => state.outbox.cast_to_remote_members(&bytes),
+            SyncMessage::SendRaw(bytes) => state.outbox.cast_to_remote_members(bytes),
             SyncMessage::Tick => state.tick(),
             SyncMessage::PublishConfirmed {
                 payload,

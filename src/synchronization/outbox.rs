@@ -203,8 +203,9 @@ impl<M: TopicMessage> Outbox<M> {
         };
         match envelope.encode() {
             Ok(bytes) => {
-                self.cast_to_remote_members(&bytes);
-                bytes.len()
+                let size = bytes.len();
+                self.cast_to_remote_members(bytes);
+                size
             }
             // Peers notice the skipped sequence number at the next heartbeat and repair.
             Err(error) => {
@@ -215,13 +216,15 @@ impl<M: TopicMessage> Outbox<M> {
     }
 
     /// Remote `ActorRef`s are never cached: stub ids change when a session is re-established,
-    /// so pg is read on every send. ractor_cluster takes an owned buffer per remote actor, so
-    /// each member gets a copy of the one encoding.
-    pub(crate) fn cast_to_remote_members(&self, bytes: &[u8]) {
-        for cell in remote_members(&self.group) {
+    /// so pg is read on every send. ractor_cluster takes an owned buffer per remote actor: all
+    /// members but one get a copy of the one encoding.
+    pub(crate) fn cast_to_remote_members(&self, bytes: Vec<u8>) {
+        let members = remote_members(&self.group);
+        let buffers = crate::envelope::per_peer(bytes, members.len());
+        for (cell, buffer) in members.into_iter().zip(buffers) {
             let member: ActorRef<SyncMessage<M>> = cell.into();
             // A stub whose session just died refuses the cast; that peer repairs on rejoin.
-            if member.cast(SyncMessage::Wire(bytes.to_vec())).is_ok() {
+            if member.cast(SyncMessage::Wire(buffer)).is_ok() {
                 bump(&self.shared.counters.envelopes_sent);
             }
         }

@@ -20,6 +20,11 @@ impl Source<u64, Arc<String>> for Constant {
 }
 
 fn setup() -> (tokio::runtime::Runtime, Node, Cache<u64, Arc<String>>) {
+    setup_with(1024)
+}
+
+/// A node and a cache holding keys `0..entries`.
+fn setup_with(entries: u64) -> (tokio::runtime::Runtime, Node, Cache<u64, Arc<String>>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,7 +37,7 @@ fn setup() -> (tokio::runtime::Runtime, Node, Cache<u64, Arc<String>>) {
         let cache = Cache::spawn(Topic::new("micro"), Arc::new(Constant), &node)
             .await
             .unwrap();
-        for key in 0..1024 {
+        for key in 0..entries {
             cache.get(&key).await.unwrap();
         }
         (node, cache)
@@ -104,14 +109,20 @@ fn reference_scaling(c: &mut Criterion) {
     group.finish();
 }
 
+/// Invalidating and reloading one key over and over, in a small and a large cache: the cost
+/// must not grow with the number of entries.
 fn miss_with_single_flight(c: &mut Criterion) {
-    let (runtime, _node, cache) = setup();
-    c.bench_function("miss_invalidate_then_get", |b| {
-        b.iter(|| {
-            cache.invalidate(&7).unwrap();
-            runtime.block_on(cache.get(&7)).unwrap()
-        })
-    });
+    let mut group = c.benchmark_group("miss_invalidate_then_get");
+    for entries in [1_024u64, 100_000] {
+        let (runtime, _node, cache) = setup_with(entries);
+        group.bench_with_input(BenchmarkId::from_parameter(entries), &entries, |b, _| {
+            b.iter(|| {
+                cache.invalidate(&7).unwrap();
+                runtime.block_on(cache.get(&7)).unwrap()
+            })
+        });
+    }
+    group.finish();
 }
 
 /// One local invalidation of a key nobody caches, as in a burst: drop here, add to the

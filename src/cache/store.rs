@@ -8,9 +8,10 @@
 //! before a flight is added and lowered after it is removed, so it never reads 0 while a flight
 //! exists.)
 //!
-//! Entries live in a lock-free map (`papaya`: a lookup takes no lock, so readers on different
-//! cores do not fight over a lock word); in-flight loads live in a sharded locked map
-//! (`dashmap`), whose entry lock serialises installing against invalidating.
+//! Entries live in a read-optimised map (`scc::HashIndex`: a lookup takes no lock, so readers on
+//! different cores do not fight over a lock word, and removing and re-inserting a key costs the
+//! same whatever the map's size); in-flight loads live in a sharded locked map (`dashmap`), whose
+//! entry lock serialises installing against invalidating.
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+use scc::hash_index::Entry as IndexEntry;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
@@ -30,6 +32,7 @@ use crate::{Result, Source, Version};
 
 type Loaded<V> = Result<Option<(V, Version)>>;
 
+#[derive(Clone)]
 struct Entry<V> {
     value: V,
     version: Version,
@@ -72,7 +75,7 @@ pub(crate) enum Dropped {
 }
 
 pub(crate) struct Store<K, V> {
-    entries: papaya::HashMap<K, Entry<V>, foldhash::fast::RandomState>,
+    entries: scc::HashIndex<K, Entry<V>, foldhash::fast::RandomState>,
     flights: DashMap<K, Arc<Flight<V>>, foldhash::fast::RandomState>,
     /// How many flights the map holds, changed under the flight's entry lock. An invalidation
     /// that reads 0 skips the map: any flight it would have cancelled starts after the read,
@@ -92,7 +95,7 @@ where
 {
     pub(crate) fn new(source: Arc<dyn Source<K, V>>, mode: Mode, leases: Arc<SyncShared>) -> Self {
         Self {
-            entries: papaya::HashMap::with_hasher(Default::default()),
+            entries: scc::HashIndex::with_hasher(Default::default()),
             flights: DashMap::with_hasher(Default::default()),
             in_flight: AtomicUsize::new(0),
             source,
@@ -137,10 +140,11 @@ where
     }
 
     fn cached(&self, key: &K) -> Option<(V, Version)> {
-        let entries = self.entries.pin();
-        let entry = entries.get(key)?;
+        let cached = self
+            .entries
+            .peek_with(key, |_, entry| (entry.value.clone(), entry.version))?;
         self.counters.hits.bump();
-        Some((entry.value.clone(), entry.version))
+        Some(cached)
     }
 
     /// Joins the key's flight (or starts one) and installs its result if still current.
@@ -183,7 +187,12 @@ where
                 value: value.clone(),
                 version: *version,
             };
-            self.entries.pin().insert(key.clone(), entry);
+            match self.entries.entry(key.clone()) {
+                IndexEntry::Occupied(occupied) => occupied.update(entry),
+                IndexEntry::Vacant(vacant) => {
+                    vacant.insert_entry(entry);
+                }
+            }
         }
         current.remove();
         self.in_flight.fetch_sub(1, SeqCst);
@@ -192,8 +201,7 @@ where
     /// Drops `key` unless the cached entry is already at `version` or newer.
     pub(crate) fn invalidate(&self, key: &K, version: Option<Version>) -> Dropped {
         if let Some(version) = version {
-            let entries = self.entries.pin();
-            if entries.get(key).is_some_and(|e| e.version >= version) {
+            if self.entries.peek_with(key, |_, e| e.version >= version) == Some(true) {
                 return Dropped::Ignored;
             }
         }
@@ -204,7 +212,7 @@ where
         } else {
             None
         };
-        let removed = self.entries.pin().remove(key).is_some();
+        let removed = self.entries.remove(key);
         match (removed, flight) {
             (true, _) => Dropped::Entry,
             (false, Some(_)) => Dropped::Flight,
@@ -220,7 +228,7 @@ where
             false
         });
         self.in_flight.fetch_sub(removed, SeqCst);
-        self.entries.pin().clear();
+        self.entries.clear();
     }
 
     pub(crate) fn entry_count(&self) -> usize {

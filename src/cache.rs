@@ -19,7 +19,6 @@ pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
 use self::store::Store;
 use crate::synchronization::message::Drainer;
-use crate::synchronization::Flush;
 use crate::Synchronization;
 
 /// The cache's current Synchronization handle, shared by the handles and the actor.
@@ -256,22 +255,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 "synchronization actor not started".into(),
             ));
         };
-        let flushed = sync.flush(&self.drainer, self.coalesce);
-        drop(slot);
-        if let Flush::Later(delay) = flushed {
-            let (slot, drainer) = (self.slot.clone(), self.drainer.clone());
-            let drain = move || drain_now(&slot, &drainer);
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        drain();
-                    });
-                }
-                // Outside a runtime nothing can wait: publish now.
-                Err(_) => drain(),
-            }
-        }
+        // In a burst the Synchronization actor publishes the batch when the window ends.
+        sync.flush(&self.drainer, self.coalesce);
         Ok(())
     }
 

@@ -293,20 +293,34 @@ impl<M: TopicMessage> Synchronization<M> {
         self.send(SyncMessage::Subscribe(Arc::new(subscriber)))
     }
 
-    /// Publishes what `take` yields now, unless a burst is under way: then the caller must
-    /// call [`drain_now`](Self::drain_now) after the delay it is given.
+    /// Publishes what `take` yields now, from this task; in a burst, asks the actor to publish
+    /// it once the coalescing window ends (the timer runs in the actor's runtime, whatever the
+    /// caller's).
     pub(crate) fn flush(&self, take: &message::Drainer<M>, window: Duration) -> Flush {
         if self.ensure_running().is_err() {
             return Flush::Closed;
         }
         let flushed = self.outbox.flush(take, window);
-        if let Flush::Done(Some(seq)) = flushed {
-            self.published(seq);
+        match flushed {
+            Flush::Done(Some(seq)) => self.published(seq),
+            Flush::Later(delay) => {
+                let take = take.clone();
+                if self
+                    .actor
+                    .cast(SyncMessage::DrainAfter { take, delay })
+                    .is_err()
+                {
+                    // Stopped meanwhile: the batch stays for the actor's successor.
+                    self.outbox.close();
+                    return Flush::Closed;
+                }
+            }
+            _ => {}
         }
         flushed
     }
 
-    /// Publishes what `take` yields now (the delayed drain of a burst).
+    /// Publishes what `take` yields now.
     pub(crate) fn drain_now(&self, take: &message::Drainer<M>) -> Flush {
         if self.ensure_running().is_err() {
             self.outbox.close();

@@ -3,6 +3,11 @@
 //! partitions, and crashes and restarts W. R caches one key and serves it only while its lease
 //! from W is valid. Invariant, checked at every read: R never serves a version older than one
 //! committed at least one lease earlier.
+//!
+//! Besides the table, R repairs when an incarnation of W it has never heard of first reaches
+//! it: in the real system that is the process-group join of W's new actor, which ractor hands to
+//! R's Synchronization actor before any message of that actor (the join travels on the session
+//! ahead of the actor's casts, and supervision events are handled before messages).
 
 use proptest::prelude::*;
 
@@ -78,6 +83,8 @@ struct World {
     to_reader: Vec<Msg>,
     to_writer: Vec<u64>, // reader heartbeat stamps
     partitioned: bool,
+    /// Incarnations of W whose join R has seen.
+    joined: Vec<u64>,
 }
 
 impl World {
@@ -98,6 +105,7 @@ impl World {
             to_reader: Vec::new(),
             to_writer: Vec::new(),
             partitioned: false,
+            joined: Vec::new(),
         }
     }
 
@@ -185,6 +193,11 @@ impl World {
     }
 
     fn receive(&mut self, msg: Msg) {
+        let (Msg::Publish { inc, .. } | Msg::Beat { inc, .. }) = msg;
+        if !self.joined.contains(&inc) {
+            self.joined.push(inc);
+            self.cached = None; // the join's repair (PeerJoined)
+        }
         match msg {
             Msg::Publish { inc, seq, version } => {
                 let arrival = self.table.on_publish("w", inc, seq, self.now);

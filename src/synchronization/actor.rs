@@ -122,7 +122,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -134,6 +134,10 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         );
         match message {
             SyncMessage::CheckBacklog => state.shed_overflowing_peers(),
+            SyncMessage::DrainAfter { take, delay } => {
+                myself.send_after(delay, move || SyncMessage::DrainDue(take.clone()));
+            }
+            SyncMessage::DrainDue(take) => state.drain_due(&take),
             SyncMessage::Wire(bytes) => state.receive(&bytes),
             SyncMessage::Foreign(variant) => {
                 state.undecodable(format!("foreign message {variant:?}"))

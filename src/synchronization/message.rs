@@ -37,6 +37,13 @@ pub(crate) enum SyncMessage<M> {
     Tick,
     /// Many publishes went out since the backlog bound was last checked.
     CheckBacklog,
+    /// A burst is being coalesced: publish what `take` yields after `delay`.
+    DrainAfter {
+        take: Drainer<M>,
+        delay: std::time::Duration,
+    },
+    /// The coalescing window ended: publish what `take` yields now.
+    DrainDue(Drainer<M>),
     /// Publish, then report which peers applied it within `timeout`.
     PublishConfirmed {
         payload: Vec<u8>,

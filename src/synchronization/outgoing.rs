@@ -3,6 +3,8 @@
 //! caller's task through the [`Outbox`](super::outbox::Outbox).)
 
 use super::actor::{SynchronizationState, Waiter};
+use super::message::Drainer;
+use super::outbox::Flush;
 use super::{Delivery, MissCause, TopicMessage};
 use crate::clock::now_us;
 use crate::stats::bump;
@@ -63,6 +65,15 @@ impl<M: TopicMessage> SynchronizationState<M> {
             bump(&self.shared.counters.backlog_overflows);
             crate::node::registry::close_session(&peer, "backlog overflow");
             self.peers.forgive(&peer, last_seq);
+        }
+    }
+
+    /// The coalescing window of a burst ended: publishes what is pending.
+    pub(super) fn drain_due(&mut self, take: &Drainer<M>) {
+        if let Flush::Done(Some(seq)) = self.outbox.drain_now(take) {
+            if seq % 64 == 0 {
+                self.shed_overflowing_peers();
+            }
         }
     }
 

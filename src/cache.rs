@@ -280,3 +280,57 @@ fn drain_now<K: CacheKey>(slot: &SyncSlot<K>, drainer: &Drainer<Invalidation<K>>
         sync.drain_now(drainer);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeConfig;
+
+    struct Constant;
+
+    #[async_trait::async_trait]
+    impl Source<u32, u32> for Constant {
+        async fn load(&self, key: &u32) -> Result<Option<(u32, Version)>> {
+            Ok(Some((*key, 1)))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_from_a_thread_outside_any_runtime_is_published_when_the_window_ends() {
+        let node = Node::start(NodeConfig::new("burst", "burst-cookie-0123456789abcdef"))
+            .await
+            .unwrap();
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("burst-thread"), Arc::new(Constant))
+            .coalesce_window(Duration::from_secs(1))
+            .spawn(&node)
+            .await
+            .unwrap();
+        let burst = cache.clone();
+        std::thread::spawn(move || {
+            // A batch of several keys goes out at once and starts a burst...
+            burst
+                .invalidate_keys((0..10).map(|k| (k, None)).collect())
+                .unwrap();
+            // ...so the next key waits for the end of the window.
+            burst.invalidate(&10).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert!(
+            !cache.batch.is_empty(),
+            "the key did not wait for the window"
+        );
+        assert_eq!(cache.stats().sync.published, 1);
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !cache.batch.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            cache.batch.is_empty(),
+            "the waiting key was never published"
+        );
+        assert_eq!(cache.stats().sync.published, 2);
+        node.shutdown().await;
+    }
+}

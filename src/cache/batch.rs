@@ -92,6 +92,11 @@ impl<K: Hash + Eq> Batch<K> {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.with(|p| p.is_empty())
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Pending<K>) -> T) -> T {
         f(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -37,18 +37,27 @@ fn prometheus_counters_move_with_the_cache() {
         .arg(&metrics.to_string());
     let mut nodes = cluster.start_mesh(&specs);
     put(&mut nodes[0], "k", "v1");
-    for _ in 0..5 {
-        nodes[1].value("k");
-    }
     let hits = r#"ractor_cache_sync_hits_total{topic="kv"}"#;
+    let mut last = None;
     let seen = eventually(DEADLINE, || {
+        // Reads are hits only while b's lease from a is valid, which takes a heartbeat or two
+        // after the mesh forms: keep reading until the scrape shows them.
+        for _ in 0..5 {
+            nodes[1].value("k");
+        }
         let body = scrape(metrics)?;
+        last = Some(body.clone());
         let moved = value(&body, hits)? >= 4.0
             && value(&body, r#"ractor_cache_sync_loads_total{topic="kv"}"#)? >= 1.0
             && value(&body, "ractor_cache_sync_peers_up")? == 1.0;
         moved.then_some(body)
     });
-    let body = seen.expect("the counters never showed the reads");
+    let body = seen.unwrap_or_else(|| {
+        panic!(
+            "the counters never showed the reads; last scrape: {last:?}; b: {}",
+            nodes[1].ask("stats")
+        )
+    });
     assert!(body.contains("ractor_cache_sync_health"), "{body}");
     put(&mut nodes[0], "k", "v2");
     let applied = eventually(DEADLINE, || {

@@ -184,10 +184,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     pub fn invalidate_all(&self) -> Result<()> {
         self.store.invalidate_all();
         crate::stats::bump(&self.store.counters.invalidations_sent);
-        if self.batch.add_all() {
-            self.flush()?;
-        }
-        Ok(())
+        self.added(self.batch.add_all())
     }
 
     /// Casts `bytes` unchanged to every remote member of the cache's topic, as if they were an
@@ -226,7 +223,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// The cache's current Synchronization actor (it changes when the cache actor restarts it
     /// after a failure), for monitoring and fault injection.
     pub fn synchronization_actor(&self) -> Option<ActorCell> {
-        self.current_sync().as_ref().map(Synchronization::actor)
+        self.with_sync(Synchronization::actor)
     }
 
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.
@@ -234,50 +231,31 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.actor.get_cell()
     }
 
+    /// Publishes the batch from this task when it was empty (in a burst the Synchronization
+    /// actor publishes it when the coalescing window ends) or is full. If the Synchronization
+    /// actor is being restarted, the cache actor publishes the batch once the new one is up.
     fn added(&self, added: Added) -> Result<()> {
         match added {
-            Added::First => self.flush(),
+            Added::First => self
+                .with_sync(|sync| sync.flush(&self.drainer, self.coalesce))
+                .map(drop)
+                .ok_or_else(|| Error::ActorStopped("synchronization actor not started".into())),
             Added::Full => {
-                self.drain_now();
+                self.with_sync(|sync| sync.drain_now(&self.drainer));
                 Ok(())
             }
             Added::Queued => Ok(()),
         }
     }
 
-    /// Publishes the batch from this task, or, in a burst, makes sure a drain follows within
-    /// the coalescing window. If the Synchronization actor is being restarted, the cache
-    /// actor publishes the batch once the new one is up.
-    fn flush(&self) -> Result<()> {
+    /// Runs `f` with the current Synchronization handle; `None` while there is none.
+    fn with_sync<T>(&self, f: impl FnOnce(&Synchronization<Invalidation<K>>) -> T) -> Option<T> {
         let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
-        let Some(sync) = slot.as_ref() else {
-            return Err(Error::ActorStopped(
-                "synchronization actor not started".into(),
-            ));
-        };
-        // In a burst the Synchronization actor publishes the batch when the window ends.
-        sync.flush(&self.drainer, self.coalesce);
-        Ok(())
-    }
-
-    fn drain_now(&self) {
-        drain_now(&self.slot, &self.drainer);
-    }
-
-    fn current_sync(&self) -> Option<Synchronization<Invalidation<K>>> {
-        self.slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        slot.as_ref().map(f)
     }
 
     fn send(&self, message: CacheMessage<K>) -> Result<()> {
         self.actor.cast(message).map_err(Error::stopped)
-    }
-}
-
-/// Publishes the batch now through the current Synchronization actor, if there is one.
-fn drain_now<K: CacheKey>(slot: &SyncSlot<K>, drainer: &Drainer<Invalidation<K>>) {
-    let slot = slot.read().unwrap_or_else(|e| e.into_inner());
-    if let Some(sync) = slot.as_ref() {
-        sync.drain_now(drainer);
     }
 }
 

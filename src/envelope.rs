@@ -76,18 +76,7 @@ pub(crate) enum DecodeError {
 impl Envelope {
     /// Encodes the envelope once; the same bytes go to every peer.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::Error> {
-        let mut out = Vec::with_capacity(64 + self.body_len());
-        out.extend_from_slice(MAGIC);
-        out.push(ENVELOPE_VERSION);
-        let out =
-            postcard::to_extend(self, out).map_err(|e| crate::Error::Encode(e.to_string()))?;
-        if out.len() > MAX_ENVELOPE_BYTES {
-            return Err(crate::Error::Encode(format!(
-                "envelope of {} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit",
-                out.len()
-            )));
-        }
-        Ok(out)
+        encode(&self.topic, &self.origin, self.incarnation, &self.body)
     }
 
     /// Decodes untrusted bytes; never panics.
@@ -109,14 +98,48 @@ impl Envelope {
             Err(e) => Err(DecodeError::Malformed(e.to_string())),
         }
     }
+}
 
-    fn body_len(&self) -> usize {
-        match &self.body {
-            Body::Publish { payload, .. } => payload.len(),
-            Body::Heartbeat { echoes, .. } => echoes.len() * 48,
-            Body::Leave { .. } => 0,
-        }
+/// The envelope's fields by reference: serialised exactly as [`Envelope`] (serde writes a
+/// `&str` as it writes a `String`), without copying the topic and origin for every send.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    topic: &'a str,
+    origin: &'a str,
+    incarnation: u64,
+    body: &'a Body,
+}
+
+/// Encodes an envelope from its parts; what [`Envelope::encode`] and every send use.
+pub(crate) fn encode(
+    topic: &str,
+    origin: &str,
+    incarnation: u64,
+    body: &Body,
+) -> Result<Vec<u8>, crate::Error> {
+    let body_len = match body {
+        Body::Publish { payload, .. } => payload.len(),
+        Body::Heartbeat { echoes, .. } => echoes.len() * 48,
+        Body::Leave { .. } => 0,
+    };
+    let mut out = Vec::with_capacity(64 + body_len);
+    out.extend_from_slice(MAGIC);
+    out.push(ENVELOPE_VERSION);
+    let envelope = EnvelopeRef {
+        topic,
+        origin,
+        incarnation,
+        body,
+    };
+    let out =
+        postcard::to_extend(&envelope, out).map_err(|e| crate::Error::Encode(e.to_string()))?;
+    if out.len() > MAX_ENVELOPE_BYTES {
+        return Err(crate::Error::Encode(format!(
+            "envelope of {} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit",
+            out.len()
+        )));
     }
+    Ok(out)
 }
 
 /// One owned buffer per peer, as ractor_cluster takes ownership of what it sends: copies of the

@@ -70,12 +70,16 @@ impl<K: Hash + Eq> Batch<K> {
         })
     }
 
-    /// Replaces the batch with "invalidate everything". Returns true if it was empty.
-    pub(crate) fn add_all(&self) -> bool {
+    /// Replaces the batch with "invalidate everything".
+    pub(crate) fn add_all(&self) -> Added {
         self.with(|p| {
             let was_empty = p.is_empty();
             p.escalate();
-            was_empty
+            if was_empty {
+                Added::First
+            } else {
+                Added::Queued
+            }
         })
     }
 
@@ -155,7 +159,7 @@ mod tests {
             Added::First,
             "empty again after the take"
         );
-        assert!(!batch.add_all());
+        assert_eq!(batch.add_all(), Added::Queued);
         assert_eq!(batch.take(), Some((Invalidation::All, 1)));
     }
 }

@@ -18,7 +18,7 @@ use super::message::{Drainer, SyncMessage};
 use super::shared::SyncShared;
 use super::TopicMessage;
 use crate::clock::now_us;
-use crate::envelope::{Body, Echo, Envelope};
+use crate::envelope::{self, Body, Echo};
 use crate::stats::bump;
 use crate::topic::PG_SCOPE;
 
@@ -187,7 +187,7 @@ impl<M: TopicMessage> Outbox<M> {
         self.lock().last_seq
     }
 
-    /// Bytes published after sequence number `acked`, for each of `acks`.
+    /// Lends `acks` the count of bytes published after a given acknowledged sequence number.
     pub(crate) fn unacked<T>(&self, acks: impl FnOnce(&dyn Fn(u64) -> u64) -> T) -> T {
         let state = self.lock();
         acks(&|acked| state.backlog.unacked_since(acked))
@@ -195,13 +195,7 @@ impl<M: TopicMessage> Outbox<M> {
 
     /// Encodes once and casts the same bytes to every remote member; returns the size.
     fn send(&self, body: Body) -> usize {
-        let envelope = Envelope {
-            topic: self.group.clone(),
-            origin: self.node_name.clone(),
-            incarnation: self.incarnation,
-            body,
-        };
-        match envelope.encode() {
+        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
             Ok(bytes) => {
                 let size = bytes.len();
                 self.cast_to_remote_members(bytes);

@@ -4,6 +4,8 @@ mod actor;
 mod batch;
 mod builder;
 mod invalidation;
+mod metrics;
+mod stats;
 mod store;
 
 use std::sync::{Arc, RwLock};
@@ -19,13 +21,18 @@ pub use self::invalidation::Invalidation;
 pub use self::store::Lookup;
 use self::store::Store;
 use crate::synchronization::message::Drainer;
-use crate::Synchronization;
+use crate::synchronization::{Confirmation, Synchronization};
 
 /// The cache's current Synchronization handle, shared by the handles and the actor.
 pub(crate) type SyncSlot<K> = Arc<RwLock<Option<Synchronization<Invalidation<K>>>>>;
+pub use self::stats::CacheStats;
 use crate::clock::now_us;
+use crate::error::{Error, Result};
+use crate::health::Health;
+use crate::node::Node;
+use crate::source::{Source, Version};
 use crate::synchronization::SyncShared;
-use crate::{CacheStats, Error, Health, Node, Result, Source, Topic, Version};
+use crate::topic::Topic;
 
 /// A node-local cache of `K → V`, kept in sync with the caches of the same topic on every
 /// other node.
@@ -132,7 +139,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// One key, without building a list.
     fn invalidate_one(&self, key: &K, version: Option<Version>) -> Result<()> {
         self.store.invalidate(key, version);
-        crate::stats::bump(&self.store.counters.invalidations_sent);
+        crate::counter::bump(&self.store.counters.invalidations_sent);
         self.added(self.batch.add(std::iter::once((key.clone(), version))))
     }
 
@@ -149,13 +156,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         key: &K,
         version: Option<Version>,
         timeout: std::time::Duration,
-    ) -> Result<crate::Confirmation> {
+    ) -> Result<Confirmation> {
         self.store.invalidate(key, version);
         let sync =
             ractor::call_t!(self.actor, CacheMessage::Sync, 5_000).map_err(Error::stopped)?;
         let invalidation = Invalidation::Keys(vec![(key.clone(), version)]);
         let confirmation = sync.publish_confirmed(&invalidation, timeout).await?;
-        crate::stats::bump(&self.store.counters.invalidations_sent);
+        crate::counter::bump(&self.store.counters.invalidations_sent);
         Ok(confirmation)
     }
 
@@ -172,7 +179,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         for (key, version) in &keys {
             self.store.invalidate(key, *version);
         }
-        crate::stats::add(&self.store.counters.invalidations_sent, keys.len() as u64);
+        crate::counter::add(&self.store.counters.invalidations_sent, keys.len() as u64);
         self.added(self.batch.add(keys))
     }
 
@@ -183,7 +190,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_all(&self) -> Result<()> {
         self.store.invalidate_all();
-        crate::stats::bump(&self.store.counters.invalidations_sent);
+        crate::counter::bump(&self.store.counters.invalidations_sent);
         self.added(self.batch.add_all())
     }
 
@@ -262,7 +269,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeConfig;
+    use crate::node::NodeConfig;
 
     struct Constant;
 

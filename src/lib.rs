@@ -11,35 +11,35 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+// Layers, top to bottom; each imports only from the ones below it.
 mod cache;
+mod node;
+mod protocol;
+mod synchronization;
+// The vocabulary and process-wide state every layer may use.
 mod clock;
-mod envelope;
+mod counter;
+mod delivery;
 mod error;
 mod health;
-mod node;
-mod peer_table;
-mod sequence;
+mod sessions;
 mod source;
-mod stats;
-mod synchronization;
-mod telemetry;
 mod topic;
 
-pub use cache::{Cache, CacheBuilder, CacheKey, Invalidation, Lookup, Mode};
+pub use cache::{Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup, Mode};
+pub use delivery::{Delivery, MissCause};
 pub use error::{BoxError, Error, Result};
 pub use health::Health;
 pub use node::{Node, NodeConfig, TlsFiles, SHUTDOWN_GRACE, TLS_CLUSTER_NAME};
 pub use source::{Source, Version};
-pub use stats::CacheStats;
-pub use synchronization::{Confirmation, Delivery, MissCause, Recipients};
-pub use synchronization::{SyncConfig, SyncStats};
+pub use synchronization::{Confirmation, Recipients, SyncConfig, SyncStats};
 pub use synchronization::{Synchronization, TopicMessage};
 pub use topic::{Topic, PG_SCOPE};
 
 /// Entry points for the crate's own benchmarks; not part of the API.
 #[doc(hidden)]
 pub mod __bench {
-    pub use crate::envelope::bench::*;
+    pub use crate::protocol::envelope::bench::*;
 }
 
 /// The README's example, compiled and run as a doctest.

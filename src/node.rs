@@ -4,7 +4,6 @@ mod acceptor;
 mod config;
 mod dialer;
 mod peers;
-pub(crate) mod registry;
 mod tls;
 mod watchdog;
 
@@ -22,7 +21,9 @@ use self::dialer::Dialer;
 use self::peers::{PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::{Watchdog, LIVENESS_TOPIC};
-use crate::{Error, Result, SyncConfig, Synchronization, Topic};
+use crate::error::{Error, Result};
+use crate::synchronization::{SyncConfig, Synchronization};
+use crate::topic::Topic;
 
 const EVENTS_ID: &str = "ractor_cache_sync::peers";
 

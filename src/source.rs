@@ -1,6 +1,6 @@
 //! The source of truth contract.
 
-use crate::Result;
+use crate::error::Result;
 
 /// A version of one key's value in the source of truth.
 ///

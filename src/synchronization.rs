@@ -1,14 +1,13 @@
 //! The per-topic Synchronization actor and its handle.
 
 mod actor;
-mod backlog;
 mod config;
 mod incoming;
 pub(crate) mod message;
 mod outbox;
 mod outgoing;
 pub(crate) mod shared;
-mod stats;
+pub(crate) mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,63 +23,15 @@ use self::outbox::Outbox;
 pub(crate) use self::shared::SyncShared;
 pub use self::stats::SyncStats;
 use crate::clock::now_us;
-use crate::{Error, Health, Result, Topic};
+use crate::delivery::Delivery;
+use crate::error::{Error, Result};
+use crate::health::Health;
+use crate::topic::Topic;
 
 /// What a topic's messages must be: serde-encodable, cloneable (one copy per local subscriber)
 /// and sendable between tasks. Implemented for every such type.
 pub trait TopicMessage: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> TopicMessage for T {}
-
-/// What a local subscriber receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Delivery<M> {
-    /// A message published on another node (or on this one, with
-    /// [`Recipients::RemoteAndLocal`]).
-    Message {
-        /// Name of the publishing node (`name@host`).
-        origin: String,
-        /// The decoded message.
-        message: M,
-    },
-    /// This node may have missed one or more messages of the topic: repair (for a cache,
-    /// invalidate what it holds).
-    PossiblyMissed(MissCause),
-}
-
-/// Why a subscriber may have missed messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MissCause {
-    /// Sequence numbers from `origin` skipped `missed` messages.
-    Gap {
-        /// The node whose messages went missing.
-        origin: String,
-        /// How many.
-        missed: u64,
-    },
-    /// `origin` restarted; what it sent before it was connected again is unknown.
-    PeerRestarted {
-        /// The restarted node.
-        origin: String,
-    },
-    /// Bytes from a peer could not be decoded (garbage, an unknown envelope version from a
-    /// newer build, a message of another topic or type).
-    Undecodable {
-        /// What was wrong with them.
-        reason: String,
-    },
-    /// A peer's Synchronization actor joined the topic (a new or re-established session):
-    /// whatever it published while disconnected never reached this node.
-    PeerJoined,
-    /// This node's own Synchronization actor (re)started: it was not listening for a while.
-    Restarted,
-    /// `origin` was silent for longer than `forget_after` and was dropped from the peer set.
-    PeerForgotten {
-        /// The forgotten node.
-        origin: String,
-    },
-}
 
 /// Which peers applied a message published with
 /// [`publish_confirmed`](Synchronization::publish_confirmed).

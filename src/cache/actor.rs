@@ -12,10 +12,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
 use super::SyncSlot;
-use crate::stats::{add, bump};
+use crate::counter::{add, bump};
+use crate::delivery::{Delivery, MissCause};
 use crate::synchronization::message::Drainer;
 use crate::synchronization::SyncShared;
-use crate::{Delivery, MissCause, SyncConfig, Synchronization, Topic};
+use crate::synchronization::{SyncConfig, Synchronization};
+use crate::topic::Topic;
 
 /// The actor behind a [`Cache`](crate::Cache) handle. Local-only: peers never see it.
 pub(crate) struct CacheActor<K, V>(PhantomData<fn() -> (K, V)>);

@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 
 use super::Invalidation;
-use crate::Version;
+use crate::source::Version;
 
 pub(crate) struct Batch<K> {
     pending: Mutex<Pending<K>>,

@@ -9,8 +9,12 @@ use super::actor::{CacheActor, CacheArguments, CacheKey, OnRemote};
 use super::batch::Batch;
 use super::store::Store;
 use super::{Cache, Invalidation, SyncSlot};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::source::Source;
 use crate::synchronization::message::Drainer;
-use crate::{Error, Node, Result, Source, SyncConfig, Topic};
+use crate::synchronization::SyncConfig;
+use crate::topic::Topic;
 
 /// What a cache does when it cannot vouch for its entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -181,7 +185,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             shared,
             mode: self.mode,
         };
-        tokio::spawn(crate::telemetry::report_cache(cache.clone(), topic));
+        tokio::spawn(super::metrics::report_cache(cache.clone(), topic));
         Ok(cache)
     }
 }

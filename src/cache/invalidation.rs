@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Version;
+use crate::source::Version;
 
 /// The message type of a cache's topic.
 ///

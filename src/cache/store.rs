@@ -23,12 +23,13 @@ use scc::hash_index::Entry as IndexEntry;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use super::stats::CacheCounters;
 use super::Mode;
 use crate::clock::now_us;
-use crate::stats::bump;
-use crate::stats::CacheCounters;
+use crate::counter::bump;
+use crate::error::Result;
+use crate::source::{Source, Version};
 use crate::synchronization::SyncShared;
-use crate::{Result, Source, Version};
 
 type Loaded<V> = Result<Option<(V, Version)>>;
 

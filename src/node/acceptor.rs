@@ -12,8 +12,8 @@ use ractor_cluster::{NetworkStream, NodeServerMessage};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::registry;
 use super::tls::Tls;
+use crate::sessions;
 
 /// Most TLS handshakes in progress at once; further connections wait to be accepted.
 const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -64,7 +64,7 @@ async fn handshake(
         Err(_) => return tracing::info!(%peer_addr, "TLS handshake timed out"),
     };
     match tls.admit(stream.get_ref().1.peer_certificates()) {
-        Ok(name) => registry::record_identity(&peer_addr.to_string(), &name),
+        Ok(name) => sessions::record_identity(&peer_addr.to_string(), &name),
         Err(reason) => return tracing::warn!(%peer_addr, %reason, "peer refused"),
     }
     let stream = NetworkStream::TlsServer {
@@ -102,7 +102,7 @@ pub(crate) async fn dial(
         .map_err(|_| "TLS handshake timed out")?
         .map_err(|e| e.to_string())?;
     let name = tls.admit(stream.get_ref().1.peer_certificates())?;
-    registry::record_identity(&peer_addr.to_string(), &name);
+    sessions::record_identity(&peer_addr.to_string(), &name);
     let stream = NetworkStream::TlsClient {
         stream,
         peer_addr,

@@ -51,7 +51,7 @@ impl NodeEventSubscription for PeerEvents {
             .peer_name
             .as_ref()
             .map(|p| p.name.split('@').next().unwrap_or("").to_owned());
-        let certified = super::registry::identity(&ses.peer_addr);
+        let certified = crate::sessions::identity(&ses.peer_addr);
         if claimed.is_none() || claimed != certified {
             tracing::warn!(?claimed, ?certified, addr = %ses.peer_addr, "peer claims a name its certificate does not carry: closing");
             ses.actor.stop(Some(
@@ -73,7 +73,7 @@ impl NodeEventSubscription for PeerEvents {
             actor: ses.actor.clone(),
             ready_at: now_us(),
         };
-        super::registry::register(&session.name, ses.actor.clone());
+        crate::sessions::register(&session.name, ses.actor.clone());
         self.sessions.send_modify(|s| {
             s.insert(ses.actor.get_id(), session);
         });
@@ -81,7 +81,7 @@ impl NodeEventSubscription for PeerEvents {
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         tracing::info!(addr = %ses.peer_addr, "peer session closed");
-        super::registry::unregister(ses.actor.get_id());
+        crate::sessions::unregister(ses.actor.get_id());
         self.sessions
             .send_if_modified(|s| s.remove(&ses.actor.get_id()).is_some());
     }

@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The DNS name every node certificate carries besides the node's own name; dialling nodes
 /// verify it (they know an address, not the name of the node behind it).

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::peers::Sessions;
 use crate::clock::now_us;
-use crate::Synchronization;
+use crate::synchronization::Synchronization;
 
 /// The internal topic every node heartbeats on.
 pub(crate) const LIVENESS_TOPIC: &str = "ractor_cache_sync::nodes";
@@ -40,7 +40,7 @@ impl Watchdog {
             let heard = self.liveness.last_heard();
             let sessions = self.sessions.borrow().clone();
             let declared = self.declared_down.load(Ordering::Relaxed);
-            crate::telemetry::publish_node(super::peers::names(&sessions).len(), declared);
+            publish_node(super::peers::names(&sessions).len(), declared);
             closed.retain(|id| sessions.contains_key(id));
             for (id, session) in sessions {
                 let last = heard.get(&session.name).copied().unwrap_or(0);
@@ -53,4 +53,10 @@ impl Watchdog {
             }
         }
     }
+}
+
+/// Publishes the node's peer figures.
+fn publish_node(peers_up: usize, declared_down: u64) {
+    metrics::gauge!("ractor_cache_sync_peers_up").set(peers_up as f64);
+    metrics::counter!("ractor_cache_sync_peers_declared_down_total").absolute(declared_down);
 }

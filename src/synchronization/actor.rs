@@ -16,11 +16,12 @@ use tokio::task::JoinHandle;
 use super::message::{Subscriber, SyncMessage};
 use super::outbox::{remote_members, Outbox};
 use super::shared::SyncShared;
-use super::{MissCause, SyncConfig, TopicMessage};
-use crate::peer_table::{LeaseParams, PeerTable};
-use crate::stats::bump;
+use super::{Confirmation, SyncConfig, TopicMessage};
+use crate::counter::bump;
+use crate::delivery::MissCause;
+use crate::protocol::peer_table::{LeaseParams, PeerTable};
+use crate::topic::Topic;
 use crate::topic::PG_SCOPE;
-use crate::Topic;
 
 /// The actor behind a [`Synchronization`](crate::Synchronization) handle. It is the only
 /// remote-capable actor per topic and node: every authenticated peer can message it, and every
@@ -62,7 +63,7 @@ pub(super) struct Waiter {
     pub(super) seq: u64,
     pub(super) peers: Vec<String>,
     pub(super) deadline: u64,
-    pub(super) reply: ractor::RpcReplyPort<crate::Confirmation>,
+    pub(super) reply: ractor::RpcReplyPort<Confirmation>,
 }
 
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {

@@ -2,12 +2,13 @@
 //! deliveries to subscribers, and the lease gate readers check.
 
 use super::actor::SynchronizationState;
-use super::{Delivery, MissCause, TopicMessage};
+use super::TopicMessage;
 use crate::clock::now_us;
-use crate::envelope::{Body, Echo, Envelope};
-use crate::peer_table::Beat;
-use crate::sequence::Arrival;
-use crate::stats::bump;
+use crate::counter::bump;
+use crate::delivery::{Delivery, MissCause};
+use crate::protocol::arrival::Arrival;
+use crate::protocol::envelope::{Body, Echo, Envelope};
+use crate::protocol::peer_table::Beat;
 
 impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn receive(&mut self, bytes: &[u8]) {

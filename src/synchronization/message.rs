@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
 
-use crate::synchronization::Delivery;
+use super::Confirmation;
+use crate::delivery::Delivery;
 
 /// The one variant name our envelopes travel under; crate-unique so that no other actor's
 /// variant can be mis-decoded as ours.
@@ -48,7 +49,7 @@ pub(crate) enum SyncMessage<M> {
     PublishConfirmed {
         payload: Vec<u8>,
         timeout: std::time::Duration,
-        reply: ractor::RpcReplyPort<crate::Confirmation>,
+        reply: ractor::RpcReplyPort<Confirmation>,
     },
 }
 

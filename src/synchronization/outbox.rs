@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use ractor::{pg, ActorRef};
 
-use super::backlog::Backlog;
 use super::message::{Drainer, SyncMessage};
 use super::shared::SyncShared;
 use super::TopicMessage;
 use crate::clock::now_us;
-use crate::envelope::{self, Body, Echo};
-use crate::stats::bump;
+use crate::counter::bump;
+use crate::protocol::backlog::Backlog;
+use crate::protocol::envelope::{self, Body, Echo};
 use crate::topic::PG_SCOPE;
 
 /// A flush finding the previous envelope less than this long ago, with one key in it, takes
@@ -214,7 +214,7 @@ impl<M: TopicMessage> Outbox<M> {
     /// members but one get a copy of the one encoding.
     pub(crate) fn cast_to_remote_members(&self, bytes: Vec<u8>) {
         let members = remote_members(&self.group);
-        let buffers = crate::envelope::per_peer(bytes, members.len());
+        let buffers = crate::protocol::envelope::per_peer(bytes, members.len());
         for (cell, buffer) in members.into_iter().zip(buffers) {
             let member: ActorRef<SyncMessage<M>> = cell.into();
             // A stub whose session just died refuses the cast; that peer repairs on rejoin.

@@ -5,16 +5,17 @@
 use super::actor::{SynchronizationState, Waiter};
 use super::message::Drainer;
 use super::outbox::Flush;
-use super::{Delivery, MissCause, TopicMessage};
+use super::{Confirmation, TopicMessage};
 use crate::clock::now_us;
-use crate::stats::bump;
+use crate::counter::bump;
+use crate::delivery::{Delivery, MissCause};
 
 impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn publish_confirmed(
         &mut self,
         payload: Vec<u8>,
         timeout: std::time::Duration,
-        reply: ractor::RpcReplyPort<crate::Confirmation>,
+        reply: ractor::RpcReplyPort<Confirmation>,
     ) {
         let Some(seq) = self.outbox.publish(payload) else {
             return; // closed: the reply port drops and the caller hears the actor stopped
@@ -45,7 +46,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
             let (applied, missing) = peers
                 .into_iter()
                 .partition(|p| self.peers.has_applied(p, waiter.seq));
-            let _ = waiter.reply.send(crate::Confirmation { applied, missing });
+            let _ = waiter.reply.send(Confirmation { applied, missing });
         }
     }
 
@@ -63,7 +64,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         let last_seq = self.outbox.last_seq();
         for peer in overflowing {
             bump(&self.shared.counters.backlog_overflows);
-            crate::node::registry::close_session(&peer, "backlog overflow");
+            crate::sessions::close_session(&peer, "backlog overflow");
             self.peers.forgive(&peer, last_seq);
         }
     }

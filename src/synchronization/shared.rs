@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::stats::SyncCounters;
-use crate::Health;
+use crate::health::Health;
 
 #[derive(Debug, Default)]
 pub(crate) struct SyncShared {

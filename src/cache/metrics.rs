@@ -1,14 +1,17 @@
-//! Metrics through the `metrics` facade: once a second, each cache publishes its counters (as
-//! absolute values, so the read path pays nothing) and gauges, labelled with its topic; the
-//! node publishes its peer gauges. Install any `metrics` recorder (Prometheus, StatsD, ...) to
-//! collect them; without one this costs a few atomic loads per second.
+//! A cache's metrics through the `metrics` facade: once a second, each cache publishes its
+//! counters (as absolute values, so the read path pays nothing) and gauges, labelled with its
+//! topic. Install any `metrics` recorder (Prometheus, StatsD, ...) to collect them; without one
+//! this costs a few atomic loads per second. (The node publishes its peer figures from its
+//! watchdog.)
 
 use std::time::Duration;
 
 use metrics::{counter, gauge};
 use ractor::ActorStatus;
 
-use crate::{Cache, CacheKey, Health};
+use super::actor::CacheKey;
+use super::Cache;
+use crate::health::Health;
 
 /// How often figures are published.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
@@ -85,10 +88,4 @@ fn publish_cache<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Cache<K,
         _ => 2.0,
     };
     gauge!("ractor_cache_sync_health", "topic" => topic.to_owned()).set(health);
-}
-
-/// Publishes the node's peer figures.
-pub(crate) fn publish_node(peers_up: usize, declared_down: u64) {
-    gauge!("ractor_cache_sync_peers_up").set(peers_up as f64);
-    counter!("ractor_cache_sync_peers_declared_down_total").absolute(declared_down);
 }

@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 
-use crate::envelope::Echo;
-use crate::sequence::Arrival;
-use crate::MissCause;
+use crate::delivery::MissCause;
+use crate::protocol::arrival::Arrival;
+use crate::protocol::envelope::Echo;
 
 /// One peer as this node knows it.
 #[derive(Debug, Clone)]

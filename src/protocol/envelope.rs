@@ -75,7 +75,7 @@ pub(crate) enum DecodeError {
 
 impl Envelope {
     /// Encodes the envelope once; the same bytes go to every peer.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::Error> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::error::Error> {
         encode(&self.topic, &self.origin, self.incarnation, &self.body)
     }
 
@@ -116,7 +116,7 @@ pub(crate) fn encode(
     origin: &str,
     incarnation: u64,
     body: &Body,
-) -> Result<Vec<u8>, crate::Error> {
+) -> Result<Vec<u8>, crate::error::Error> {
     let body_len = match body {
         Body::Publish { payload, .. } => payload.len(),
         Body::Heartbeat { echoes, .. } => echoes.len() * 48,
@@ -131,10 +131,10 @@ pub(crate) fn encode(
         incarnation,
         body,
     };
-    let out =
-        postcard::to_extend(&envelope, out).map_err(|e| crate::Error::Encode(e.to_string()))?;
+    let out = postcard::to_extend(&envelope, out)
+        .map_err(|e| crate::error::Error::Encode(e.to_string()))?;
     if out.len() > MAX_ENVELOPE_BYTES {
-        return Err(crate::Error::Encode(format!(
+        return Err(crate::error::Error::Encode(format!(
             "envelope of {} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit",
             out.len()
         )));
@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn refuses_oversize_in_both_directions() {
         let big = sample(vec![0; MAX_ENVELOPE_BYTES]);
-        assert!(matches!(big.encode(), Err(crate::Error::Encode(_))));
+        assert!(matches!(big.encode(), Err(crate::error::Error::Encode(_))));
         let bytes = vec![0u8; MAX_ENVELOPE_BYTES + 1];
         assert_eq!(
             Envelope::decode(&bytes),

@@ -12,7 +12,7 @@
 use proptest::prelude::*;
 
 use super::{Beat, LeaseParams, PeerTable};
-use crate::sequence::Arrival;
+use crate::protocol::arrival::Arrival;
 
 const LEASE: u64 = 1_000;
 

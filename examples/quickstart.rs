@@ -9,13 +9,10 @@
 //! free loopback ports, waits for the full mesh, writes through node `a`, measures how long `b`
 //! and `c` take to serve the new value, shows a cache hit and shuts everything down.
 
-#[path = "support/node_process.rs"]
-mod node_process;
-
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use node_process::{eventually, NodeProcess, NodeSpec};
+use ractor_cache_sync_testkit::{eventually, node_binary, NodeProcess, NodeSpec};
 
 const KEY: &str = "greeting";
 
@@ -131,7 +128,7 @@ fn build_node_example() -> Result<(), String> {
         return Ok(()); // the caller built it (the test suite does)
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let release = node_process::node_binary()
+    let release = node_binary()
         .components()
         .any(|c| c.as_os_str() == "release");
     let mut command = std::process::Command::new(cargo);

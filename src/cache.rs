@@ -8,30 +8,27 @@ mod metrics;
 mod stats;
 mod store;
 
-use std::sync::{Arc, RwLock};
+use std::fmt;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use ractor::{ActorCell, ActorRef};
+use ractor::{ActorCell, ActorRef, ActorStatus};
 
 pub use self::actor::CacheKey;
 use self::actor::CacheMessage;
 use self::batch::{Added, Batch};
 pub use self::builder::{CacheBuilder, Mode};
 pub use self::invalidation::Invalidation;
+pub use self::stats::CacheStats;
 pub use self::store::Lookup;
 use self::store::Store;
-use crate::synchronization::message::Drainer;
-use crate::synchronization::{Confirmation, Synchronization};
-
-/// The cache's current Synchronization handle, shared by the handles and the actor.
-pub(crate) type SyncSlot<K> = Arc<RwLock<Option<Synchronization<Invalidation<K>>>>>;
-pub use self::stats::CacheStats;
 use crate::clock::now_us;
+use crate::counter::{add, bump};
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::node::Node;
 use crate::source::{Source, Version};
-use crate::synchronization::SyncShared;
+use crate::synchronization::{Confirmation, Synchronization};
 use crate::topic::Topic;
 
 /// A node-local cache of `K → V`, kept in sync with the caches of the same topic on every
@@ -41,52 +38,63 @@ use crate::topic::Topic;
 /// only a concurrent map (no actor message, no await); a miss loads from the [`Source`] once
 /// per key however many tasks ask at the same time.
 pub struct Cache<K, V> {
-    store: Arc<Store<K, V>>,
-    batch: Arc<Batch<K>>,
-    slot: SyncSlot<K>,
-    drainer: Drainer<Invalidation<K>>,
-    coalesce: Duration,
-    actor: ActorRef<CacheMessage<K>>,
-    shared: Arc<SyncShared>,
+    inner: Arc<Inner<K, V>>,
+}
+
+/// What every handle of one cache, its actor and its Synchronization actor's hooks share.
+pub(crate) struct Inner<K, V> {
+    /// The topic the cache's invalidations travel on.
+    topic: Topic<Invalidation<K>>,
+    /// Entries, in-flight loads, the topic's lease gate and the counters.
+    store: Store<K, V>,
+    /// Local invalidations not yet published (coalescing).
+    batch: Batch<K>,
+    /// The topic's Synchronization handle, the one way to it: set by the cache actor each
+    /// time it spawns one (again after a failure); `None` until the first is up.
+    sync: RwLock<Option<Synchronization<Invalidation<K>>>>,
+    /// The cache actor, set when it starts: it runs the coalescing window's timer and
+    /// restarts the Synchronization actor.
+    actor: OnceLock<ActorRef<CacheMessage>>,
+    /// The consistency mode.
     mode: Mode,
 }
 
 impl<K, V> Clone for Cache<K, V> {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
-            batch: self.batch.clone(),
-            slot: self.slot.clone(),
-            drainer: self.drainer.clone(),
-            coalesce: self.coalesce,
-            actor: self.actor.clone(),
-            shared: self.shared.clone(),
-            mode: self.mode,
+            inner: self.inner.clone(),
         }
+    }
+}
+
+impl<K, V> fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("topic", &self.inner.topic)
+            .field("mode", &self.inner.mode)
+            .finish_non_exhaustive()
     }
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// Spawns the cache actor (and its topic's Synchronization actor) on `node`, with the
-    /// default settings ([`Mode::Bounded`], 1 s lease, 200 ms heartbeat).
+    /// default settings ([`Mode::Bounded`], 1 s lease, 200 ms heartbeat). `source` is your
+    /// [`Source`], an `Arc` of it, or an `Arc<dyn Source<K, V>>`.
     ///
     /// # Errors
     ///
     /// [`Error::Spawn`] if an actor fails to start.
     pub async fn spawn(
         topic: Topic<Invalidation<K>>,
-        source: Arc<dyn Source<K, V>>,
+        source: impl Source<K, V>,
         node: &Node,
     ) -> Result<Self> {
         Self::builder(topic, source).spawn(node).await
     }
 
     /// Starts building a cache with non-default settings.
-    pub fn builder(
-        topic: Topic<Invalidation<K>>,
-        source: Arc<dyn Source<K, V>>,
-    ) -> CacheBuilder<K, V> {
-        CacheBuilder::new(topic, source)
+    pub fn builder(topic: Topic<Invalidation<K>>, source: impl Source<K, V>) -> CacheBuilder<K, V> {
+        CacheBuilder::new(topic, Arc::new(source))
     }
 
     /// The value of `key`: from the heap on a hit, else loaded from the source (once per key
@@ -103,7 +111,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// no await, no message, no allocation beyond cloning `V` (use `Arc<T>` for large values).
     /// `None` on a miss, and in bounded mode while some peer's lease is not valid.
     pub fn peek(&self, key: &K) -> Option<V> {
-        self.store.peek(key)
+        self.inner.store.peek(key)
     }
 
     /// Like [`get`](Self::get), with the value's version and whether it was a hit.
@@ -112,7 +120,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// [`Error::Source`] if the load failed; nothing is cached then.
     pub async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
-        self.store.lookup(key).await
+        self.inner.store.lookup(key).await
     }
 
     /// Drops `key` here at once and tells every other node to drop it. Call it right after
@@ -120,8 +128,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::ActorStopped`] if the cache actor has stopped; the local entry is dropped
-    /// anyway.
+    /// [`Error::ActorStopped`] if the cache actor has stopped: the local entry is dropped
+    /// anyway, but no other node is told.
     pub fn invalidate(&self, key: &K) -> Result<()> {
         self.invalidate_one(key, None)
     }
@@ -138,9 +146,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// One key, without building a list.
     fn invalidate_one(&self, key: &K, version: Option<Version>) -> Result<()> {
-        self.store.invalidate(key, version);
-        crate::counter::bump(&self.store.counters.invalidations_sent);
-        self.added(self.batch.add(std::iter::once((key.clone(), version))))
+        self.inner.store.invalidate(key, version);
+        bump(&self.inner.store.counters.invalidations_sent);
+        let added = self.inner.batch.add(now_us(), [(key.clone(), version)]);
+        self.inner.added(added)
     }
 
     /// Like [`invalidate_version`](Self::invalidate_version) (with `version` if known), then
@@ -149,38 +158,46 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::ActorStopped`] if the cache actor has stopped; [`Error::Timeout`] if the
-    /// actor did not answer in time. The local entry is dropped in every case.
+    /// [`Error::ActorStopped`] if the cache actor or its Synchronization actor has stopped
+    /// (nothing was published); [`Error::Timeout`] if the Synchronization actor did not answer
+    /// in time. The local entry is dropped in every case.
     pub async fn invalidate_confirmed(
         &self,
         key: &K,
         version: Option<Version>,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<Confirmation> {
-        self.store.invalidate(key, version);
-        let sync =
-            ractor::call_t!(self.actor, CacheMessage::Sync, 5_000).map_err(Error::stopped)?;
+        self.inner.store.invalidate(key, version);
+        self.inner.ensure_running()?;
+        let sync = self
+            .inner
+            .with_sync(Synchronization::clone)
+            .ok_or_else(|| Error::stopped("synchronization actor"))?;
         let invalidation = Invalidation::Keys(vec![(key.clone(), version)]);
         let confirmation = sync.publish_confirmed(&invalidation, timeout).await?;
-        crate::counter::bump(&self.store.counters.invalidations_sent);
+        bump(&self.inner.store.counters.invalidations_sent);
         Ok(confirmation)
     }
 
     /// Invalidates many keys in one message.
     ///
-    /// # Errors
-    ///
-    /// As [`invalidate`](Self::invalidate).
-    ///
     /// Invalidations are coalesced: a lone invalidation goes out at once; in a burst, all keys
     /// invalidated within the coalescing window (default 1 ms) travel together in one envelope,
     /// each key once; past the batch cap the batch becomes an `invalidate_all`.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_keys(&self, keys: Vec<(K, Option<Version>)>) -> Result<()> {
         for (key, version) in &keys {
-            self.store.invalidate(key, *version);
+            self.inner.store.invalidate(key, *version);
         }
-        crate::counter::add(&self.store.counters.invalidations_sent, keys.len() as u64);
-        self.added(self.batch.add(keys))
+        add(
+            &self.inner.store.counters.invalidations_sent,
+            keys.len() as u64,
+        );
+        let added = self.inner.batch.add(now_us(), keys);
+        self.inner.added(added)
     }
 
     /// Drops every entry here at once and tells every other node to do the same.
@@ -189,9 +206,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_all(&self) -> Result<()> {
-        self.store.invalidate_all();
-        crate::counter::bump(&self.store.counters.invalidations_sent);
-        self.added(self.batch.add_all())
+        self.inner.store.invalidate_all();
+        bump(&self.inner.store.counters.invalidations_sent);
+        let added = self.inner.batch.add_all(now_us());
+        self.inner.added(added)
     }
 
     /// Casts `bytes` unchanged to every remote member of the cache's topic, as if they were an
@@ -199,70 +217,139 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::ActorStopped`] if the cache actor has stopped.
-    #[doc(hidden)]
+    /// [`Error::ActorStopped`] if no Synchronization actor is running.
+    #[cfg(feature = "fault-injection")]
     pub fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
-        self.send(CacheMessage::SendRaw(bytes))
+        self.inner
+            .with_sync(|sync| sync.send_raw(bytes))
+            .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
     }
 
     /// Number of entries held in this node's heap.
     pub fn entry_count(&self) -> usize {
-        self.store.entry_count()
+        self.inner.store.entry_count()
     }
 
     /// Counters since the cache was spawned.
     pub fn stats(&self) -> CacheStats {
-        let sync = self.shared.counters.snapshot();
-        self.store.counters.snapshot(self.store.entry_count(), sync)
+        let store = &self.inner.store;
+        let sync = store.leases().counters.snapshot();
+        store.counters.snapshot(store.entry_count(), sync)
     }
 
     /// Whether the cache can serve from its heap now. In [`Mode::Eventual`] a cache serves
     /// from its heap even while this says [`Health::Bypassing`].
     pub fn health(&self) -> Health {
-        self.shared.health(now_us())
+        self.inner.store.leases().health(now_us())
     }
 
     /// The consistency mode.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.inner.mode
+    }
+
+    /// The topic the cache's invalidations travel on.
+    pub fn topic(&self) -> &Topic<Invalidation<K>> {
+        &self.inner.topic
     }
 
     /// The cache's current Synchronization actor (it changes when the cache actor restarts it
     /// after a failure), for monitoring and fault injection.
     pub fn synchronization_actor(&self) -> Option<ActorCell> {
-        self.with_sync(Synchronization::actor)
+        self.inner.with_sync(Synchronization::actor)
     }
 
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.
     pub fn actor(&self) -> ActorCell {
-        self.actor.get_cell()
+        self.inner.actor().get_cell()
+    }
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
+    pub(crate) fn new(
+        topic: Topic<Invalidation<K>>,
+        store: Store<K, V>,
+        batch: Batch<K>,
+        mode: Mode,
+    ) -> Self {
+        Self {
+            topic,
+            store,
+            batch,
+            sync: RwLock::new(None),
+            actor: OnceLock::new(),
+            mode,
+        }
     }
 
-    /// Publishes the batch from this task when it was empty (in a burst the Synchronization
-    /// actor publishes it when the coalescing window ends) or is full. If the Synchronization
-    /// actor is being restarted, the cache actor publishes the batch once the new one is up.
+    /// Called once by the cache actor when it starts.
+    pub(crate) fn set_actor(&self, actor: ActorRef<CacheMessage>) {
+        let _ = self.actor.set(actor);
+    }
+
+    /// Called by the cache actor each time it spawns a Synchronization actor.
+    pub(crate) fn set_sync(&self, sync: Synchronization<Invalidation<K>>) {
+        *self.sync.write().unwrap_or_else(|e| e.into_inner()) = Some(sync);
+    }
+
+    fn actor(&self) -> &ActorRef<CacheMessage> {
+        self.actor
+            .get()
+            .expect("set before the cache is handed out")
+    }
+
+    /// Does what adding to the batch asked for. A lone invalidation (or a full batch) is
+    /// published from this task; in a burst the cache actor publishes the batch when the
+    /// window ends. While its Synchronization actor is being restarted, the batch waits for
+    /// the new one.
     fn added(&self, added: Added) -> Result<()> {
+        self.ensure_running()?;
         match added {
-            Added::First => self
-                .with_sync(|sync| sync.flush(&self.drainer, self.coalesce))
-                .map(drop)
-                .ok_or_else(|| Error::ActorStopped("synchronization actor not started".into())),
-            Added::Full => {
-                self.with_sync(|sync| sync.drain_now(&self.drainer));
-                Ok(())
-            }
-            Added::Queued => Ok(()),
+            Added::Now => self.publish_batch(),
+            Added::Later(delay) => self
+                .actor()
+                .cast(CacheMessage::DrainAfter(delay))
+                .map_err(|e| Error::stopped_by("cache actor", e))?,
+            Added::Queued => {}
+        }
+        Ok(())
+    }
+
+    /// Publishes the batch through the current Synchronization handle, if there is one running.
+    pub(crate) fn publish_batch(&self) {
+        self.batch.drain(now_us(), |message| {
+            self.with_sync(|sync| publish(sync, message))
+                .unwrap_or(false)
+        });
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        match self.actor().get_status() {
+            ActorStatus::Stopping | ActorStatus::Stopped => Err(Error::stopped("cache actor")),
+            _ => Ok(()),
         }
     }
 
     /// Runs `f` with the current Synchronization handle; `None` while there is none.
     fn with_sync<T>(&self, f: impl FnOnce(&Synchronization<Invalidation<K>>) -> T) -> Option<T> {
-        let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
+        let slot = self.sync.read().unwrap_or_else(|e| e.into_inner());
         slot.as_ref().map(f)
     }
+}
 
-    fn send(&self, message: CacheMessage<K>) -> Result<()> {
-        self.actor.cast(message).map_err(Error::stopped)
+/// Publishes one batch; says whether it went out. One that cannot be encoded (a key type
+/// whose serialisation fails) goes out as "invalidate everything" instead: never lost.
+pub(crate) fn publish<K: CacheKey>(
+    sync: &Synchronization<Invalidation<K>>,
+    message: &Invalidation<K>,
+) -> bool {
+    match sync.publish(message) {
+        Ok(()) => true,
+        Err(Error::Encode(error)) => {
+            tracing::error!(%error, "invalidation not encoded: invalidating everything instead");
+            sync.publish(&Invalidation::All).is_ok()
+        }
+        Err(_) => false,
     }
 }
 
@@ -302,17 +389,17 @@ mod tests {
         .join()
         .unwrap();
         assert!(
-            !cache.batch.is_empty(),
+            !cache.inner.batch.is_empty(),
             "the key did not wait for the window"
         );
         assert_eq!(cache.stats().sync.published, 1);
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !cache.batch.is_empty() && tokio::time::Instant::now() < deadline {
+        while !cache.inner.batch.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(
-            cache.batch.is_empty(),
+            cache.inner.batch.is_empty(),
             "the waiting key was never published"
         );
         assert_eq!(cache.stats().sync.published, 2);

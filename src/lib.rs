@@ -33,7 +33,7 @@ pub use health::Health;
 pub use node::{Node, NodeConfig, TlsFiles, SHUTDOWN_GRACE, TLS_CLUSTER_NAME};
 pub use source::{Source, Version};
 pub use synchronization::{Confirmation, Recipients, SyncConfig, SyncStats};
-pub use synchronization::{Synchronization, TopicMessage};
+pub use synchronization::{Synchronization, SynchronizationBuilder, TopicMessage};
 pub use topic::{Topic, PG_SCOPE};
 
 /// Entry points for the crate's own benchmarks; not part of the API.

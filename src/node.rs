@@ -95,11 +95,16 @@ impl Node {
         };
         let (server, _) = spawned.map_err(|e| Error::spawn("node server", e))?;
         let listener = match &tls {
-            Some(_) => Some(
-                tokio::net::TcpListener::bind(listen)
-                    .await
-                    .map_err(|e| Error::spawn("TLS listener", e))?,
-            ),
+            Some(_) => {
+                Some(
+                    tokio::net::TcpListener::bind(listen)
+                        .await
+                        .map_err(|e| Error::Spawn {
+                            what: "TLS listener",
+                            cause: Arc::new(e),
+                        })?,
+                )
+            }
             None => None,
         };
         let (events, sessions) = PeerEvents::new(tls.is_some());
@@ -108,7 +113,7 @@ impl Node {
                 id: EVENTS_ID.to_owned(),
                 subscription: Box::new(events),
             })
-            .map_err(Error::stopped)?;
+            .map_err(|e| Error::stopped_by("node server", e))?;
         let name = format!("{}@{}", config.name(), config.host());
         let (heartbeat, timeout) = config.liveness();
         let sync = SyncConfig::default()
@@ -116,7 +121,10 @@ impl Node {
             .lease(heartbeat * 3)
             .forget_after(Duration::from_secs(24 * 3600).max(heartbeat * 3));
         let topic = Topic::new(LIVENESS_TOPIC);
-        let liveness = Synchronization::spawn_with(topic, name.clone(), sync, None).await?;
+        let liveness = Synchronization::builder(topic)
+            .config(sync)
+            .spawn(name.as_str())
+            .await?;
         let declared_down = Arc::new(AtomicU64::new(0));
         let mut tasks = spawn_dialers(&config, &server, &sessions, tls.as_ref());
         if let (Some(listener), Some(tls)) = (listener, &tls) {
@@ -164,7 +172,7 @@ impl Node {
             .map(|r| r.map(|_| ()));
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::stopped(e)),
+            Ok(Err(e)) => Err(Error::stopped_by("node", e)),
             Err(_) => Err(Error::Timeout(timeout)),
         }
     }
@@ -194,6 +202,22 @@ impl Node {
         let _ = self.liveness.actor().stop_and_wait(None, timeout).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         self.server.stop(None);
+    }
+}
+
+/// A node stands for its name where a topic needs one: `Synchronization::spawn(topic, &node)`.
+impl AsRef<str> for Node {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("peers", &self.peers())
+            .finish_non_exhaustive()
     }
 }
 

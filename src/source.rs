@@ -27,7 +27,8 @@ pub type Version = u64;
 /// - `Ok(None)` means "the key does not exist"; it is not cached.
 /// - Errors are returned, never panicked; they are passed to the reader and nothing is cached.
 ///
-/// The trait is object safe: caches hold it as `Arc<dyn Source<K, V>>`.
+/// The trait is object safe. A cache takes any `Source` by value: your type, an `Arc` of it
+/// (shared with the rest of your service), or an `Arc<dyn Source<K, V>>`.
 ///
 /// ```
 /// use ractor_cache_sync::{Source, Version};
@@ -47,4 +48,16 @@ pub trait Source<K, V>: Send + Sync + 'static {
     ///
     /// Any failure of the source, wrapped with [`Error::from_source`](crate::Error::from_source).
     async fn load(&self, key: &K) -> Result<Option<(V, Version)>>;
+}
+
+/// A shared source is a source: hand the cache an `Arc` and keep a clone for your own queries.
+#[async_trait::async_trait]
+impl<K, V, S> Source<K, V> for std::sync::Arc<S>
+where
+    K: Sync + 'static,
+    S: Source<K, V> + ?Sized,
+{
+    async fn load(&self, key: &K) -> Result<Option<(V, Version)>> {
+        (**self).load(key).await
+    }
 }

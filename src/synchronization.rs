@@ -1,6 +1,7 @@
 //! The per-topic Synchronization actor and its handle.
 
 mod actor;
+mod builder;
 mod config;
 mod incoming;
 pub(crate) mod message;
@@ -12,13 +13,12 @@ pub(crate) mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorRef};
+use ractor::{ActorCell, ActorRef};
 use serde::{de::DeserializeOwned, Serialize};
 
-use self::actor::{random_incarnation, SynchronizationActor, SynchronizationArguments};
+pub use self::builder::SynchronizationBuilder;
 pub use self::config::SyncConfig;
 use self::message::SyncMessage;
-pub(crate) use self::outbox::Flush;
 use self::outbox::Outbox;
 pub(crate) use self::shared::SyncShared;
 pub use self::stats::SyncStats;
@@ -82,99 +82,30 @@ impl<M> Clone for Synchronization<M> {
     }
 }
 
+impl<M> std::fmt::Debug for Synchronization<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Synchronization")
+            .field("topic", &self.topic)
+            .field("actor", &self.actor.get_id())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<M: TopicMessage> Synchronization<M> {
-    /// Spawns the topic's Synchronization actor, unsupervised.
-    ///
-    /// `node_name` identifies this node in envelopes: use [`Node::name`](crate::Node::name).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Spawn`] if the actor fails to start.
-    pub async fn spawn(topic: Topic<M>, node_name: impl Into<String>) -> Result<Self> {
-        Self::start(topic, node_name.into(), SyncConfig::default(), None).await
-    }
-
-    /// Spawns the topic's Synchronization actor with non-default heartbeat and lease settings,
-    /// linked to `supervisor` if one is given.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for an invalid `config`; [`Error::Spawn`] if the actor fails to start.
-    pub async fn spawn_with(
-        topic: Topic<M>,
-        node_name: impl Into<String>,
-        config: SyncConfig,
-        supervisor: Option<ActorCell>,
-    ) -> Result<Self> {
-        Self::start(topic, node_name.into(), config, supervisor).await
-    }
-
-    /// Spawns the topic's Synchronization actor linked to `supervisor`, which receives its
-    /// failure and may spawn it again (it rejoins the group and tells subscribers
-    /// [`MissCause::Restarted`]).
+    /// Spawns the topic's Synchronization actor on `node`, unsupervised, with the default
+    /// settings (200 ms heartbeat, 1 s lease).
     ///
     /// # Errors
     ///
     /// [`Error::Spawn`] if the actor fails to start.
-    pub async fn spawn_linked(
-        topic: Topic<M>,
-        node_name: impl Into<String>,
-        supervisor: ActorCell,
-    ) -> Result<Self> {
-        Self::start(
-            topic,
-            node_name.into(),
-            SyncConfig::default(),
-            Some(supervisor),
-        )
-        .await
+    pub async fn spawn(topic: Topic<M>, node: &(impl AsRef<str> + ?Sized)) -> Result<Self> {
+        Self::builder(topic).spawn(node).await
     }
 
-    async fn start(
-        topic: Topic<M>,
-        node_name: String,
-        config: SyncConfig,
-        supervisor: Option<ActorCell>,
-    ) -> Result<Self> {
-        let shared = Arc::default();
-        Self::start_with(topic, node_name, config, supervisor, Vec::new(), shared).await
-    }
-
-    pub(crate) async fn start_with(
-        topic: Topic<M>,
-        node_name: String,
-        config: SyncConfig,
-        supervisor: Option<ActorCell>,
-        subscribers: Vec<message::Subscriber<M>>,
-        shared: Arc<SyncShared>,
-    ) -> Result<Self> {
-        config.validate()?;
-        let outbox = Arc::new(Outbox::new(
-            topic.name().to_owned(),
-            node_name.clone(),
-            random_incarnation(),
-            shared.clone(),
-        ));
-        let arguments = SynchronizationArguments {
-            topic: topic.clone(),
-            node_name,
-            config,
-            subscribers,
-            shared: shared.clone(),
-            outbox: outbox.clone(),
-        };
-        let actor = SynchronizationActor::new();
-        let spawned = match supervisor {
-            Some(supervisor) => Actor::spawn_linked(None, actor, arguments, supervisor).await,
-            None => Actor::spawn(None, actor, arguments).await,
-        };
-        let (actor, _) = spawned.map_err(|e| Error::spawn("synchronization actor", e))?;
-        Ok(Self {
-            actor,
-            shared,
-            outbox,
-            topic,
-        })
+    /// Starts building the topic's Synchronization actor with non-default settings or under a
+    /// supervisor.
+    pub fn builder(topic: Topic<M>) -> SynchronizationBuilder<M> {
+        SynchronizationBuilder::new(topic)
     }
 
     /// Publishes `message` to the subscribers on every other node.
@@ -197,7 +128,7 @@ impl<M: TopicMessage> Synchronization<M> {
     ///
     /// As [`publish`](Self::publish).
     pub fn publish_to(&self, message: &M, recipients: Recipients) -> Result<()> {
-        let payload = postcard::to_stdvec(message).map_err(|e| Error::Encode(e.to_string()))?;
+        let payload = postcard::to_stdvec(message).map_err(Error::encode)?;
         if recipients == Recipients::RemoteAndLocal {
             let local = message.clone();
             return self.send(SyncMessage::PublishWithLocal { payload, local });
@@ -217,7 +148,7 @@ impl<M: TopicMessage> Synchronization<M> {
     /// [`Error::Encode`] if `message` cannot be encoded; [`Error::ActorStopped`] if the actor
     /// has stopped.
     pub async fn publish_confirmed(&self, message: &M, timeout: Duration) -> Result<Confirmation> {
-        let payload = postcard::to_stdvec(message).map_err(|e| Error::Encode(e.to_string()))?;
+        let payload = postcard::to_stdvec(message).map_err(Error::encode)?;
         let request = |reply| SyncMessage::PublishConfirmed {
             payload,
             timeout,
@@ -227,7 +158,7 @@ impl<M: TopicMessage> Synchronization<M> {
         match self.actor.call(request, wait).await {
             Ok(ractor::rpc::CallResult::Success(confirmation)) => Ok(confirmation),
             Ok(_) => Err(Error::Timeout(timeout)),
-            Err(e) => Err(Error::stopped(e)),
+            Err(e) => Err(Error::stopped_by("synchronization actor", e)),
         }
     }
 
@@ -242,46 +173,6 @@ impl<M: TopicMessage> Synchronization<M> {
         subscriber: impl Fn(Delivery<M>) + Send + Sync + 'static,
     ) -> Result<()> {
         self.send(SyncMessage::Subscribe(Arc::new(subscriber)))
-    }
-
-    /// Publishes what `take` yields now, from this task; in a burst, asks the actor to publish
-    /// it once the coalescing window ends (the timer runs in the actor's runtime, whatever the
-    /// caller's).
-    pub(crate) fn flush(&self, take: &message::Drainer<M>, window: Duration) -> Flush {
-        if self.ensure_running().is_err() {
-            return Flush::Closed;
-        }
-        let flushed = self.outbox.flush(take, window);
-        match flushed {
-            Flush::Done(Some(seq)) => self.published(seq),
-            Flush::Later(delay) => {
-                let take = take.clone();
-                if self
-                    .actor
-                    .cast(SyncMessage::DrainAfter { take, delay })
-                    .is_err()
-                {
-                    // Stopped meanwhile: the batch stays for the actor's successor.
-                    self.outbox.close();
-                    return Flush::Closed;
-                }
-            }
-            _ => {}
-        }
-        flushed
-    }
-
-    /// Publishes what `take` yields now.
-    pub(crate) fn drain_now(&self, take: &message::Drainer<M>) -> Flush {
-        if self.ensure_running().is_err() {
-            self.outbox.close();
-            return Flush::Closed;
-        }
-        let drained = self.outbox.drain_now(take);
-        if let Flush::Done(Some(seq)) = drained {
-            self.published(seq);
-        }
-        drained
     }
 
     /// Every 64 publishes the actor checks that no peer left too much unacknowledged.
@@ -308,9 +199,11 @@ impl<M: TopicMessage> Synchronization<M> {
     /// # Errors
     ///
     /// [`Error::ActorStopped`] if the actor has stopped.
-    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     pub fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
-        self.send(SyncMessage::SendRaw(bytes))
+        self.ensure_running()?;
+        self.outbox.cast_to_remote_members(bytes);
+        Ok(())
     }
 
     /// Counters since the actor (or the cache owning it) was spawned.
@@ -339,12 +232,14 @@ impl<M: TopicMessage> Synchronization<M> {
     }
 
     fn send(&self, message: SyncMessage<M>) -> Result<()> {
-        self.actor.cast(message).map_err(Error::stopped)
+        self.actor
+            .cast(message)
+            .map_err(|e| Error::stopped_by("synchronization actor", e))
     }
 }
 
 fn closed() -> Error {
-    Error::ActorStopped("synchronization actor stopped".into())
+    Error::stopped("synchronization actor")
 }
 
 #[cfg(test)]
@@ -368,8 +263,8 @@ mod tests {
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await
             .unwrap();
-        assert!(matches!(sync.publish(&3), Err(Error::ActorStopped(_))));
-        assert!(matches!(other.publish(&4), Err(Error::ActorStopped(_))));
+        assert!(matches!(sync.publish(&3), Err(Error::ActorStopped { .. })));
+        assert!(matches!(other.publish(&4), Err(Error::ActorStopped { .. })));
         assert_eq!(
             sync.stats().published,
             2,

@@ -1,23 +1,23 @@
 //! The cache actor: owns the topic's Synchronization actor (restarting it if it fails) and
-//! publishes local invalidations. Remote invalidations are applied by the subscriber it
-//! registers, synchronously in the Synchronization actor's task (see there for why).
+//! runs the coalescing window's timer. Remote invalidations are applied by the subscriber it
+//! registers, synchronously in the Synchronization actor's task, so a lease renewed right
+//! after vouches only for what is already applied.
 
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
-use super::SyncSlot;
+use super::Inner;
+use crate::clock::now_us;
 use crate::counter::{add, bump};
 use crate::delivery::{Delivery, MissCause};
-use crate::synchronization::message::Drainer;
-use crate::synchronization::SyncShared;
 use crate::synchronization::{SyncConfig, Synchronization};
-use crate::topic::Topic;
 
 /// The actor behind a [`Cache`](crate::Cache) handle. Local-only: peers never see it.
 pub(crate) struct CacheActor<K, V>(PhantomData<fn() -> (K, V)>);
@@ -29,27 +29,24 @@ impl<K, V> CacheActor<K, V> {
 }
 
 /// Messages of the cache actor.
-pub(crate) enum CacheMessage<K> {
-    /// Cast raw bytes to every remote member (fault injection).
-    SendRaw(Vec<u8>),
-    /// Hand out the current Synchronization handle (it changes when the actor is restarted).
-    Sync(ractor::RpcReplyPort<Synchronization<Invalidation<K>>>),
+pub(crate) enum CacheMessage {
+    /// A burst is being coalesced: publish the batch after this long.
+    DrainAfter(Duration),
+    /// The coalescing window ended: publish the batch now.
+    Drain,
 }
 
-impl<K: Send + 'static> ractor::Message for CacheMessage<K> {}
+impl ractor::Message for CacheMessage {}
 
 /// What the cache actor starts with.
 pub(crate) struct CacheArguments<K, V> {
-    pub(crate) store: Arc<Store<K, V>>,
-    /// Takes the batch: the same closure the `Cache` handles use.
-    pub(crate) drainer: Drainer<Invalidation<K>>,
-    /// The current Synchronization handle, shared with the `Cache` handles, which publish
-    /// through it directly; replaced when the actor is restarted.
-    pub(crate) slot: SyncSlot<K>,
-    pub(crate) topic: Topic<Invalidation<K>>,
+    /// The cache its handles read and invalidate.
+    pub(crate) cache: Arc<Inner<K, V>>,
+    /// This node's name, for envelopes.
     pub(crate) node_name: String,
+    /// The topic's heartbeat, lease and backlog settings.
     pub(crate) sync_config: SyncConfig,
-    pub(crate) shared: Arc<SyncShared>,
+    /// The remote-invalidation hook, if the user gave one.
     pub(crate) on_remote: Option<OnRemote<K>>,
 }
 
@@ -71,7 +68,7 @@ pub trait CacheKey:
 impl<T: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static> CacheKey for T {}
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
-    type Msg = CacheMessage<K>;
+    type Msg = CacheMessage;
     type State = CacheState<K, V>;
     type Arguments = CacheArguments<K, V>;
 
@@ -80,6 +77,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        args.cache.set_actor(myself.clone());
         let sync = spawn_sync(&myself, &args).await?;
         Ok(CacheState { args, sync })
     }
@@ -89,7 +87,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Waiting lets the Synchronization actor announce its clean leave to peers.
+        // Waiting lets the Synchronization actor publish what is pending and announce its
+        // clean leave to peers.
         let timeout = Some(std::time::Duration::from_secs(1));
         let _ = state.sync.actor().stop_and_wait(None, timeout).await;
         Ok(())
@@ -97,15 +96,15 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CacheMessage::SendRaw(bytes) => state.sync.send_raw(bytes)?,
-            CacheMessage::Sync(reply) => {
-                let _ = reply.send(state.sync.clone());
+            CacheMessage::DrainAfter(delay) => {
+                myself.send_after(delay, || CacheMessage::Drain);
             }
+            CacheMessage::Drain => state.args.cache.publish_batch(),
         }
         Ok(())
     }
@@ -128,8 +127,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
             _ => None,
         };
         if let Some(reason) = failed {
-            tracing::warn!(%reason, topic = state.args.topic.name(), "synchronization actor exited; restarting it");
-            bump(&state.args.store.counters.sync_restarts);
+            let topic = state.args.cache.topic.name();
+            tracing::warn!(%reason, topic, "synchronization actor exited; restarting it");
+            bump(&state.args.cache.store.counters.sync_restarts);
             state.sync = spawn_sync(&myself, &state.args).await?;
         }
         Ok(())
@@ -137,37 +137,39 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
 }
 
 async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
-    myself: &ActorRef<CacheMessage<K>>,
+    myself: &ActorRef<CacheMessage>,
     args: &CacheArguments<K, V>,
 ) -> Result<Synchronization<Invalidation<K>>, ActorProcessingErr> {
-    let store = args.store.clone();
+    let cache = args.cache.clone();
     let on_remote = args.on_remote.clone();
     let subscriber = Arc::new(move |delivery| {
-        let (applied, hot) = apply(&store, delivery);
+        let (applied, hot) = apply(&cache.store, delivery);
         if let Some(on_remote) = &on_remote {
             on_remote(&applied);
         }
-        reload(&store, hot);
+        reload(&cache, hot);
     });
-    let sync = Synchronization::start_with(
-        args.topic.clone(),
-        args.node_name.clone(),
-        args.sync_config,
-        Some(myself.get_cell()),
-        vec![subscriber],
-        args.shared.clone(),
-    )
-    .await?;
-    *args.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(sync.clone());
+    let cache = args.cache.clone();
+    let pending = Arc::new(move |publish: &mut dyn FnMut(&Invalidation<K>) -> bool| {
+        cache.batch.drain(now_us(), |message| publish(message));
+    });
+    let sync = Synchronization::builder(args.cache.topic.clone())
+        .config(args.sync_config)
+        .subscriber(subscriber)
+        .pending(pending)
+        .shared(args.cache.store.leases().clone())
+        .spawn_linked(args.node_name.as_str(), myself.get_cell())
+        .await?;
+    args.cache.set_sync(sync.clone());
     // Whatever was batched while no actor was there goes out now.
-    sync.drain_now(&args.drainer);
+    args.cache.publish_batch();
     Ok(sync)
 }
 
 /// Applies one delivery to the store before returning; returns what it applied and the
 /// dropped keys that were cached or loading here (hot keys, to reload).
 fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
-    store: &Arc<Store<K, V>>,
+    store: &Store<K, V>,
     delivery: Delivery<Invalidation<K>>,
 ) -> (Invalidation<K>, Vec<K>) {
     match delivery {
@@ -202,15 +204,15 @@ fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
 /// Reloads the hot keys of one invalidation in the background, one after another in one
 /// task (a burst never floods the source; a reader who needs a key sooner loads it itself),
 /// so the next read is a hit on the fresh value.
-fn reload<K: CacheKey, V: Clone + Send + Sync + 'static>(store: &Arc<Store<K, V>>, hot: Vec<K>) {
+fn reload<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Arc<Inner<K, V>>, hot: Vec<K>) {
     if hot.is_empty() {
         return;
     }
-    add(&store.counters.reloads, hot.len() as u64);
-    let store = store.clone();
+    add(&cache.store.counters.reloads, hot.len() as u64);
+    let cache = cache.clone();
     tokio::spawn(async move {
         for key in hot {
-            if let Err(error) = store.load_once(&key).await {
+            if let Err(error) = cache.store.load_once(&key).await {
                 tracing::warn!(%error, "reload after invalidation failed");
             }
         }

@@ -8,11 +8,10 @@ use ractor::{Actor, ActorCell};
 use super::actor::{CacheActor, CacheArguments, CacheKey, OnRemote};
 use super::batch::Batch;
 use super::store::Store;
-use super::{Cache, Invalidation, SyncSlot};
+use super::{Cache, Inner, Invalidation};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::source::Source;
-use crate::synchronization::message::Drainer;
 use crate::synchronization::SyncConfig;
 use crate::topic::Topic;
 
@@ -153,39 +152,22 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         if self.coalesce > Duration::from_secs(1) {
             return Err(Error::Config("coalesce_window must be at most 1 s".into()));
         }
-        let batch = Arc::new(Batch::new(self.max_batch_keys));
-        let drain_from = batch.clone();
-        let drainer: Drainer<Invalidation<K>> = Arc::new(move || drain_from.take());
-        let shared = Arc::default();
-        let store = Arc::new(Store::new(self.source, self.mode, Arc::clone(&shared)));
-        let slot: SyncSlot<K> = Arc::default();
-        let topic = self.topic.name().to_owned();
+        let store = Store::new(self.source, self.mode, Arc::default());
+        let batch = Batch::new(self.max_batch_keys, self.coalesce);
+        let inner = Arc::new(Inner::new(self.topic, store, batch, self.mode));
         let args = CacheArguments {
-            store: store.clone(),
-            drainer: drainer.clone(),
-            slot: slot.clone(),
-            topic: self.topic,
+            cache: inner.clone(),
             node_name: node.name().to_owned(),
             sync_config: self.sync,
-            shared: shared.clone(),
             on_remote: self.on_remote,
         };
         let spawned = match supervisor {
             Some(sup) => Actor::spawn_linked(None, CacheActor::new(), args, sup).await,
             None => Actor::spawn(None, CacheActor::new(), args).await,
         };
-        let (actor, _) = spawned.map_err(|e| Error::spawn("cache actor", e))?;
-        let cache = Cache {
-            store,
-            batch,
-            slot,
-            drainer,
-            coalesce: self.coalesce,
-            actor,
-            shared,
-            mode: self.mode,
-        };
-        tokio::spawn(super::metrics::report_cache(cache.clone(), topic));
+        spawned.map_err(|e| Error::spawn("cache actor", e))?;
+        let cache = Cache { inner };
+        tokio::spawn(super::metrics::report_cache(cache.clone()));
         Ok(cache)
     }
 }

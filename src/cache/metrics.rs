@@ -19,8 +19,8 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 /// Publishes `cache`'s figures every [`INTERVAL`] until its actor stops.
 pub(crate) async fn report_cache<K: CacheKey, V: Clone + Send + Sync + 'static>(
     cache: Cache<K, V>,
-    topic: String,
 ) {
+    let topic = cache.topic().name().to_owned();
     let mut ticks = tokio::time::interval(INTERVAL);
     loop {
         ticks.tick().await;

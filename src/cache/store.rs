@@ -232,6 +232,11 @@ where
         self.entries.clear();
     }
 
+    /// The topic's lease gate, counters and status, shared with its Synchronization actor.
+    pub(crate) fn leases(&self) -> &Arc<SyncShared> {
+        &self.leases
+    }
+
     pub(crate) fn entry_count(&self) -> usize {
         self.entries.len()
     }

@@ -131,12 +131,14 @@ pub(crate) fn encode(
         incarnation,
         body,
     };
-    let out = postcard::to_extend(&envelope, out)
-        .map_err(|e| crate::error::Error::Encode(e.to_string()))?;
+    let out = postcard::to_extend(&envelope, out).map_err(crate::error::Error::encode)?;
     if out.len() > MAX_ENVELOPE_BYTES {
-        return Err(crate::error::Error::Encode(format!(
+        let too_large = format!(
             "envelope of {} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit",
             out.len()
+        );
+        return Err(crate::error::Error::Encode(std::sync::Arc::from(
+            crate::error::BoxError::from(too_large),
         )));
     }
     Ok(out)

@@ -13,7 +13,7 @@ use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
-use super::message::{Subscriber, SyncMessage};
+use super::message::{Pending, Subscriber, SyncMessage};
 use super::outbox::{remote_members, Outbox};
 use super::shared::SyncShared;
 use super::{Confirmation, SyncConfig, TopicMessage};
@@ -40,6 +40,7 @@ pub(crate) struct SynchronizationArguments<M> {
     pub(crate) node_name: String,
     pub(crate) config: SyncConfig,
     pub(crate) subscribers: Vec<Subscriber<M>>,
+    pub(crate) pending: Option<Pending<M>>,
     pub(crate) shared: Arc<SyncShared>,
     pub(crate) outbox: Arc<Outbox<M>>,
 }
@@ -51,6 +52,9 @@ pub(crate) struct SynchronizationState<M> {
     pub(super) outbox: Arc<Outbox<M>>,
     pub(super) peers: PeerTable,
     pub(super) subscribers: Vec<Subscriber<M>>,
+    /// Accepted but not yet published (a cache's coalescing batch): drained before every
+    /// heartbeat and before the leave.
+    pub(super) pending: Option<Pending<M>>,
     pub(super) shared: Arc<SyncShared>,
     pub(super) ticker: JoinHandle<()>,
     pub(super) leases_were_valid: bool,
@@ -93,6 +97,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             outbox: args.outbox,
             peers: PeerTable::new(params),
             subscribers: args.subscribers,
+            pending: args.pending,
             shared: args.shared,
             ticker,
             leases_were_valid: false,
@@ -116,6 +121,8 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
+        // What was accepted before the leave goes out before it.
+        state.publish_pending();
         state.outbox.leave();
         pg::demonitor_scope(PG_SCOPE.to_owned(), myself.get_id());
         Ok(())
@@ -123,7 +130,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -135,10 +142,6 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         );
         match message {
             SyncMessage::CheckBacklog => state.shed_overflowing_peers(),
-            SyncMessage::DrainAfter { take, delay } => {
-                myself.send_after(delay, move || SyncMessage::DrainDue(take.clone()));
-            }
-            SyncMessage::DrainDue(take) => state.drain_due(&take),
             SyncMessage::Wire(bytes) => state.receive(&bytes),
             SyncMessage::Foreign(variant) => {
                 state.undecodable(format!("foreign message {variant:?}"))
@@ -147,7 +150,6 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
                 state.publish_with_local(payload, local)
             }
             SyncMessage::Subscribe(subscriber) => state.subscribers.push(subscriber),
-            SyncMessage::SendRaw(bytes) => state.outbox.cast_to_remote_members(bytes),
             SyncMessage::Tick => state.tick(),
             SyncMessage::PublishConfirmed {
                 payload,

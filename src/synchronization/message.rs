@@ -19,8 +19,11 @@ pub(crate) const WIRE_VARIANT: &str = "ractor_cache_sync::Envelope";
 /// A local subscriber callback.
 pub(crate) type Subscriber<M> = Arc<dyn Fn(Delivery<M>) + Send + Sync>;
 
-/// Takes whatever a coalescing batch holds, if anything, with how many items it carries.
-pub(crate) type Drainer<M> = Arc<dyn Fn() -> Option<(M, usize)> + Send + Sync>;
+/// Hands whatever a publisher accepted but has not published yet (a cache's coalescing batch)
+/// to the given function, which publishes it and says whether it could. The actor calls it
+/// before every heartbeat and before its leave, so that a heartbeat covers every message
+/// accepted before it.
+pub(crate) type Pending<M> = Arc<dyn Fn(&mut dyn FnMut(&M) -> bool) + Send + Sync>;
 
 /// Messages of the Synchronization actor.
 pub(crate) enum SyncMessage<M> {
@@ -32,19 +35,10 @@ pub(crate) enum SyncMessage<M> {
     PublishWithLocal { payload: Vec<u8>, local: M },
     /// Add a local subscriber.
     Subscribe(Subscriber<M>),
-    /// Cast these bytes, unchanged, to every remote member (fault injection).
-    SendRaw(Vec<u8>),
     /// Time to send heartbeats and forget silent peers.
     Tick,
     /// Many publishes went out since the backlog bound was last checked.
     CheckBacklog,
-    /// A burst is being coalesced: publish what `take` yields after `delay`.
-    DrainAfter {
-        take: Drainer<M>,
-        delay: std::time::Duration,
-    },
-    /// The coalescing window ended: publish what `take` yields now.
-    DrainDue(Drainer<M>),
     /// Publish, then report which peers applied it within `timeout`.
     PublishConfirmed {
         payload: Vec<u8>,

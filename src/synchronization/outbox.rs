@@ -1,6 +1,6 @@
-//! The sending side of one topic on this node: sequence numbers, the envelope header, the
-//! backlog of unacknowledged bytes and the coalescing state, behind one lock shared by the
-//! actor and every handle.
+//! The sending side of one topic on this node: sequence numbers, one encoding per message and
+//! the casts, behind one lock shared by the actor and every handle (with the backlog of
+//! unacknowledged bytes).
 //!
 //! Publishing needs no message to the actor: the caller's task takes the lock, numbers the
 //! message, encodes the envelope once and casts the same bytes to every remote member. The
@@ -9,11 +9,10 @@
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use ractor::{pg, ActorRef};
 
-use super::message::{Drainer, SyncMessage};
+use super::message::SyncMessage;
 use super::shared::SyncShared;
 use super::TopicMessage;
 use crate::clock::now_us;
@@ -21,24 +20,6 @@ use crate::counter::bump;
 use crate::protocol::backlog::Backlog;
 use crate::protocol::envelope::{self, Body, Echo};
 use crate::topic::PG_SCOPE;
-
-/// A flush finding the previous envelope less than this long ago, with one key in it, takes
-/// it as a burst from a tight loop and starts coalescing; one round trip between two nodes
-/// takes longer, so lone and ping-pong invalidations always go out at once.
-const BURST_GAP_US: u64 = 10;
-
-/// What a coalescing flush did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Flush {
-    /// Published what was pending under this sequence number (`None`: nothing was pending).
-    Done(Option<u64>),
-    /// A burst is under way: drain again after this long (one pending drain at a time).
-    Later(Duration),
-    /// Someone else's drain is already due; the pending items wait for it.
-    Scheduled,
-    /// The actor has stopped; the pending items stay for its successor.
-    Closed,
-}
 
 pub(crate) struct Outbox<M> {
     group: String,
@@ -53,11 +34,6 @@ pub(crate) struct Outbox<M> {
 struct State {
     last_seq: u64,
     backlog: Backlog,
-    /// When (µs) a coalescing batch was last drained, how many items it carried, and whether a
-    /// delayed drain is pending.
-    last_drain: u64,
-    last_drain_items: usize,
-    drain_scheduled: bool,
     /// Set once the leave announcement went out: nothing may follow it.
     closed: bool,
 }
@@ -89,59 +65,17 @@ impl<M: TopicMessage> Outbox<M> {
         (!state.closed).then(|| self.publish_locked(&mut state, payload))
     }
 
-    /// Publishes a coalescing batch now, unless the previous envelope went out less than
-    /// `window` ago and a burst is under way (it carried several items, or followed the one
-    /// before it within [`BURST_GAP_US`]): then the caller must drain again later.
-    pub(crate) fn flush(&self, take: &Drainer<M>, window: Duration) -> Flush {
-        self.flush_at(now_us(), take, window)
-    }
-
-    fn flush_at(&self, now: u64, take: &Drainer<M>, window: Duration) -> Flush {
+    /// Takes the next sequence number without sending anything (a message that cannot be
+    /// encoded): peers see the gap at the next heartbeat and repair. `None` once closed.
+    pub(crate) fn skip(&self) -> Option<u64> {
         let mut state = self.lock();
         if state.closed {
-            return Flush::Closed;
-        }
-        if state.drain_scheduled {
-            return Flush::Scheduled;
-        }
-        let window_us = window.as_micros() as u64;
-        let since = now.saturating_sub(state.last_drain);
-        let burst = state.last_drain_items > 1 || since < BURST_GAP_US;
-        if since < window_us && burst {
-            state.drain_scheduled = true;
-            return Flush::Later(Duration::from_micros(window_us - since));
-        }
-        Flush::Done(self.drain_locked(&mut state, now, take))
-    }
-
-    /// Publishes a coalescing batch now (the delayed drain a [`Flush::Later`] asked for).
-    pub(crate) fn drain_now(&self, take: &Drainer<M>) -> Flush {
-        self.drain_at(now_us(), take)
-    }
-
-    fn drain_at(&self, now: u64, take: &Drainer<M>) -> Flush {
-        let mut state = self.lock();
-        state.drain_scheduled = false;
-        if state.closed {
-            return Flush::Closed;
-        }
-        Flush::Done(self.drain_locked(&mut state, now, take))
-    }
-
-    fn drain_locked(&self, state: &mut State, now: u64, take: &Drainer<M>) -> Option<u64> {
-        state.last_drain = now;
-        let Some((message, items)) = take() else {
-            state.last_drain_items = 0;
             return None;
-        };
-        state.last_drain_items = items;
-        match postcard::to_stdvec(&message) {
-            Ok(payload) => Some(self.publish_locked(state, payload)),
-            Err(error) => {
-                tracing::error!(%error, topic = %self.group, "batch not encoded");
-                None
-            }
         }
+        state.last_seq += 1;
+        let seq = state.last_seq;
+        state.backlog.record(seq, 0);
+        Some(seq)
     }
 
     fn publish_locked(&self, state: &mut State, payload: Vec<u8>) -> u64 {
@@ -239,87 +173,15 @@ pub(crate) fn remote_members(group: &str) -> Vec<ractor::ActorCell> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// An outbox for a topic nobody else serves (nothing is cast), and a drainer that yields
-    /// `items` items as long as it is asked.
-    fn outbox(items: usize) -> (Outbox<u8>, Drainer<u8>, Arc<AtomicUsize>) {
-        let outbox = Outbox::new("outbox-test".into(), "me@here".into(), 7, Arc::default());
-        let taken = Arc::new(AtomicUsize::new(0));
-        let counter = taken.clone();
-        let take: Drainer<u8> = Arc::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Some((1, items))
-        });
-        (outbox, take, taken)
-    }
-
-    const WINDOW: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn lone_messages_go_out_at_once_even_back_to_back() {
-        let (outbox, take, _) = outbox(1);
-        assert_eq!(outbox.flush_at(1_000, &take, WINDOW), Flush::Done(Some(1)));
-        // A ping-pong pace: one message per round trip, well inside the window.
-        assert_eq!(outbox.flush_at(1_030, &take, WINDOW), Flush::Done(Some(2)));
-        assert_eq!(outbox.flush_at(1_060, &take, WINDOW), Flush::Done(Some(3)));
-    }
-
-    #[test]
-    fn a_tight_loop_is_coalesced_and_the_delay_stays_within_the_window() {
-        let (outbox, take, taken) = outbox(1);
-        assert_eq!(outbox.flush_at(1_000, &take, WINDOW), Flush::Done(Some(1)));
-        assert_eq!(
-            outbox.flush_at(1_002, &take, WINDOW),
-            Flush::Later(Duration::from_micros(998))
-        );
-        assert_eq!(outbox.flush_at(1_003, &take, WINDOW), Flush::Scheduled);
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            1,
-            "nothing taken while waiting"
-        );
-        assert_eq!(outbox.drain_at(2_000, &take), Flush::Done(Some(2)));
-    }
-
-    #[test]
-    fn after_a_multi_item_batch_the_next_waits_for_the_window() {
-        let (outbox, take, _) = outbox(500);
-        assert_eq!(outbox.flush_at(1_000, &take, WINDOW), Flush::Done(Some(1)));
-        assert_eq!(
-            outbox.flush_at(1_400, &take, WINDOW),
-            Flush::Later(Duration::from_micros(600))
-        );
-        assert_eq!(outbox.drain_at(2_000, &take), Flush::Done(Some(2)));
-        // Once the window has passed, the next goes out at once again.
-        assert_eq!(outbox.flush_at(3_001, &take, WINDOW), Flush::Done(Some(3)));
-    }
-
-    #[test]
-    fn a_zero_window_never_delays() {
-        let (outbox, take, _) = outbox(500);
-        for (i, now) in (1_000..1_005).enumerate() {
-            let seq = i as u64 + 1;
-            assert_eq!(
-                outbox.flush_at(now, &take, Duration::ZERO),
-                Flush::Done(Some(seq))
-            );
-        }
-    }
 
     #[test]
     fn nothing_goes_out_after_the_leave() {
-        let (outbox, take, taken) = outbox(1);
+        // A topic nobody else serves: nothing is cast.
+        let outbox: Outbox<u8> =
+            Outbox::new("outbox-test".into(), "me@here".into(), 7, Arc::default());
         assert_eq!(outbox.publish(vec![1]), Some(1));
         outbox.leave();
         assert_eq!(outbox.publish(vec![2]), None);
-        assert_eq!(outbox.flush_at(5_000, &take, WINDOW), Flush::Closed);
-        assert_eq!(outbox.drain_at(5_000, &take), Flush::Closed);
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            0,
-            "pending items stay for the successor"
-        );
         assert_eq!(outbox.last_seq(), 1);
     }
 }

@@ -3,8 +3,6 @@
 //! caller's task through the [`Outbox`](super::outbox::Outbox).)
 
 use super::actor::{SynchronizationState, Waiter};
-use super::message::Drainer;
-use super::outbox::Flush;
 use super::{Confirmation, TopicMessage};
 use crate::clock::now_us;
 use crate::counter::bump;
@@ -69,13 +67,20 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
     }
 
-    /// The coalescing window of a burst ended: publishes what is pending.
-    pub(super) fn drain_due(&mut self, take: &Drainer<M>) {
-        if let Flush::Done(Some(seq)) = self.outbox.drain_now(take) {
-            if seq % 64 == 0 {
-                self.shed_overflowing_peers();
+    /// Publishes what the pending hook holds, if there is one. Called from this actor's task,
+    /// so the heartbeat that follows announces a sequence number that includes it.
+    pub(super) fn publish_pending(&self) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        pending(&mut |message| match postcard::to_stdvec(message) {
+            Ok(payload) => self.outbox.publish(payload).is_some(),
+            Err(error) => {
+                // It never will be: number it unsent, so peers see the gap and repair.
+                tracing::error!(%error, topic = %self.group, "pending message not encoded");
+                self.outbox.skip().is_some()
             }
-        }
+        });
     }
 
     /// Publishes and hands `message` to the local subscribers too.
@@ -102,6 +107,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         self.shed_overflowing_peers();
         self.answer_waiters();
+        // Every invalidation accepted before this heartbeat is covered by it.
+        self.publish_pending();
         self.outbox.heartbeat(self.peers.echoes());
     }
 }

@@ -1,19 +1,14 @@
-//! Shared test harness: real node processes (`examples/node.rs`) on 127.0.0.1 over one SQLite
-//! file in a temporary directory.
+//! Shared test harness: real node processes (`examples/node`) on 127.0.0.1 over one SQLite
+//! file in a temporary directory, driven with the test kit.
 #![allow(dead_code)] // each test file uses a different part
-
-#[path = "../../examples/support/node_process.rs"]
-mod node_process;
-#[path = "proxy.rs"]
-pub mod proxy;
-#[path = "scenario.rs"]
-pub mod scenario;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[allow(unused_imports)] // each test file uses a different part
-pub use node_process::{eventually, free_port, node_binary, NodeProcess, NodeSpec};
+pub use ractor_cache_sync_testkit::{eventually, free_port, node_binary, NodeProcess, NodeSpec};
+#[allow(unused_imports)] // each test file uses a different part
+pub use ractor_cache_sync_testkit::{proxy, staleness as scenario};
 
 /// Generous: a liveness bound for a loaded 2-core CI machine, not a performance claim.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -7,13 +7,12 @@
 //! lease anchored at the send time of one of its own heartbeats that the writer echoed after
 //! every earlier publish; such a heartbeat left before the put's reply, so the lease ends
 //! before `reply + lease`.) Every process on the machine shares one monotonic clock.
-#![allow(dead_code)] // each test file uses a different part
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::NodeProcess;
+use crate::process::NodeProcess;
 
 /// One read: when it was sent, what came back.
 #[derive(Debug, Clone)]

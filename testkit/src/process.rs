@@ -1,6 +1,5 @@
-//! Drives `examples/node.rs` processes over stdin/stdout: shared by the quickstart and the
-//! cluster tests, which include this file with `#[path]`.
-#![allow(dead_code)] // each includer uses a different part
+//! Node processes driven over stdin/stdout: one command per line in, one JSON object per
+//! line out, the first being `{"ok":"ready"}` once the node has started.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -11,20 +10,29 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long one command may take before the driver gives up on the node.
+/// How long one command may take before the driver gives up on the node, unless
+/// [`NodeProcess::reply_timeout`] says otherwise.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How to start one node.
+/// How to start one node of the crate's `node` example (or of any binary that takes the same
+/// flags: `--name`, `--listen`, `--db`, `--peer`, the cookie in `RACTOR_CACHE_SYNC_COOKIE`).
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    /// The node's name (without `@host`).
     pub name: String,
+    /// The binary to run; [`node_binary`] unless changed with [`program`](Self::program).
+    pub program: PathBuf,
+    /// The cluster address it listens on.
     pub listen: SocketAddr,
+    /// The peers it dials.
     pub peers: Vec<SocketAddr>,
     /// A SQLite file, or a `postgres://` URL.
     pub db: PathBuf,
     /// Where the node's stderr goes (`NAME.PORT.log`).
     pub log_dir: PathBuf,
+    /// The cluster cookie.
     pub cookie: String,
+    /// More command-line arguments, passed as they are.
     pub extra: Vec<String>,
 }
 
@@ -33,6 +41,7 @@ impl NodeSpec {
     pub fn new(name: &str, db: &Path) -> Self {
         Self {
             name: name.to_owned(),
+            program: node_binary(),
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             peers: Vec::new(),
             db: db.to_owned(),
@@ -42,60 +51,88 @@ impl NodeSpec {
         }
     }
 
+    /// Dials `other`.
     pub fn peer(mut self, other: &NodeSpec) -> Self {
         self.peers.push(other.listen);
         self
     }
 
+    /// One more command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra.push(arg.to_owned());
         self
+    }
+
+    /// Runs `program` instead of the `node` example (your own service, say).
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// The command that starts this node, its stderr going to [`log_path`].
+    pub fn command(&self) -> Result<Command, String> {
+        let log = std::fs::File::create(log_path(self)).map_err(|e| e.to_string())?;
+        let mut command = Command::new(&self.program);
+        command
+            .args(["--name", &self.name, "--listen", &self.listen.to_string()])
+            .arg("--db")
+            .arg(&self.db)
+            .args(
+                self.peers
+                    .iter()
+                    .flat_map(|p| ["--peer".to_owned(), p.to_string()]),
+            )
+            .args(&self.extra)
+            .env("RACTOR_CACHE_SYNC_COOKIE", &self.cookie)
+            .stderr(log);
+        Ok(command)
     }
 }
 
 /// A running node process. Killed when dropped.
 pub struct NodeProcess {
+    /// How it was started.
     pub spec: NodeSpec,
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+    reply_timeout: Duration,
 }
 
 impl NodeProcess {
     /// Starts the node and waits for its `ready` line.
     pub fn start(spec: &NodeSpec) -> Result<Self, String> {
-        let log = std::fs::File::create(log_path(spec)).map_err(|e| e.to_string())?;
-        let mut command = Command::new(node_binary());
-        command
-            .args(["--name", &spec.name, "--listen", &spec.listen.to_string()])
-            .arg("--db")
-            .arg(&spec.db)
-            .args(
-                spec.peers
-                    .iter()
-                    .flat_map(|p| ["--peer".to_owned(), p.to_string()]),
-            )
-            .args(&spec.extra)
-            .env("RACTOR_CACHE_SYNC_COOKIE", &spec.cookie)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log);
+        Self::spawn(spec.clone(), spec.command()?)
+    }
+
+    /// Runs `command` (stdin and stdout are piped here) as the node described by `spec` and
+    /// waits for its `ready` line: for binaries with a command line of their own.
+    pub fn spawn(spec: NodeSpec, mut command: Command) -> Result<Self, String> {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let program = command.get_program().to_owned();
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", node_binary().display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", Path::new(&program).display()))?;
         let stdin = child.stdin.take();
         let lines = read_lines(child.stdout.take().expect("stdout is piped"));
         let mut node = Self {
-            spec: spec.clone(),
+            spec,
             child,
             stdin,
             lines,
+            reply_timeout: REPLY_TIMEOUT,
         };
         let ready = node.next_reply()?;
         if ready["ok"] != "ready" {
-            return Err(format!("{} did not start: {ready}", spec.name));
+            return Err(format!("{} did not start: {ready}", node.spec.name));
         }
         Ok(node)
+    }
+
+    /// How long each later reply may take (default [`REPLY_TIMEOUT`]).
+    pub fn reply_timeout(mut self, timeout: Duration) -> Self {
+        self.reply_timeout = timeout;
+        self
     }
 
     /// Sends one command line and returns its one-line JSON reply.
@@ -104,7 +141,7 @@ impl NodeProcess {
         self.next_reply()
     }
 
-    /// Like [`request`], panicking with the node's name on failure (for tests).
+    /// Like [`request`](Self::request), panicking with the node's name on failure (for tests).
     pub fn ask(&mut self, line: &str) -> Value {
         self.request(line)
             .unwrap_or_else(|e| panic!("{} failed on {line:?}: {e}", self.spec.name))
@@ -119,9 +156,9 @@ impl NodeProcess {
             .map_err(|e| format!("{} stdin: {e}", self.spec.name))
     }
 
-    /// Waits for the next reply line (after [`send_raw`]).
+    /// Waits for the next reply line (after [`send_raw`](Self::send_raw)).
     pub fn next_reply(&mut self) -> Result<Value, String> {
-        let line = match self.lines.recv_timeout(REPLY_TIMEOUT) {
+        let line = match self.lines.recv_timeout(self.reply_timeout) {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => return Err("no reply within the timeout".into()),
             Err(RecvTimeoutError::Disconnected) => return Err("the node exited".into()),
@@ -211,8 +248,14 @@ pub fn log_path(spec: &NodeSpec) -> PathBuf {
         .join(format!("{}.{}.log", spec.name, spec.listen.port()))
 }
 
-/// The `node` example binary built beside the running executable (`target/<profile>/examples`).
+/// The crate's `node` example, built beside the running executable.
 pub fn node_binary() -> PathBuf {
+    example_binary("node")
+}
+
+/// The example `name` built beside the running executable (`target/<profile>/examples`): what
+/// `cargo test` builds for the integration tests of the package that has the example.
+pub fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current executable");
     let profile_dir = exe
         .ancestors()
@@ -220,7 +263,7 @@ pub fn node_binary() -> PathBuf {
         .expect("running from a cargo target directory");
     profile_dir
         .join("examples")
-        .join(format!("node{}", std::env::consts::EXE_SUFFIX))
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A loopback port that was free a moment ago, below Linux's ephemeral range (32768 and up)

@@ -2,7 +2,6 @@
 //! length-prefixed frames (u64 big-endian length, then the payload) one by one, so it can
 //! stall a direction (sockets stay open, bytes wait in kernel buffers: a silent partition),
 //! cut every connection with a reset, and drop or duplicate single frames.
-#![allow(dead_code)] // each test file uses a different part
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -50,7 +49,7 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(target: SocketAddr) -> Self {
-        let port = super::node_process::free_port();
+        let port = crate::process::free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy");
         let shared = Arc::new(Shared::default());
         let accepting = shared.clone();

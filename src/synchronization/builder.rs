@@ -1,0 +1,142 @@
+//! Spawning a topic's Synchronization actor: settings, supervision, and (inside the crate)
+//! the subscribers and the pending-message hook it starts with.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell};
+
+use super::actor::{random_incarnation, SynchronizationActor, SynchronizationArguments};
+use super::message::{Pending, Subscriber};
+use super::outbox::Outbox;
+use super::shared::SyncShared;
+use super::{SyncConfig, Synchronization, TopicMessage};
+use crate::error::{Error, Result};
+use crate::topic::Topic;
+
+/// Builds a [`Synchronization`] actor with non-default settings.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use ractor_cache_sync::{Node, SyncConfig, Synchronization, Topic};
+/// # async fn example(node: &Node) -> ractor_cache_sync::Result<()> {
+/// let prices: Synchronization<String> = Synchronization::builder(Topic::new("prices"))
+///     .config(SyncConfig::default().lease(Duration::from_millis(500)))
+///     .spawn(node)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct SynchronizationBuilder<M> {
+    topic: Topic<M>,
+    config: SyncConfig,
+    subscribers: Vec<Subscriber<M>>,
+    shared: Arc<SyncShared>,
+    pending: Option<Pending<M>>,
+}
+
+impl<M: TopicMessage> SynchronizationBuilder<M> {
+    pub(super) fn new(topic: Topic<M>) -> Self {
+        Self {
+            topic,
+            config: SyncConfig::default(),
+            subscribers: Vec::new(),
+            shared: Arc::default(),
+            pending: None,
+        }
+    }
+
+    /// Heartbeat, lease, forget-after and backlog settings. Default [`SyncConfig::default`].
+    pub fn config(mut self, config: SyncConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A subscriber that is there from the start, so it sees the first delivery too.
+    pub(crate) fn subscriber(mut self, subscriber: Subscriber<M>) -> Self {
+        self.subscribers.push(subscriber);
+        self
+    }
+
+    /// Counters and lease gate shared with a cache (they outlive a restart of the actor).
+    pub(crate) fn shared(mut self, shared: Arc<SyncShared>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Messages accepted but not yet published (a cache's coalescing batch): published before
+    /// every heartbeat and before the leave.
+    pub(crate) fn pending(mut self, pending: Pending<M>) -> Self {
+        self.pending = Some(pending);
+        self
+    }
+
+    /// Spawns the actor, unsupervised. `node` names this node in envelopes: pass the
+    /// [`Node`](crate::Node) (or its [`name`](crate::Node::name)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid configuration; [`Error::Spawn`] if the actor fails to
+    /// start.
+    pub async fn spawn(self, node: &(impl AsRef<str> + ?Sized)) -> Result<Synchronization<M>> {
+        self.start(node.as_ref(), None).await
+    }
+
+    /// Spawns the actor linked to `supervisor`, which receives its failure and may spawn it
+    /// again (it rejoins the group and tells subscribers
+    /// [`MissCause::Restarted`](crate::MissCause::Restarted)).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
+    pub async fn spawn_linked(
+        self,
+        node: &(impl AsRef<str> + ?Sized),
+        supervisor: ActorCell,
+    ) -> Result<Synchronization<M>> {
+        self.start(node.as_ref(), Some(supervisor)).await
+    }
+
+    async fn start(
+        self,
+        node_name: &str,
+        supervisor: Option<ActorCell>,
+    ) -> Result<Synchronization<M>> {
+        self.config.validate()?;
+        let outbox = Arc::new(Outbox::new(
+            self.topic.name().to_owned(),
+            node_name.to_owned(),
+            random_incarnation(),
+            self.shared.clone(),
+        ));
+        let arguments = SynchronizationArguments {
+            topic: self.topic.clone(),
+            node_name: node_name.to_owned(),
+            config: self.config,
+            subscribers: self.subscribers,
+            pending: self.pending,
+            shared: self.shared.clone(),
+            outbox: outbox.clone(),
+        };
+        let actor = SynchronizationActor::new();
+        let spawned = match supervisor {
+            Some(supervisor) => Actor::spawn_linked(None, actor, arguments, supervisor).await,
+            None => Actor::spawn(None, actor, arguments).await,
+        };
+        let (actor, _) = spawned.map_err(|e| Error::spawn("synchronization actor", e))?;
+        Ok(Synchronization {
+            actor,
+            shared: self.shared,
+            outbox,
+            topic: self.topic,
+        })
+    }
+}
+
+impl<M> fmt::Debug for SynchronizationBuilder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SynchronizationBuilder")
+            .field("topic", &self.topic)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -140,7 +140,7 @@ fn invalidation_burst(c: &mut Criterion) {
 }
 
 fn envelopes(c: &mut Criterion) {
-    use ractor_cache_sync::__bench::{decode, encode_for_peers};
+    use ractor_cache_sync::fault_injection::{decode, encode_for_peers};
     let payload = vec![7u8; 64];
     let bytes = encode_for_peers(&payload, 1).pop().unwrap();
     c.bench_function("envelope_encode_64B", |b| {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use ractor_cache_sync::{Cache, Node, NodeConfig, Source, Topic, Version, PG_SCOPE};
+use ractor_cache_sync::{Cache, Node, NodeConfig, Source, Topic, Version};
 
 /// A stand-in source of truth.
 struct Catalogue;
@@ -125,7 +125,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let restarted = cache
         .synchronization_actor()
         .ok_or("no synchronization actor")?;
-    let in_group = ractor::pg::get_scoped_members(&PG_SCOPE.to_owned(), &"prices".to_owned())
+    // Topics live in the process-group scope "ractor_cache_sync", apart from your own groups.
+    let scope = "ractor_cache_sync".to_owned();
+    let in_group = ractor::pg::get_scoped_members(&scope, &"prices".to_owned())
         .iter()
         .any(|member| member.get_id() == restarted.get_id());
     println!(

@@ -405,4 +405,46 @@ mod tests {
         assert_eq!(cache.stats().sync.published, 2);
         node.shutdown().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalidating_after_the_cache_actor_stopped_drops_locally_and_says_so() {
+        let node = Node::start(NodeConfig::new(
+            "stopped",
+            "stopped-cookie-0123456789abcdef",
+        ))
+        .await
+        .unwrap();
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("stopped-cache"), Constant)
+            .mode(Mode::Eventual)
+            .spawn(&node)
+            .await
+            .unwrap();
+        cache.get(&1).await.unwrap();
+        cache.get(&2).await.unwrap();
+        assert_eq!(cache.entry_count(), 2);
+        let published = cache.stats().sync.published;
+        cache
+            .actor()
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+
+        let stopped = |r: Result<()>| matches!(r, Err(Error::ActorStopped { .. }));
+        assert!(stopped(cache.invalidate(&1)), "invalidate said Ok");
+        assert_eq!(cache.entry_count(), 1, "the local entry stays dropped");
+        assert!(stopped(cache.invalidate_version(&2, 9)));
+        assert!(stopped(cache.invalidate_keys(vec![(3, None)])));
+        assert!(stopped(cache.invalidate_all()));
+        assert_eq!(cache.entry_count(), 0);
+        let confirmed = cache
+            .invalidate_confirmed(&4, None, Duration::from_secs(1))
+            .await;
+        assert!(matches!(confirmed, Err(Error::ActorStopped { .. })));
+        assert_eq!(
+            cache.stats().sync.published,
+            published,
+            "nothing was published after the stop"
+        );
+        node.shutdown().await;
+    }
 }

@@ -1,12 +1,4 @@
-//! Keep in-memory caches in sync across a cluster of [ractor](https://docs.rs/ractor) nodes.
-//!
-//! Each node holds hot data in its own heap ([`Cache`]); when a node changes the source of
-//! truth it invalidates the key, and every other node's cache drops it and reloads it from the
-//! [`Source`]. Messages travel over ractor_cluster's process groups as typed [`Topic`]s through
-//! one [`Synchronization`] actor per topic and node.
-//!
-//! See the crate's `README.md` for a full example and `docs/` for the architecture and the
-//! consistency guarantees.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
@@ -30,19 +22,17 @@ pub use cache::{Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup,
 pub use delivery::{Delivery, MissCause};
 pub use error::{BoxError, Error, Result};
 pub use health::Health;
-pub use node::{Node, NodeConfig, TlsFiles, SHUTDOWN_GRACE, TLS_CLUSTER_NAME};
+pub use node::{Node, NodeConfig, TlsFiles, TLS_CLUSTER_NAME};
 pub use source::{Source, Version};
 pub use synchronization::{Confirmation, Recipients, SyncConfig, SyncStats};
 pub use synchronization::{Synchronization, SynchronizationBuilder, TopicMessage};
-pub use topic::{Topic, PG_SCOPE};
+pub use topic::Topic;
 
-/// Entry points for the crate's own benchmarks; not part of the API.
-#[doc(hidden)]
-pub mod __bench {
-    pub use crate::protocol::envelope::bench::*;
+/// Hooks for fault-injection tests and the crate's benchmarks, with the `fault-injection`
+/// feature: not for production builds. (`Cache::send_raw` and `Synchronization::send_raw`
+/// cast raw bytes to a topic's remote members.)
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection {
+    pub use crate::protocol::envelope::bench::{decode, encode_for_peers};
+    pub use crate::topic::PG_SCOPE;
 }
-
-/// The README's example, compiled and run as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

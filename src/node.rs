@@ -29,7 +29,7 @@ const EVENTS_ID: &str = "ractor_cache_sync::peers";
 
 /// How long [`Node::shutdown`] lets queued envelopes (clean-leave notices) reach the sockets
 /// before it closes the sessions. ractor_cluster offers no way to wait for its writers.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
 /// This process's membership in the cluster.
 ///
@@ -192,7 +192,7 @@ impl Node {
     ///
     /// Stop this node's caches first (`cache.actor().stop_and_wait(..)`): each then tells its
     /// peers it leaves cleanly, so they drop it from their peer sets at once instead of
-    /// waiting for `forget_after`. Shutdown waits [`SHUTDOWN_GRACE`] for those last envelopes
+    /// waiting for `forget_after`. Shutdown waits 100 ms for those last envelopes
     /// to reach the sockets before closing the sessions.
     pub async fn shutdown(self) {
         for task in &self.tasks {

@@ -4,12 +4,13 @@ use std::fmt;
 use std::marker::PhantomData;
 
 /// The process-group scope every topic of this crate lives in, kept apart from the
-/// application's own `ractor::pg` groups.
+/// application's own `ractor::pg` groups (`"ractor_cache_sync"`).
+#[cfg_attr(not(feature = "fault-injection"), allow(unreachable_pub))]
 pub const PG_SCOPE: &str = "ractor_cache_sync";
 
 /// A named channel whose messages are of type `M`.
 ///
-/// A topic is one process group (in the crate's own `ractor::pg` scope, [`PG_SCOPE`]): every
+/// A topic is one process group (in the crate's own `ractor::pg` scope, `"ractor_cache_sync"`): every
 /// node's [`Synchronization`](crate::Synchronization) actor for the topic joins it. The type
 /// parameter makes the compiler check what is published and what subscribers receive; the
 /// name is what nodes agree on at run time, so two topics with the same name must use the same

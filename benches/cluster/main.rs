@@ -10,74 +10,45 @@
 mod node;
 mod report;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
+use ractor_cache_sync_testkit::{NodeProcess, NodeSpec};
 use report::{row, Latency};
 use serde_json::{json, Value};
 
-struct Proc {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+/// One benchmark node: this binary again, in the node role, driven with the test kit.
+type Proc = NodeProcess;
 
-impl Proc {
-    fn spawn(name: &str, port: u16, peers: &[u16], sqlite: Option<&std::path::Path>) -> Self {
-        let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env("RCS_BENCH_ROLE", "node")
-            .env("RCS_NAME", name)
-            .env("RCS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RCS_PEERS", peers.join(","))
-            .env(
-                "RCS_SQLITE",
-                sqlite.map(|p| p.display().to_string()).unwrap_or_default(),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn a node");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut proc = Self {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(proc.read()["ok"], "ready");
-        proc
-    }
-
-    fn ask(&mut self, command: &str) -> Value {
-        if std::env::var_os("RCS_BENCH_DEBUG").is_some() {
-            eprintln!("-> {command}");
-        }
-        writeln!(self.stdin, "{command}").unwrap();
-        self.read()
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("bad reply {line:?}"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
+/// Starts node `spec` (dialling `spec.peers`), with SQLite as its source if given.
+fn spawn(spec: &NodeSpec, sqlite: Option<&std::path::Path>) -> Proc {
+    let peers: Vec<String> = spec.peers.iter().map(|p| p.to_string()).collect();
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env("RCS_BENCH_ROLE", "node")
+        .env("RCS_NAME", &spec.name)
+        .env("RCS_LISTEN", spec.listen.to_string())
+        .env("RCS_PEERS", peers.join(","))
+        .env(
+            "RCS_SQLITE",
+            sqlite.map(|p| p.display().to_string()).unwrap_or_default(),
+        );
+    NodeProcess::spawn(spec.clone(), command)
+        .expect("spawn a node")
+        .reply_timeout(Duration::from_secs(300))
 }
 
 /// A full mesh of `n` nodes (each dials those before it); waits until every node is ready.
 fn cluster(n: usize, sqlite: Option<&std::path::Path>) -> Vec<Proc> {
-    let base = 21_000 + (std::process::id() % 4_000) as u16 * 2;
-    let ports: Vec<u16> = (0..n as u16).map(|i| base + i + n as u16 * 10).collect();
-    let mut nodes: Vec<Proc> = (0..n)
-        .map(|i| Proc::spawn(&format!("n{i}"), ports[i], &ports[..i], sqlite))
-        .collect();
+    let logs = std::env::temp_dir().join("rcs-bench.db");
+    let mut specs: Vec<NodeSpec> = Vec::new();
+    for i in 0..n {
+        let spec = specs
+            .iter()
+            .fold(NodeSpec::new(&format!("n{i}"), &logs), |s, p| s.peer(p));
+        specs.push(spec);
+    }
+    let mut nodes: Vec<Proc> = specs.iter().map(|spec| spawn(spec, sqlite)).collect();
     for node in &mut nodes {
         node.ask(&format!("wait-peers {}", n - 1));
     }

@@ -327,7 +327,8 @@ impl NodeProcess {
                 json!(n)
             }
             Injection::OtherTopic => {
-                let envelope = ractor_cache_sync::__bench::encode_for_peers(b"x", 1).remove(0);
+                let envelope =
+                    ractor_cache_sync::fault_injection::encode_for_peers(b"x", 1).remove(0);
                 let len = envelope.len();
                 self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
                 json!(len)
@@ -345,10 +346,13 @@ impl NodeProcess {
     }
 
     fn cache_topic_members(&self) -> Vec<ractor::ActorCell> {
-        ractor::pg::get_scoped_members(&ractor_cache_sync::PG_SCOPE.to_owned(), &self.topic)
-            .into_iter()
-            .filter(|cell| !cell.get_id().is_local())
-            .collect()
+        ractor::pg::get_scoped_members(
+            &ractor_cache_sync::fault_injection::PG_SCOPE.to_owned(),
+            &self.topic,
+        )
+        .into_iter()
+        .filter(|cell| !cell.get_id().is_local())
+        .collect()
     }
 
     async fn quit(self) {

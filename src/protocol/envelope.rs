@@ -160,8 +160,8 @@ pub(crate) fn per_peer(bytes: Vec<u8>, peers: usize) -> impl Iterator<Item = Vec
 }
 
 /// Encoding and decoding as the Synchronization actor does them, for the benchmarks.
-#[allow(unreachable_pub)] // re-exported as `__bench`
-pub mod bench {
+#[cfg(feature = "fault-injection")]
+pub(crate) mod bench {
     use super::{Body, Envelope};
 
     /// Encodes a publish envelope of `payload` once and hands out one buffer per peer, as a

@@ -447,4 +447,37 @@ mod tests {
         );
         node.shutdown().await;
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_publishes_a_pending_burst_before_it_goes_out() {
+        let node = Node::start(NodeConfig::new("beat", "beat-cookie-0123456789abcdef"))
+            .await
+            .unwrap();
+        // A window far longer than the heartbeat: only the heartbeat can publish the key early.
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("beat-covers-burst"), Constant)
+            .coalesce_window(Duration::from_secs(1))
+            .heartbeat(Duration::from_millis(10))
+            .lease(Duration::from_millis(100))
+            .spawn(&node)
+            .await
+            .unwrap();
+        cache
+            .invalidate_keys((0..10).map(|k| (k, None)).collect())
+            .unwrap();
+        cache.invalidate(&10).unwrap();
+        assert!(
+            !cache.inner.batch.is_empty(),
+            "the key waits for the window"
+        );
+        assert_eq!(cache.stats().sync.published, 1);
+
+        // Paused time: the next heartbeat is due long before the window ends.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            cache.inner.batch.is_empty(),
+            "a heartbeat went out while an accepted invalidation was still pending"
+        );
+        assert_eq!(cache.stats().sync.published, 2);
+        node.shutdown().await;
+    }
 }

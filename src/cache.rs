@@ -148,7 +148,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     fn invalidate_one(&self, key: &K, version: Option<Version>) -> Result<()> {
         self.inner.store.invalidate(key, version);
         bump(&self.inner.store.counters.invalidations_sent);
-        let added = self.inner.batch.add(now_us(), [(key.clone(), version)]);
+        let added = self.inner.batch.add(now_us, [(key.clone(), version)]);
         self.inner.added(added)
     }
 
@@ -196,7 +196,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             &self.inner.store.counters.invalidations_sent,
             keys.len() as u64,
         );
-        let added = self.inner.batch.add(now_us(), keys);
+        let added = self.inner.batch.add(now_us, keys);
         self.inner.added(added)
     }
 
@@ -208,7 +208,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     pub fn invalidate_all(&self) -> Result<()> {
         self.inner.store.invalidate_all();
         bump(&self.inner.store.counters.invalidations_sent);
-        let added = self.inner.batch.add_all(now_us());
+        let added = self.inner.batch.add_all(now_us);
         self.inner.added(added)
     }
 

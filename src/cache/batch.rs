@@ -72,10 +72,11 @@ impl<K: Hash + Eq> Batch<K> {
         }
     }
 
-    /// Adds keys at `now`; says what the caller must do.
+    /// Adds keys; says what the caller must do. `now` is read only when the batch was empty
+    /// (a burst adds keys without reading the clock).
     pub(crate) fn add(
         &self,
-        now: u64,
+        now: impl FnOnce() -> u64,
         keys: impl IntoIterator<Item = (K, Option<Version>)>,
     ) -> Added {
         self.with(|p| {
@@ -95,7 +96,7 @@ impl<K: Hash + Eq> Batch<K> {
     }
 
     /// Replaces the batch with "invalidate everything".
-    pub(crate) fn add_all(&self, now: u64) -> Added {
+    pub(crate) fn add_all(&self, now: impl FnOnce() -> u64) -> Added {
         self.with(|p| {
             let was_empty = p.is_empty();
             p.escalate();
@@ -103,14 +104,14 @@ impl<K: Hash + Eq> Batch<K> {
         })
     }
 
-    fn added(&self, p: &mut Pending<K>, now: u64, was_empty: bool) -> Added {
+    fn added(&self, p: &mut Pending<K>, now: impl FnOnce() -> u64, was_empty: bool) -> Added {
         if p.keys.len() >= FULL_KEYS.min(self.max_keys) {
             return Added::Now;
         }
         if !was_empty || p.drain_scheduled {
             return Added::Queued;
         }
-        let since = now.saturating_sub(p.last_drain);
+        let since = now().saturating_sub(p.last_drain);
         let burst = p.last_drain_items > 1 || since < BURST_GAP_US;
         if since < self.window_us && burst {
             p.drain_scheduled = true;
@@ -199,8 +200,14 @@ mod tests {
     #[test]
     fn coalesces_keys_and_keeps_the_strongest_version() {
         let batch = Batch::new(10, WINDOW);
-        assert_eq!(batch.add(1_000, [(1, Some(3)), (2, Some(1))]), Added::Now);
-        assert_eq!(batch.add(1_000, [(1, Some(5)), (2, None)]), Added::Queued);
+        assert_eq!(
+            batch.add(|| 1_000, [(1, Some(3)), (2, Some(1))]),
+            Added::Now
+        );
+        assert_eq!(
+            batch.add(|| 1_000, [(1, Some(5)), (2, None)]),
+            Added::Queued
+        );
         let Some(Invalidation::Keys(mut keys)) = drain(&batch, 1_000) else {
             panic!("expected keys")
         };
@@ -214,7 +221,7 @@ mod tests {
         let batch = Batch::new(usize::MAX, WINDOW);
         // A ping-pong pace: one invalidation per round trip, well inside the window.
         for now in [1_000, 1_030, 1_060] {
-            assert_eq!(batch.add(now, [(1, None)]), Added::Now);
+            assert_eq!(batch.add(|| now, [(1, None)]), Added::Now);
             assert!(drain(&batch, now).is_some());
         }
     }
@@ -222,13 +229,13 @@ mod tests {
     #[test]
     fn a_tight_loop_is_coalesced_and_the_delay_stays_within_the_window() {
         let batch = Batch::new(usize::MAX, WINDOW);
-        assert_eq!(batch.add(1_000, [(1, None)]), Added::Now);
+        assert_eq!(batch.add(|| 1_000, [(1, None)]), Added::Now);
         drain(&batch, 1_000);
         assert_eq!(
-            batch.add(1_002, [(2, None)]),
+            batch.add(|| 1_002, [(2, None)]),
             Added::Later(Duration::from_micros(998))
         );
-        assert_eq!(batch.add(1_003, [(3, None)]), Added::Queued);
+        assert_eq!(batch.add(|| 1_003, [(3, None)]), Added::Queued);
         let Some(Invalidation::Keys(keys)) = drain(&batch, 2_000) else {
             panic!("expected keys")
         };
@@ -238,22 +245,22 @@ mod tests {
     #[test]
     fn after_a_multi_key_batch_the_next_waits_for_the_window() {
         let batch = Batch::new(usize::MAX, WINDOW);
-        assert_eq!(batch.add(1_000, (0..500).map(|k| (k, None))), Added::Now);
+        assert_eq!(batch.add(|| 1_000, (0..500).map(|k| (k, None))), Added::Now);
         drain(&batch, 1_000);
         assert_eq!(
-            batch.add(1_400, [(1, None)]),
+            batch.add(|| 1_400, [(1, None)]),
             Added::Later(Duration::from_micros(600))
         );
         drain(&batch, 2_000);
         // Once the window has passed, the next goes out at once again.
-        assert_eq!(batch.add(3_001, [(1, None)]), Added::Now);
+        assert_eq!(batch.add(|| 3_001, [(1, None)]), Added::Now);
     }
 
     #[test]
     fn a_zero_window_never_delays() {
         let batch = Batch::new(usize::MAX, Duration::ZERO);
         for now in 1_000..1_005 {
-            assert_eq!(batch.add(now, (0..500).map(|k| (k, None))), Added::Now);
+            assert_eq!(batch.add(|| now, (0..500).map(|k| (k, None))), Added::Now);
             drain(&batch, now);
         }
     }
@@ -261,37 +268,37 @@ mod tests {
     #[test]
     fn a_full_batch_asks_to_go_out_now_even_while_a_drain_is_due() {
         let batch = Batch::new(usize::MAX, WINDOW);
-        assert_eq!(batch.add(1_000, (0..2).map(|k| (k, None))), Added::Now);
+        assert_eq!(batch.add(|| 1_000, (0..2).map(|k| (k, None))), Added::Now);
         drain(&batch, 1_000);
-        assert!(matches!(batch.add(1_001, [(0, None)]), Added::Later(_)));
+        assert!(matches!(batch.add(|| 1_001, [(0, None)]), Added::Later(_)));
         for key in 1..FULL_KEYS as u32 - 1 {
-            assert_eq!(batch.add(1_001, [(key, None)]), Added::Queued);
+            assert_eq!(batch.add(|| 1_001, [(key, None)]), Added::Queued);
         }
         assert_eq!(
-            batch.add(1_001, [(0, None)]),
+            batch.add(|| 1_001, [(0, None)]),
             Added::Queued,
             "a duplicate adds nothing"
         );
-        assert_eq!(batch.add(1_001, [(FULL_KEYS as u32, None)]), Added::Now);
+        assert_eq!(batch.add(|| 1_001, [(FULL_KEYS as u32, None)]), Added::Now);
     }
 
     #[test]
     fn escalates_to_everything_past_the_cap() {
         let batch = Batch::new(3, WINDOW);
-        batch.add(1_000, (0..4).map(|k| (k, None)));
+        batch.add(|| 1_000, (0..4).map(|k| (k, None)));
         assert_eq!(drain(&batch, 1_000), Some(Invalidation::All));
         assert!(batch.is_empty(), "empty again after the drain");
-        batch.add(5_000, [(1, None)]);
-        assert_eq!(batch.add_all(5_000), Added::Queued);
+        batch.add(|| 5_000, [(1, None)]);
+        assert_eq!(batch.add_all(|| 5_000), Added::Queued);
         assert_eq!(drain(&batch, 5_000), Some(Invalidation::All));
     }
 
     #[test]
     fn what_could_not_be_published_stays_pending() {
         let batch = Batch::new(10, WINDOW);
-        batch.add(1_000, [(1, Some(2))]);
+        batch.add(|| 1_000, [(1, Some(2))]);
         batch.drain(1_000, |_| false);
-        batch.add(1_000, [(2, None)]);
+        batch.add(|| 1_000, [(2, None)]);
         let Some(Invalidation::Keys(mut keys)) = drain(&batch, 1_001) else {
             panic!("expected keys")
         };

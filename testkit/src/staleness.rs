@@ -150,3 +150,37 @@ impl History {
         self.last_version_of(KEY)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(sent: Instant, version: u64) -> Read {
+        Read {
+            node: "b".into(),
+            key: KEY.into(),
+            sent,
+            version,
+            hit: true,
+        }
+    }
+
+    #[test]
+    fn a_read_one_lease_after_a_reply_must_see_that_write() {
+        let lease = Duration::from_millis(100);
+        let start = Instant::now();
+        let history = History::default();
+        history.puts.lock().unwrap().push((start, KEY.into(), 2));
+        let reads = [
+            read(start + Duration::from_millis(99), 1), // inside the lease: allowed
+            read(start + Duration::from_millis(100), 2),
+            read(start + Duration::from_millis(150), 1), // past the lease: a violation
+        ];
+        history.reads.lock().unwrap().extend(reads);
+        let verdict = history.check(lease);
+        assert_eq!(verdict.violations.len(), 1, "{:?}", verdict.violations);
+        assert!(verdict.violations[0].contains("v1 but v2"));
+        assert_eq!(verdict.worst_staleness, Duration::from_millis(150));
+        assert_eq!((verdict.puts, verdict.reads, verdict.hits), (1, 3, 3));
+    }
+}

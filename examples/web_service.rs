@@ -1,0 +1,232 @@
+//! The crate as a web service's cache invalidation layer: an axum service whose replicas share
+//! one SQLite database and keep their in-memory caches of it in sync.
+//!
+//! - `GET /users/{id}` reads through the cache:
+//!   `200 {"id":1,"name":"ada","version":2,"hit":true}`, `404` if there is no such user, `400`
+//!   if the id is not a number.
+//! - `PUT /users/{id}` with `{"name":"..."}` commits the row (its version one higher, in the
+//!   same statement), then invalidates the key on every replica:
+//!   `200 {"id":1,"name":"ada","version":3}`.
+//! - `GET /health` says whether this replica serves from its cache: `healthy`, `repairing` or
+//!   `bypassing: REASON`.
+//!
+//! Three replicas by hand, in three terminals (Ctrl-C or end of input stops one):
+//!
+//! ```text
+//! export RACTOR_CACHE_SYNC_COOKIE=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+//! cargo run --example web_service -- --db /tmp/users.db --http 127.0.0.1:8081 \
+//!     --name a --listen 127.0.0.1:4201
+//! cargo run --example web_service -- --db /tmp/users.db --http 127.0.0.1:8082 \
+//!     --name b --listen 127.0.0.1:4202 --peer 127.0.0.1:4201
+//! cargo run --example web_service -- --db /tmp/users.db --http 127.0.0.1:8083 \
+//!     --name c --listen 127.0.0.1:4203 --peer 127.0.0.1:4201 --peer 127.0.0.1:4202
+//! ```
+//!
+//! and in a fourth:
+//!
+//! ```text
+//! curl -X PUT -H 'content-type: application/json' -d '{"name":"ada"}' localhost:8081/users/1
+//! curl localhost:8082/users/1    # a miss: b loads it from SQLite
+//! curl localhost:8082/users/1    # a hit: served from b's heap
+//! curl -X PUT -H 'content-type: application/json' -d '{"name":"grace"}' localhost:8083/users/1
+//! curl localhost:8082/users/1    # b dropped its copy when c committed: "grace"
+//! curl localhost:8082/health
+//! ```
+//!
+//! Once serving, it prints `{"ok":"ready","http":"ADDR"}` on stdout; logs go to stderr.
+
+use std::net::SocketAddr;
+use std::path::{Path as FilePath, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use ractor_cache_sync::{Cache, Error, Node, NodeConfig, Result, Source, Topic, Version};
+use rusqlite::{Connection, OptionalExtension};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(about = "A web service replica whose user cache stays in sync with the others")]
+struct Args {
+    /// This replica's name, unique in the cluster (peers see it as NAME@HOST).
+    #[arg(long)]
+    name: String,
+    /// Address to listen on for the other replicas (the cluster).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to serve HTTP on.
+    #[arg(long)]
+    http: SocketAddr,
+    /// Another replica's cluster address (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// The SQLite file all replicas share (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// Cluster cookie (shared secret).
+    #[arg(long, env = "RACTOR_CACHE_SYNC_COOKIE", hide_env_values = true)]
+    cookie: String,
+}
+
+/// The source of truth: table `users(id, name, version)`, one connection behind a mutex,
+/// used from `spawn_blocking` so SQLite never blocks the async runtime.
+struct Users(Arc<Mutex<Connection>>);
+
+impl Users {
+    fn open(path: &FilePath) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        // Several replicas share the file: wait for each other's locks, and let readers read
+        // while one writes.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS users (
+                 id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)",
+        )?;
+        Ok(Self(Arc::new(Mutex::new(conn))))
+    }
+
+    /// Inserts or renames user `id`, its version one higher, and returns the new version.
+    async fn put(&self, id: u64, name: String) -> Result<Version> {
+        self.run(move |conn| {
+            conn.query_row(
+                "INSERT INTO users (id, name, version) VALUES (?1, ?2, 1)
+                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, version = version + 1
+                 RETURNING version",
+                rusqlite::params![id, name],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.0.clone();
+        let done = tokio::task::spawn_blocking(move || work(&conn.lock().unwrap())).await;
+        done.map_err(Error::from_source)?
+            .map_err(Error::from_source)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source<u64, String> for Users {
+    async fn load(&self, id: &u64) -> Result<Option<(String, Version)>> {
+        let id = *id;
+        self.run(move |conn| {
+            let sql = "SELECT name, version FROM users WHERE id = ?1";
+            conn.query_row(sql, [id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .await
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    users: Arc<Users>,
+    cache: Cache<u64, String>,
+}
+
+#[derive(Deserialize)]
+struct Rename {
+    name: String,
+}
+
+async fn get_user(State(app): State<App>, Path(id): Path<u64>) -> Result<Response, Internal> {
+    let lookup = app.cache.lookup(&id).await?;
+    let Some((name, version)) = lookup.value else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let user = json!({"id": id, "name": name, "version": version, "hit": lookup.hit});
+    Ok(Json(user).into_response())
+}
+
+async fn put_user(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+    Json(body): Json<Rename>,
+) -> Result<Json<Value>, Internal> {
+    let version = app.users.put(id, body.name.clone()).await?;
+    // Committed: now every replica drops what it holds of an older version.
+    app.cache.invalidate_version(&id, version)?;
+    Ok(Json(
+        json!({"id": id, "name": body.name, "version": version}),
+    ))
+}
+
+async fn health(State(app): State<App>) -> String {
+    app.cache.health().to_string()
+}
+
+/// A failed load, commit or invalidation: `500` with the error.
+struct Internal(Error);
+
+impl From<Error> for Internal {
+    fn from(error: Error) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for Internal {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self.0, "request failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, self.0.to_string()).into_response()
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let users = Arc::new(Users::open(&args.db)?);
+    let config = NodeConfig::new(&args.name, &args.cookie).listen(args.listen);
+    let node = Node::start(args.peers.iter().fold(config, |c, p| c.peer(p))).await?;
+    let cache = Cache::spawn(Topic::new("users"), users.clone(), &node).await?;
+
+    let app = App {
+        users,
+        cache: cache.clone(),
+    };
+    let router = Router::new()
+        .route("/users/{id}", get(get_user).put(put_user))
+        .route("/health", get(health))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(args.http).await?;
+    let http = listener.local_addr()?.to_string();
+    println!("{}", json!({"ok": "ready", "http": http}));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stopped())
+        .await?;
+
+    // Leave the topic first, so the other replicas drop this one at once.
+    let _ = cache
+        .actor()
+        .stop_and_wait(None, Some(Duration::from_secs(2)))
+        .await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C, or the end of standard input (the parent process is gone).
+async fn stopped() {
+    let (mut stdin, mut sink) = (tokio::io::stdin(), tokio::io::sink());
+    let end_of_input = tokio::io::copy(&mut stdin, &mut sink);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = end_of_input => {}
+    }
+}

@@ -1,0 +1,236 @@
+//! Three replicas of `examples/web_service.rs` over one SQLite file: a user written through
+//! any replica is served by the others, from their caches once loaded, and a rename through
+//! one replica replaces the old name on every other within the deadline.
+//!
+//! HTTP/1.1 is spoken by hand over `std::net::TcpStream` (one request per connection), so the
+//! test needs no HTTP client crate.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ractor_cache_sync_testkit::process::example_binary;
+use ractor_cache_sync_testkit::{eventually, free_port, NodeProcess, NodeSpec};
+use serde_json::Value;
+
+/// Generous: a liveness bound for a loaded 2-core machine, not a performance claim.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// One HTTP response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{self:?} is not JSON: {e}"))
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request += "Content-Type: application/json\r\n";
+        request += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    } else {
+        request += "\r\n";
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    parse(&String::from_utf8_lossy(&response))
+        .ok_or_else(|| std::io::Error::other(format!("malformed response {response:?}")))
+}
+
+/// Status line, headers, and a body of `Content-Length` bytes or in chunks.
+fn parse(response: &str) -> Option<Reply> {
+    let (head, rest) = response.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()?
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    let headers: Vec<(String, String)> = lines
+        .map(|line| line.split_once(':'))
+        .map(|pair| pair.map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+        .collect::<Option<_>>()?;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let body = if header("transfer-encoding") == Some("chunked") {
+        unchunk(rest)?
+    } else {
+        let length = header("content-length").map_or(Some(rest.len()), |v| v.parse().ok())?;
+        rest.get(..length)?.to_owned()
+    };
+    Some(Reply { status, body })
+}
+
+fn unchunk(mut rest: &str) -> Option<String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body += after.get(..size)?;
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+/// A running replica and its HTTP address.
+struct Replica {
+    name: String,
+    http: SocketAddr,
+    _process: NodeProcess,
+}
+
+impl Replica {
+    fn start(spec: NodeSpec) -> Self {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let spec = spec
+            .program(example_binary("web_service"))
+            .arg("--http")
+            .arg(&http.to_string());
+        let process =
+            NodeProcess::start(&spec).unwrap_or_else(|e| panic!("starting {}: {e}", spec.name));
+        Self {
+            name: spec.name,
+            http,
+            _process: process,
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        http(self.http, method, path, body)
+            .unwrap_or_else(|e| panic!("{} {method} {path}: {e}", self.name))
+    }
+
+    /// `GET /users/{id}`, which must succeed: (name, version, hit).
+    fn user(&self, id: u64) -> (String, u64, bool) {
+        let reply = self.request("GET", &format!("/users/{id}"), None);
+        assert_eq!(reply.status, 200, "{}: {reply:?}", self.name);
+        let user = reply.json();
+        assert_eq!(user["id"], id, "{}: {user}", self.name);
+        match (
+            user["name"].as_str(),
+            user["version"].as_u64(),
+            user["hit"].as_bool(),
+        ) {
+            (Some(name), Some(version), Some(hit)) => (name.to_owned(), version, hit),
+            _ => panic!("{}: malformed user {user}", self.name),
+        }
+    }
+
+    /// `PUT /users/{id}`, returning the committed version.
+    fn put(&self, id: u64, name: &str) -> u64 {
+        let body = serde_json::json!({ "name": name }).to_string();
+        let reply = self.request("PUT", &format!("/users/{id}"), Some(&body));
+        assert_eq!(reply.status, 200, "{}: {reply:?}", self.name);
+        let put = reply.json();
+        assert_eq!(
+            (put["id"].as_u64(), put["name"].as_str()),
+            (Some(id), Some(name))
+        );
+        put["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no version in {put}"))
+    }
+
+    fn wait_until_healthy(&self) {
+        let mut last = None;
+        eventually(DEADLINE, || {
+            let reply = http(self.http, "GET", "/health", None).ok()?;
+            let healthy = reply.status == 200 && reply.body == "healthy";
+            last = Some(reply);
+            healthy.then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} never became healthy: {last:?}", self.name));
+    }
+}
+
+#[test]
+fn a_write_through_any_replica_is_served_by_every_other() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("users.db");
+    let a = NodeSpec::new("a", &db);
+    let b = NodeSpec::new("b", &db).peer(&a);
+    let c = NodeSpec::new("c", &db).peer(&a).peer(&b);
+    let replicas: Vec<Replica> = [a, b, c].into_iter().map(Replica::start).collect();
+    for replica in &replicas {
+        replica.wait_until_healthy();
+    }
+    let [a, b, c] = &replicas[..] else {
+        unreachable!()
+    };
+
+    let first = a.put(1, "ada");
+    for replica in [b, c] {
+        assert_eq!(
+            replica.user(1),
+            ("ada".to_owned(), first, false),
+            "{} loads",
+            replica.name
+        );
+        // A hit from now on, once nothing (a peer's join, a lease renewal) stands in the way.
+        eventually(DEADLINE, || {
+            let (name, version, hit) = replica.user(1);
+            assert_eq!((name.as_str(), version), ("ada", first), "{}", replica.name);
+            hit.then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} never served user 1 from its cache", replica.name));
+    }
+
+    let second = c.put(1, "grace");
+    assert!(second > first, "versions go up: {first} then {second}");
+    let (name, version, _) = c.user(1);
+    assert_eq!(
+        (name.as_str(), version),
+        ("grace", second),
+        "the writer reads its write"
+    );
+    for replica in [a, b] {
+        // The new name is visible on c: no other replica may serve the old one for longer
+        // than the deadline.
+        eventually(DEADLINE, || {
+            let (name, version, _) = replica.user(1);
+            (name == "grace" && version == second).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} still serves {:?}", replica.name, replica.user(1)));
+    }
+    // And none goes back to the old name.
+    for replica in &replicas {
+        for _ in 0..5 {
+            let (name, version, _) = replica.user(1);
+            assert_eq!(
+                (name.as_str(), version),
+                ("grace", second),
+                "{}",
+                replica.name
+            );
+        }
+    }
+
+    for replica in &replicas {
+        let unknown = replica.request("GET", "/users/404", None);
+        assert_eq!(unknown.status, 404, "{}: {unknown:?}", replica.name);
+        let not_a_number = replica.request("GET", "/users/ada", None);
+        assert_eq!(
+            not_a_number.status, 400,
+            "{}: {not_a_number:?}",
+            replica.name
+        );
+    }
+}

@@ -141,7 +141,7 @@ impl NodeConfig {
     }
 
     /// The listen address.
-    pub fn listen_addr(&self) -> SocketAddr {
+    pub(crate) fn listen_addr(&self) -> SocketAddr {
         self.listen
     }
 

@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 /// ```
 /// use std::time::Duration;
 /// use ractor_cache_sync::SyncConfig;
-/// let config = SyncConfig::default().lease(Duration::from_millis(500));
-/// assert_eq!(config.heartbeat_interval(), Duration::from_millis(200));
+/// let config = SyncConfig::default()
+///     .heartbeat(Duration::from_millis(100))
+///     .lease(Duration::from_millis(500));
+/// assert_ne!(config, SyncConfig::default());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncConfig {
@@ -71,22 +73,22 @@ impl SyncConfig {
     }
 
     /// The backlog bound in bytes.
-    pub fn max_backlog_bytes(&self) -> u64 {
+    pub(crate) fn max_backlog_bytes(&self) -> u64 {
         self.max_backlog
     }
 
     /// The heartbeat interval.
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
         self.heartbeat
     }
 
     /// The lease.
-    pub fn lease_duration(&self) -> Duration {
+    pub(crate) fn lease_duration(&self) -> Duration {
         self.lease
     }
 
     /// The forget-after duration.
-    pub fn forget_after_duration(&self) -> Duration {
+    pub(crate) fn forget_after_duration(&self) -> Duration {
         self.forget_after
     }
 

@@ -88,8 +88,13 @@ impl<M: TopicMessage> SynchronizationState<M> {
             }
             Arrival::FirstContact | Arrival::InOrder => {}
         }
-        match postcard::from_bytes::<M>(payload) {
-            Ok(message) => {
+        // The whole payload must be one `M`: bytes left over mean another type was published
+        // under this topic's name (or a newer build's), never a message to deliver.
+        match postcard::take_from_bytes::<M>(payload) {
+            Ok((_, rest)) if !rest.is_empty() => {
+                self.undecodable(format!("payload has {} bytes left over", rest.len()))
+            }
+            Ok((message, _)) => {
                 bump(&self.shared.counters.received);
                 self.deliver(Delivery::Message { origin, message });
             }

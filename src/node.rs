@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 pub use self::config::NodeConfig;
 use self::dialer::Dialer;
-use self::peers::{PeerEvents, Sessions};
+use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::{Watchdog, LIVENESS_TOPIC};
 use crate::error::{Error, Result};
@@ -41,9 +41,12 @@ pub struct Node {
     name: String,
     server: ActorRef<NodeServerMessage>,
     sessions: watch::Receiver<Sessions>,
+    handshakes: Handshakes,
     tasks: Vec<JoinHandle<()>>,
     liveness: Synchronization<()>,
     declared_down: Arc<AtomicU64>,
+    /// Sessions closed because their handshake did not finish in time.
+    timed_out: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -107,7 +110,7 @@ impl Node {
             }
             None => None,
         };
-        let (events, sessions) = PeerEvents::new(tls.is_some());
+        let (events, sessions, handshakes) = PeerEvents::new(tls.is_some());
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: EVENTS_ID.to_owned(),
@@ -126,7 +129,15 @@ impl Node {
             .spawn(name.as_str())
             .await?;
         let declared_down = Arc::new(AtomicU64::new(0));
-        let mut tasks = spawn_dialers(&config, &server, &sessions, tls.as_ref());
+        let timed_out = Arc::new(AtomicU64::new(0));
+        let dialing = Dialing {
+            server: &server,
+            sessions: &sessions,
+            handshakes: &handshakes,
+            timed_out: &timed_out,
+            tls: tls.as_ref(),
+        };
+        let mut tasks = spawn_dialers(&config, dialing);
         if let (Some(listener), Some(tls)) = (listener, &tls) {
             let accept = acceptor::run(listener, tls.clone(), server.clone(), config.handshake());
             tasks.push(tokio::spawn(accept));
@@ -134,18 +145,23 @@ impl Node {
         let watchdog = Watchdog {
             liveness: liveness.clone(),
             sessions: sessions.clone(),
+            handshakes: handshakes.clone(),
             interval: heartbeat,
             timeout,
+            handshake_timeout: config.handshake(),
             declared_down: declared_down.clone(),
+            timed_out: timed_out.clone(),
         };
         tasks.push(tokio::spawn(watchdog.run()));
         Ok(Self {
             name,
             server,
             sessions,
+            handshakes,
             tasks,
             liveness,
             declared_down,
+            timed_out,
         })
     }
 
@@ -180,6 +196,18 @@ impl Node {
     /// How many times a silent peer was declared down (its session closed) since start.
     pub fn peers_declared_down(&self) -> u64 {
         self.declared_down.load(Ordering::Relaxed)
+    }
+
+    /// How many connections, dialled or accepted, were closed since start because their
+    /// session did not become ready within the handshake timeout (a stopped peer whose kernel
+    /// still accepts connections, an idle or slow client). Each would otherwise hold a socket.
+    pub fn handshakes_timed_out(&self) -> u64 {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// How many connections are waiting for their session's handshake now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.handshakes.len()
     }
 
     /// The `NodeServer` actor, for supervision.
@@ -221,19 +249,25 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn spawn_dialers(
-    config: &NodeConfig,
-    server: &ActorRef<NodeServerMessage>,
-    sessions: &watch::Receiver<Sessions>,
-    tls: Option<&Arc<tls::Tls>>,
-) -> Vec<JoinHandle<()>> {
+/// What every dialer shares.
+struct Dialing<'a> {
+    server: &'a ActorRef<NodeServerMessage>,
+    sessions: &'a watch::Receiver<Sessions>,
+    handshakes: &'a Handshakes,
+    timed_out: &'a Arc<AtomicU64>,
+    tls: Option<&'a Arc<tls::Tls>>,
+}
+
+fn spawn_dialers(config: &NodeConfig, shared: Dialing<'_>) -> Vec<JoinHandle<()>> {
     let dial = |addr: &String| Dialer {
-        server: server.clone(),
+        server: shared.server.clone(),
         addr: addr.clone(),
-        sessions: sessions.clone(),
+        sessions: shared.sessions.clone(),
+        handshakes: shared.handshakes.clone(),
+        timed_out: shared.timed_out.clone(),
         backoff: config.redial(),
         handshake_timeout: config.handshake(),
-        tls: tls.cloned(),
+        tls: shared.tls.cloned(),
         known_name: None,
     };
     config

@@ -93,6 +93,14 @@ struct Args {
     /// dialled again.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     peer_timeout_ms: u64,
+    /// How long a connection may take to become a ready session (milliseconds) before it is
+    /// closed (and a dialled peer dialled again).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    handshake_timeout_ms: u64,
+    /// Longest wait between two dials of an unreachable peer (milliseconds); the first is
+    /// 100 ms, doubling up to this.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    redial_max_ms: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -151,7 +159,9 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .listen(args.listen)
         .allow_insecure(args.insecure)
         .heartbeat(ms(args.heartbeat_ms))
-        .peer_timeout(ms(args.peer_timeout_ms));
+        .peer_timeout(ms(args.peer_timeout_ms))
+        .handshake_timeout(ms(args.handshake_timeout_ms))
+        .redial_backoff(ms(100), ms(args.redial_max_ms));
     let config = args
         .tls_allow
         .iter()
@@ -302,6 +312,8 @@ impl NodeProcess {
             "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
             "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
+            "handshakes_timed_out": self.node.handshakes_timed_out(),
+            "handshakes_in_progress": self.node.handshakes_in_progress(),
             "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }

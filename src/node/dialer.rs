@@ -2,22 +2,28 @@
 //! and dials again with exponential backoff whenever there is none.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
 use ractor_cluster::NodeServerMessage;
 use tokio::sync::watch;
 
-use super::peers::{has_session, is_with, Sessions};
+use super::peers::{has_session, is_with, Handshakes, Sessions};
 use super::tls::Tls;
 
 pub(crate) struct Dialer {
     pub(crate) server: ActorRef<NodeServerMessage>,
     pub(crate) addr: String,
     pub(crate) sessions: watch::Receiver<Sessions>,
+    /// Sessions not ready yet: a dial that times out closes the one it opened.
+    pub(crate) handshakes: Handshakes,
+    /// Counts the sessions closed that way.
+    pub(crate) timed_out: Arc<AtomicU64>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
-    pub(crate) tls: Option<std::sync::Arc<Tls>>,
+    pub(crate) tls: Option<Arc<Tls>>,
     /// The name of the node behind `addr`, once a session with it was seen: a session it
     /// opened to us (which does not show `addr`) then counts too.
     pub(crate) known_name: Option<String>,
@@ -82,7 +88,14 @@ impl Dialer {
         while !self.connected(resolved) {
             match tokio::time::timeout_at(deadline, self.sessions.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return false,
+                _ => {
+                    // The connection is up but the session never got ready (a stopped peer's
+                    // kernel still accepts): close it, or every redial leaks one socket.
+                    let closed = self.handshakes.close_dialled(&self.addr, resolved);
+                    self.timed_out.fetch_add(closed as u64, Ordering::Relaxed);
+                    tracing::debug!(peer = %self.addr, closed, "handshake timed out");
+                    return false;
+                }
             }
         }
         self.learn_name(resolved);

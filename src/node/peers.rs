@@ -1,6 +1,7 @@
 //! Which peer sessions are ready, fed by ractor_cluster's node events.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ractor::{ActorId, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
@@ -26,22 +27,104 @@ pub(crate) struct PeerSession {
 
 pub(crate) type Sessions = HashMap<ActorId, PeerSession>;
 
+/// A session that opened (a connection we dialled or accepted) but has not become ready: its
+/// handshake is under way, or stuck (a stopped peer whose kernel still accepts connections, an
+/// idle socket). Each holds a socket until it is closed.
+#[derive(Debug, Clone)]
+struct Unready {
+    /// The socket address of the far end.
+    peer_addr: String,
+    /// We dialled it.
+    outbound: bool,
+    actor: ActorRef<NodeSessionMessage>,
+    /// Our clock (µs) when it opened.
+    opened_at: u64,
+}
+
+/// The sessions that opened and are not ready yet, for the dialers and the watchdog.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Handshakes(Arc<Mutex<HashMap<ActorId, Unready>>>);
+
+impl Handshakes {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<ActorId, Unready>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Closes every session that opened before `opened_before` (our clock, µs) and is still
+    /// not ready; returns how many.
+    pub(crate) fn close_older_than(&self, opened_before: u64) -> usize {
+        self.close(
+            |u| u.opened_at < opened_before,
+            "handshake did not finish in time",
+        )
+    }
+
+    /// Closes the sessions we dialled to `addr` (or one of the addresses it resolved to) that
+    /// are not ready: a dial whose handshake timed out; returns how many.
+    pub(crate) fn close_dialled(&self, addr: &str, resolved: &[std::net::SocketAddr]) -> usize {
+        let to = |u: &Unready| {
+            u.peer_addr == addr || u.peer_addr.parse().is_ok_and(|a| resolved.contains(&a))
+        };
+        self.close(
+            |u| u.outbound && to(u),
+            "dial timed out before the session was ready",
+        )
+    }
+
+    fn close(&self, which: impl Fn(&Unready) -> bool, reason: &str) -> usize {
+        let closing: Vec<Unready> = self.with(|all| {
+            let ids: Vec<ActorId> = all
+                .iter()
+                .filter(|(_, u)| which(u))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| all.remove(id)).collect()
+        });
+        for unready in &closing {
+            tracing::debug!(addr = %unready.peer_addr, %reason, "closing a session that never became ready");
+            unready.actor.stop(Some(reason.to_owned()));
+        }
+        closing.len()
+    }
+
+    /// How many sessions are waiting for their handshake now.
+    pub(crate) fn len(&self) -> usize {
+        self.with(|all| all.len())
+    }
+}
+
 /// Publishes the set of ready sessions into a watch channel.
 pub(crate) struct PeerEvents {
     sessions: watch::Sender<Sessions>,
+    handshakes: Handshakes,
     /// With TLS: a session whose claimed name differs from its certificate is closed.
     tls: bool,
 }
 
 impl PeerEvents {
-    pub(crate) fn new(tls: bool) -> (Self, watch::Receiver<Sessions>) {
+    pub(crate) fn new(tls: bool) -> (Self, watch::Receiver<Sessions>, Handshakes) {
         let (sessions, receiver) = watch::channel(Sessions::new());
-        (Self { sessions, tls }, receiver)
+        let handshakes = Handshakes::default();
+        let events = Self {
+            sessions,
+            handshakes: handshakes.clone(),
+            tls,
+        };
+        (events, receiver, handshakes)
     }
 }
 
 impl NodeEventSubscription for PeerEvents {
-    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        let unready = Unready {
+            peer_addr: ses.peer_addr.clone(),
+            outbound: !ses.is_server,
+            actor: ses.actor.clone(),
+            opened_at: now_us(),
+        };
+        self.handshakes
+            .with(|all| all.insert(ses.actor.get_id(), unready));
+    }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
         if !self.tls {
@@ -66,6 +149,7 @@ impl NodeEventSubscription for PeerEvents {
             None => (ses.peer_addr.clone(), String::new()),
         };
         tracing::info!(peer = %name, addr = %ses.peer_addr, "peer session ready");
+        self.handshakes.with(|all| all.remove(&ses.actor.get_id()));
         let session = PeerSession {
             name,
             listens_on,
@@ -82,6 +166,7 @@ impl NodeEventSubscription for PeerEvents {
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         tracing::info!(addr = %ses.peer_addr, "peer session closed");
         crate::sessions::unregister(ses.actor.get_id());
+        self.handshakes.with(|all| all.remove(&ses.actor.get_id()));
         self.sessions
             .send_if_modified(|s| s.remove(&ses.actor.get_id()).is_some());
     }

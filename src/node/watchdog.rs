@@ -3,6 +3,10 @@
 //! heartbeats on an internal topic; a peer with a ready session that has not been heard from
 //! for the peer timeout gets its session closed, which removes its process-group members at
 //! once. Its dialer (or the peer's) then dials again with backoff.
+//!
+//! It also closes every connection whose session has not become ready within the handshake
+//! timeout after it opened, dialled or accepted: a stopped peer whose kernel still completes
+//! TCP connections, an idle or slow-loris client. Each would otherwise hold a socket for good.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +16,7 @@ use std::time::Duration;
 use ractor::ActorId;
 use tokio::sync::watch;
 
-use super::peers::Sessions;
+use super::peers::{Handshakes, Sessions};
 use crate::clock::now_us;
 use crate::synchronization::Synchronization;
 
@@ -22,9 +26,15 @@ pub(crate) const LIVENESS_TOPIC: &str = "ractor_cache_sync::nodes";
 pub(crate) struct Watchdog {
     pub(crate) liveness: Synchronization<()>,
     pub(crate) sessions: watch::Receiver<Sessions>,
+    /// Sessions that opened and are not ready yet.
+    pub(crate) handshakes: Handshakes,
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
+    /// A session not ready this long after it opened is closed.
+    pub(crate) handshake_timeout: Duration,
     pub(crate) declared_down: Arc<AtomicU64>,
+    /// Counts the sessions closed because their handshake did not finish in time.
+    pub(crate) timed_out: Arc<AtomicU64>,
 }
 
 impl Watchdog {
@@ -37,10 +47,16 @@ impl Watchdog {
         loop {
             ticks.tick().await;
             let now = now_us();
+            let handshake = self.handshake_timeout.as_micros() as u64;
+            let stuck = self
+                .handshakes
+                .close_older_than(now.saturating_sub(handshake));
+            self.timed_out.fetch_add(stuck as u64, Ordering::Relaxed);
             let heard = self.liveness.last_heard();
             let sessions = self.sessions.borrow().clone();
             let declared = self.declared_down.load(Ordering::Relaxed);
-            publish_node(super::peers::names(&sessions).len(), declared);
+            let timed_out = self.timed_out.load(Ordering::Relaxed);
+            publish_node(super::peers::names(&sessions).len(), declared, timed_out);
             closed.retain(|id| sessions.contains_key(id));
             for (id, session) in sessions {
                 let last = heard.get(&session.name).copied().unwrap_or(0);
@@ -56,7 +72,8 @@ impl Watchdog {
 }
 
 /// Publishes the node's peer figures.
-fn publish_node(peers_up: usize, declared_down: u64) {
+fn publish_node(peers_up: usize, declared_down: u64, timed_out: u64) {
     metrics::gauge!("ractor_cache_sync_peers_up").set(peers_up as f64);
     metrics::counter!("ractor_cache_sync_peers_declared_down_total").absolute(declared_down);
+    metrics::counter!("ractor_cache_sync_handshakes_timed_out_total").absolute(timed_out);
 }

@@ -3,6 +3,7 @@
 mod acceptor;
 mod config;
 mod dialer;
+mod discovery;
 mod peers;
 mod tls;
 mod watchdog;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 
 pub use self::config::NodeConfig;
 use self::dialer::Dialer;
+use self::discovery::Discovery;
 use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::{Watchdog, LIVENESS_TOPIC};
@@ -131,13 +133,24 @@ impl Node {
         let declared_down = Arc::new(AtomicU64::new(0));
         let timed_out = Arc::new(AtomicU64::new(0));
         let dialing = Dialing {
-            server: &server,
-            sessions: &sessions,
-            handshakes: &handshakes,
-            timed_out: &timed_out,
-            tls: tls.as_ref(),
+            server: server.clone(),
+            sessions: sessions.clone(),
+            handshakes: handshakes.clone(),
+            timed_out: timed_out.clone(),
+            tls: tls.clone(),
+            backoff: config.redial(),
+            handshake_timeout: config.handshake(),
         };
-        let mut tasks = spawn_dialers(&config, dialing);
+        let mut tasks: Vec<JoinHandle<()>> = config
+            .peers()
+            .iter()
+            .map(|addr| tokio::spawn(dialing.dialer(addr).run()))
+            .collect();
+        let (names, every) = config.discovery();
+        for name in names {
+            let discovery = Discovery::new(name, every, listen, dialing.clone());
+            tasks.push(tokio::spawn(discovery.run()));
+        }
         if let (Some(listener), Some(tls)) = (listener, &tls) {
             let accept = acceptor::run(listener, tls.clone(), server.clone(), config.handshake());
             tasks.push(tokio::spawn(accept));
@@ -249,30 +262,31 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// What every dialer shares.
-struct Dialing<'a> {
-    server: &'a ActorRef<NodeServerMessage>,
-    sessions: &'a watch::Receiver<Sessions>,
-    handshakes: &'a Handshakes,
-    timed_out: &'a Arc<AtomicU64>,
-    tls: Option<&'a Arc<tls::Tls>>,
+/// What every dialer shares: each configured or discovered address gets one.
+#[derive(Clone)]
+pub(crate) struct Dialing {
+    server: ActorRef<NodeServerMessage>,
+    sessions: watch::Receiver<Sessions>,
+    handshakes: Handshakes,
+    timed_out: Arc<AtomicU64>,
+    tls: Option<Arc<tls::Tls>>,
+    backoff: (Duration, Duration),
+    handshake_timeout: Duration,
 }
 
-fn spawn_dialers(config: &NodeConfig, shared: Dialing<'_>) -> Vec<JoinHandle<()>> {
-    let dial = |addr: &String| Dialer {
-        server: shared.server.clone(),
-        addr: addr.clone(),
-        sessions: shared.sessions.clone(),
-        handshakes: shared.handshakes.clone(),
-        timed_out: shared.timed_out.clone(),
-        backoff: config.redial(),
-        handshake_timeout: config.handshake(),
-        tls: shared.tls.cloned(),
-        known_name: None,
-    };
-    config
-        .peers()
-        .iter()
-        .map(|addr| tokio::spawn(dial(addr).run()))
-        .collect()
+impl Dialing {
+    /// A dialer that keeps a session to `addr`.
+    pub(crate) fn dialer(&self, addr: &str) -> Dialer {
+        Dialer {
+            server: self.server.clone(),
+            addr: addr.to_owned(),
+            sessions: self.sessions.clone(),
+            handshakes: self.handshakes.clone(),
+            timed_out: self.timed_out.clone(),
+            backoff: self.backoff,
+            handshake_timeout: self.handshake_timeout,
+            tls: self.tls.clone(),
+            known_name: None,
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example node -- --name a --listen 127.0.0.1:4001 \
-//!     [--peer 127.0.0.1:4002]... --db /tmp/kv.db [--cookie SECRET]
+//!     [--peer 127.0.0.1:4002]... [--discover HOST:PORT]... --db /tmp/kv.db [--cookie SECRET]
 //! ```
 //!
 //! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `stats`,
@@ -43,6 +43,13 @@ struct Args {
     /// A peer to keep a session with (repeatable).
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// A DNS name (HOST:PORT) to discover peers by: every address it resolves to, other than
+    /// this node's, is dialled; it is resolved again every --discover-every-ms (repeatable).
+    #[arg(long = "discover")]
+    discover: Vec<String>,
+    /// How often discovery names are resolved again, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    discover_every_ms: u64,
     /// The source of truth shared by the cluster's nodes: a SQLite file (created if missing),
     /// or a `postgres://user:password@host:port/database` URL.
     #[arg(long)]
@@ -152,10 +159,12 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         config = config.tls(ractor_cache_sync::TlsFiles::new(cert, key, ca));
     }
+    let config = args.peers.iter().fold(config, |c, p| c.peer(p));
     let config = args
-        .peers
+        .discover
         .iter()
-        .fold(config, |c, p| c.peer(p))
+        .fold(config, |c, name| c.discover(name))
+        .discover_every(ms(args.discover_every_ms))
         .listen(args.listen)
         .allow_insecure(args.insecure)
         .heartbeat(ms(args.heartbeat_ms))

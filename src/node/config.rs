@@ -22,6 +22,8 @@ pub struct NodeConfig {
     listen: SocketAddr,
     hostname: Option<String>,
     peers: Vec<String>,
+    discover: Vec<String>,
+    discover_every: Duration,
     redial_min: Duration,
     redial_max: Duration,
     handshake_timeout: Duration,
@@ -42,6 +44,8 @@ impl NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             hostname: None,
             peers: Vec::new(),
+            discover: Vec::new(),
+            discover_every: Duration::from_secs(5),
             redial_min: Duration::from_millis(100),
             redial_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
@@ -72,6 +76,23 @@ impl NodeConfig {
     /// node need not be listed (a full mesh needs each pair listed on at least one side).
     pub fn peer(mut self, addr: impl Into<String>) -> Self {
         self.peers.push(addr.into());
+        self
+    }
+
+    /// Adds a DNS name to discover peers by, as `host:port` (a Kubernetes headless service, a
+    /// round-robin record, `/etc/hosts`): the node resolves it with the system resolver, dials
+    /// every address it resolves to other than its own (each with its own backoff), and
+    /// resolves it again every [`discover_every`](Self::discover_every), dialling addresses
+    /// that appear and dropping those that are gone. A name that stops resolving is logged and
+    /// its addresses kept. Default: none.
+    pub fn discover(mut self, name: impl Into<String>) -> Self {
+        self.discover.push(name.into());
+        self
+    }
+
+    /// How often discovery names are resolved again. Default 5 s; at least 10 ms.
+    pub fn discover_every(mut self, every: Duration) -> Self {
+        self.discover_every = every;
         self
     }
 
@@ -155,6 +176,11 @@ impl NodeConfig {
             .unwrap_or_else(|| self.listen.ip().to_string())
     }
 
+    /// Discovery names and how often they are resolved.
+    pub(crate) fn discovery(&self) -> (&[String], Duration) {
+        (&self.discover, self.discover_every)
+    }
+
     pub(crate) fn redial(&self) -> (Duration, Duration) {
         (self.redial_min, self.redial_max)
     }
@@ -187,6 +213,9 @@ impl NodeConfig {
         }
         if self.heartbeat < Duration::from_millis(1) || self.peer_timeout < self.heartbeat * 3 {
             return bad("need heartbeat >= 1 ms and peer timeout >= 3 heartbeats");
+        }
+        if self.discover_every < Duration::from_millis(10) {
+            return bad("discover_every must be at least 10 ms");
         }
         if self.handshake_timeout < Duration::from_millis(10) {
             return bad("handshake timeout must be at least 10 ms");

@@ -4,6 +4,7 @@ mod acceptor;
 mod config;
 mod dialer;
 mod discovery;
+mod membership;
 mod peers;
 mod tls;
 mod watchdog;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 pub use self::config::NodeConfig;
 use self::dialer::Dialer;
 use self::discovery::Discovery;
+use self::membership::Membership;
 use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::{Watchdog, LIVENESS_TOPIC};
@@ -125,11 +127,6 @@ impl Node {
             .heartbeat(heartbeat)
             .lease(heartbeat * 3)
             .forget_after(Duration::from_secs(24 * 3600).max(heartbeat * 3));
-        let topic = Topic::new(LIVENESS_TOPIC);
-        let liveness = Synchronization::builder(topic)
-            .config(sync)
-            .spawn(name.as_str())
-            .await?;
         let declared_down = Arc::new(AtomicU64::new(0));
         let timed_out = Arc::new(AtomicU64::new(0));
         let dialing = Dialing {
@@ -141,6 +138,20 @@ impl Node {
             backoff: config.redial(),
             handshake_timeout: config.handshake(),
         };
+        let membership = Arc::new(Membership::new(
+            name.clone(),
+            format!("{}:{}", config.host(), listen.port()),
+            config.peers().to_vec(),
+            dialing.clone(),
+            config.forget_members(),
+        ));
+        let topic = Topic::new(LIVENESS_TOPIC);
+        let liveness = Synchronization::builder(topic)
+            .config(sync)
+            .gossip(membership.clone())
+            .spawn(name.as_str())
+            .await?;
+        membership.set_incarnation(liveness.incarnation());
         let mut tasks: Vec<JoinHandle<()>> = config
             .peers()
             .iter()
@@ -164,6 +175,7 @@ impl Node {
             handshake_timeout: config.handshake(),
             declared_down: declared_down.clone(),
             timed_out: timed_out.clone(),
+            membership,
         };
         tasks.push(tokio::spawn(watchdog.run()));
         Ok(Self {
@@ -262,7 +274,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// What every dialer shares: each configured or discovered address gets one.
+/// What every dialer shares: each configured, discovered or gossiped address gets one.
 #[derive(Clone)]
 pub(crate) struct Dialing {
     server: ActorRef<NodeServerMessage>,

@@ -211,6 +211,11 @@ impl<M: TopicMessage> Synchronization<M> {
         self.shared.counters.snapshot()
     }
 
+    /// This actor's incarnation (random per start), as its envelopes carry it.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.outbox.incarnation()
+    }
+
     /// Peer name → when (this process's clock, µs) anything last arrived from it.
     pub(crate) fn last_heard(&self) -> std::collections::HashMap<String, u64> {
         self.shared.status().last_heard

@@ -24,6 +24,7 @@ pub struct NodeConfig {
     peers: Vec<String>,
     discover: Vec<String>,
     discover_every: Duration,
+    forget_members_after: Duration,
     redial_min: Duration,
     redial_max: Duration,
     handshake_timeout: Duration,
@@ -46,6 +47,7 @@ impl NodeConfig {
             peers: Vec::new(),
             discover: Vec::new(),
             discover_every: Duration::from_secs(5),
+            forget_members_after: Duration::from_secs(30),
             redial_min: Duration::from_millis(100),
             redial_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
@@ -93,6 +95,16 @@ impl NodeConfig {
     /// How often discovery names are resolved again. Default 5 s; at least 10 ms.
     pub fn discover_every(mut self, every: Duration) -> Self {
         self.discover_every = every;
+        self
+    }
+
+    /// Peers tell each other, on every node-level heartbeat, which members they know, and a
+    /// node dials every member it learns of: one reachable seed is enough to join. A member
+    /// that no node has reached for this long is forgotten (until it comes back under a new
+    /// incarnation, or through configuration or discovery). Default 30 s; at least the peer
+    /// timeout.
+    pub fn forget_members_after(mut self, after: Duration) -> Self {
+        self.forget_members_after = after;
         self
     }
 
@@ -181,6 +193,10 @@ impl NodeConfig {
         (&self.discover, self.discover_every)
     }
 
+    pub(crate) fn forget_members(&self) -> Duration {
+        self.forget_members_after
+    }
+
     pub(crate) fn redial(&self) -> (Duration, Duration) {
         (self.redial_min, self.redial_max)
     }
@@ -213,6 +229,9 @@ impl NodeConfig {
         }
         if self.heartbeat < Duration::from_millis(1) || self.peer_timeout < self.heartbeat * 3 {
             return bad("need heartbeat >= 1 ms and peer timeout >= 3 heartbeats");
+        }
+        if self.forget_members_after < self.peer_timeout {
+            return bad("forget_members_after must be at least the peer timeout");
         }
         if self.discover_every < Duration::from_millis(10) {
             return bad("discover_every must be at least 10 ms");

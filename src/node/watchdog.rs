@@ -16,6 +16,7 @@ use std::time::Duration;
 use ractor::ActorId;
 use tokio::sync::watch;
 
+use super::membership::Membership;
 use super::peers::{Handshakes, Sessions};
 use crate::clock::now_us;
 use crate::synchronization::Synchronization;
@@ -35,6 +36,8 @@ pub(crate) struct Watchdog {
     pub(crate) declared_down: Arc<AtomicU64>,
     /// Counts the sessions closed because their handshake did not finish in time.
     pub(crate) timed_out: Arc<AtomicU64>,
+    /// Forgets unreachable members and dials the others, once per heartbeat.
+    pub(crate) membership: Arc<Membership>,
 }
 
 impl Watchdog {
@@ -48,6 +51,7 @@ impl Watchdog {
             ticks.tick().await;
             let now = now_us();
             let handshake = self.handshake_timeout.as_micros() as u64;
+            self.membership.tick();
             let stuck = self
                 .handshakes
                 .close_older_than(now.saturating_sub(handshake));

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The envelope version this build writes and reads.
-pub(crate) const ENVELOPE_VERSION: u8 = 1;
+pub(crate) const ENVELOPE_VERSION: u8 = 2;
 
 /// Envelopes larger than this are refused before decoding (and never sent).
 pub(crate) const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
@@ -42,6 +42,9 @@ pub(crate) enum Body {
         last_seq: u64,
         /// One entry per peer the sender knows.
         echoes: Vec<Echo>,
+        /// The cluster's members as the sender knows them: filled on the node-level
+        /// heartbeat, empty on a topic's.
+        members: Vec<Member>,
     },
     /// The sender is leaving the topic cleanly after publishing up to `last_seq`.
     Leave { last_seq: u64 },
@@ -58,6 +61,19 @@ pub(crate) struct Echo {
     pub(crate) stamp: u64,
     /// The highest of the peer's sequence numbers applied (or covered by a repair).
     pub(crate) applied: u64,
+}
+
+/// One cluster member, as a node-level heartbeat's sender knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Member {
+    /// The member's name (`name@host`).
+    pub(crate) name: String,
+    /// The member's node-level incarnation (random per start).
+    pub(crate) incarnation: u64,
+    /// The address to dial it on (`host:port`, as it advertises itself).
+    pub(crate) addr: String,
+    /// Whether the sender has a ready session with it now.
+    pub(crate) ready: bool,
 }
 
 /// Why bytes from the network are not a usable envelope.
@@ -119,7 +135,9 @@ pub(crate) fn encode(
 ) -> Result<Vec<u8>, crate::error::Error> {
     let body_len = match body {
         Body::Publish { payload, .. } => payload.len(),
-        Body::Heartbeat { echoes, .. } => echoes.len() * 48,
+        Body::Heartbeat {
+            echoes, members, ..
+        } => echoes.len() * 48 + members.len() * 64,
         Body::Leave { .. } => 0,
     };
     let mut out = Vec::with_capacity(64 + body_len);
@@ -232,6 +250,12 @@ mod tests {
                     incarnation: 1,
                     stamp: 2,
                     applied: 3,
+                }],
+                members: vec![Member {
+                    name: "c@h".into(),
+                    incarnation: 5,
+                    addr: "h:4003".into(),
+                    ready: true,
                 }],
             },
             Body::Leave { last_seq: 4 },

@@ -13,7 +13,7 @@ use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
-use super::message::{Pending, Subscriber, SyncMessage};
+use super::message::{Gossip, Pending, Subscriber, SyncMessage};
 use super::outbox::{remote_members, Outbox};
 use super::shared::SyncShared;
 use super::{Confirmation, SyncConfig, TopicMessage};
@@ -41,6 +41,7 @@ pub(crate) struct SynchronizationArguments<M> {
     pub(crate) config: SyncConfig,
     pub(crate) subscribers: Vec<Subscriber<M>>,
     pub(crate) pending: Option<Pending<M>>,
+    pub(crate) gossip: Option<Arc<dyn Gossip>>,
     pub(crate) shared: Arc<SyncShared>,
     pub(crate) outbox: Arc<Outbox<M>>,
 }
@@ -55,6 +56,8 @@ pub(crate) struct SynchronizationState<M> {
     /// Accepted but not yet published (a cache's coalescing batch): drained before every
     /// heartbeat and before the leave.
     pub(super) pending: Option<Pending<M>>,
+    /// Membership gossip, on the node-level topic.
+    pub(super) gossip: Option<Arc<dyn Gossip>>,
     pub(super) shared: Arc<SyncShared>,
     pub(super) ticker: JoinHandle<()>,
     pub(super) leases_were_valid: bool,
@@ -98,6 +101,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             peers: PeerTable::new(params),
             subscribers: args.subscribers,
             pending: args.pending,
+            gossip: args.gossip,
             shared: args.shared,
             ticker,
             leases_were_valid: false,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell};
 
 use super::actor::{random_incarnation, SynchronizationActor, SynchronizationArguments};
-use super::message::{Pending, Subscriber};
+use super::message::{Gossip, Pending, Subscriber};
 use super::outbox::Outbox;
 use super::shared::SyncShared;
 use super::{SyncConfig, Synchronization, TopicMessage};
@@ -32,6 +32,7 @@ pub struct SynchronizationBuilder<M> {
     subscribers: Vec<Subscriber<M>>,
     shared: Arc<SyncShared>,
     pending: Option<Pending<M>>,
+    gossip: Option<Arc<dyn Gossip>>,
 }
 
 impl<M: TopicMessage> SynchronizationBuilder<M> {
@@ -42,6 +43,7 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             subscribers: Vec::new(),
             shared: Arc::default(),
             pending: None,
+            gossip: None,
         }
     }
 
@@ -67,6 +69,12 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
     /// every heartbeat and before the leave.
     pub(crate) fn pending(mut self, pending: Pending<M>) -> Self {
         self.pending = Some(pending);
+        self
+    }
+
+    /// Membership gossip on this actor's heartbeats (the node-level topic only).
+    pub(crate) fn gossip(mut self, gossip: Arc<dyn Gossip>) -> Self {
+        self.gossip = Some(gossip);
         self
     }
 
@@ -114,6 +122,7 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             config: self.config,
             subscribers: self.subscribers,
             pending: self.pending,
+            gossip: self.gossip,
             shared: self.shared.clone(),
             outbox: outbox.clone(),
         };

@@ -33,7 +33,11 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 stamp,
                 last_seq,
                 echoes,
+                members,
             } => {
+                if let Some(gossip) = &self.gossip {
+                    gossip.heard(&origin, incarnation, &members);
+                }
                 let own = self.own_echo(&echoes);
                 let beat = Beat {
                     incarnation,
@@ -52,6 +56,9 @@ impl<M: TopicMessage> SynchronizationState<M> {
             }
             Body::Leave { last_seq } => {
                 bump(&self.shared.counters.peer_leaves);
+                if let Some(gossip) = &self.gossip {
+                    gossip.left(&origin, incarnation);
+                }
                 if let Some(cause) = self.peers.on_leave(&origin, incarnation, last_seq) {
                     self.count_cause(&cause);
                     self.possibly_missed(cause);

@@ -11,6 +11,7 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 
 use super::Confirmation;
 use crate::delivery::Delivery;
+use crate::protocol::envelope::Member;
 
 /// The one variant name our envelopes travel under; crate-unique so that no other actor's
 /// variant can be mis-decoded as ours.
@@ -24,6 +25,17 @@ pub(crate) type Subscriber<M> = Arc<dyn Fn(Delivery<M>) + Send + Sync>;
 /// before every heartbeat and before its leave, so that a heartbeat covers every message
 /// accepted before it.
 pub(crate) type Pending<M> = Arc<dyn Fn(&mut dyn FnMut(&M) -> bool) + Send + Sync>;
+
+/// How a node-level Synchronization actor takes part in membership gossip: what to put in
+/// each heartbeat, and where to report what peers' heartbeats and leaves say.
+pub(crate) trait Gossip: Send + Sync {
+    /// The members this node knows, for the next heartbeat.
+    fn members(&self) -> Vec<Member>;
+    /// A heartbeat arrived from `origin` (at `incarnation`) listing these members.
+    fn heard(&self, origin: &str, incarnation: u64, members: &[Member]);
+    /// `origin` (at `incarnation`) left cleanly.
+    fn left(&self, origin: &str, incarnation: u64);
+}
 
 /// Messages of the Synchronization actor.
 pub(crate) enum SyncMessage<M> {

@@ -18,7 +18,7 @@ use super::TopicMessage;
 use crate::clock::now_us;
 use crate::counter::bump;
 use crate::protocol::backlog::Backlog;
-use crate::protocol::envelope::{self, Body, Echo};
+use crate::protocol::envelope::{self, Body, Echo, Member};
 use crate::topic::PG_SCOPE;
 
 pub(crate) struct Outbox<M> {
@@ -89,7 +89,7 @@ impl<M: TopicMessage> Outbox<M> {
     }
 
     /// Sends a heartbeat carrying the last sequence number published.
-    pub(crate) fn heartbeat(&self, echoes: Vec<Echo>) {
+    pub(crate) fn heartbeat(&self, echoes: Vec<Echo>, members: Vec<Member>) {
         let state = self.lock();
         if !state.closed {
             let stamp = now_us();
@@ -98,6 +98,7 @@ impl<M: TopicMessage> Outbox<M> {
                 stamp,
                 last_seq,
                 echoes,
+                members,
             });
         }
     }

@@ -109,6 +109,11 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.answer_waiters();
         // Every invalidation accepted before this heartbeat is covered by it.
         self.publish_pending();
-        self.outbox.heartbeat(self.peers.echoes());
+        let members = self
+            .gossip
+            .as_ref()
+            .map(|g| g.members())
+            .unwrap_or_default();
+        self.outbox.heartbeat(self.peers.echoes(), members);
     }
 }

@@ -1,0 +1,294 @@
+//! Membership by gossip: every node-level heartbeat lists the members its sender knows (name,
+//! incarnation, address to dial, whether it has a ready session with it); a node dials every
+//! member it learns of, so one reachable seed is enough to join and chains work.
+//!
+//! Rules, so that gossip never resurrects what is gone:
+//! - What a member says of itself (its own heartbeats) is authoritative for its incarnation;
+//!   a report of another incarnation of a member heard from directly is ignored.
+//! - Only a reporter with a ready session keeps a member alive: when a member dies, every
+//!   report says "not ready", and after `forget_after` without a session or a live report it
+//!   is forgotten here too.
+//! - A member that left cleanly or was forgotten is remembered as gone under that
+//!   incarnation for `forget_after`: stale reports of it are ignored. A restart (a new
+//!   incarnation) is a new member.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::dialer::Dialer;
+use super::peers::Sessions;
+use super::Dialing;
+use crate::clock::now_us;
+use crate::protocol::envelope::Member;
+use crate::synchronization::message::Gossip;
+
+pub(crate) struct Membership {
+    /// This node's name and the address it advertises.
+    me: String,
+    my_addr: String,
+    /// This node's node-level incarnation, once its heartbeat actor is up.
+    my_incarnation: OnceLock<u64>,
+    /// Addresses dialled anyway (configured peers): no second dialer for them.
+    configured: Vec<String>,
+    sessions: watch::Receiver<Sessions>,
+    dialing: Dialing,
+    forget_after: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    known: HashMap<String, Known>,
+    /// (name, incarnation) → until when (our clock, µs) reports of it are ignored.
+    gone: HashMap<(String, u64), u64>,
+    /// One dialer per address of a known member.
+    dialers: HashMap<String, DialerTask>,
+}
+
+struct Known {
+    incarnation: u64,
+    addr: String,
+    /// The incarnation comes from the member's own heartbeat.
+    direct: bool,
+    /// Our clock (µs): the member was last heard from, or reported ready by someone.
+    alive_at: u64,
+}
+
+/// A dialer task, stopped when its member is forgotten (or the node shuts down).
+struct DialerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for DialerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Membership {
+    pub(crate) fn new(
+        me: String,
+        my_addr: String,
+        configured: Vec<String>,
+        dialing: Dialing,
+        forget_after: Duration,
+    ) -> Self {
+        Self {
+            me,
+            my_addr,
+            my_incarnation: OnceLock::new(),
+            configured,
+            sessions: dialing.sessions.clone(),
+            dialing,
+            forget_after: forget_after.as_micros() as u64,
+            state: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn set_incarnation(&self, incarnation: u64) {
+        let _ = self.my_incarnation.set(incarnation);
+    }
+}
+
+/// The node-level heartbeat lists what membership knows, and reports what peers' list.
+impl Gossip for Membership {
+    /// What this node's next heartbeat says: itself, then every member it knows.
+    fn members(&self) -> Vec<Member> {
+        let ready = self.ready_names();
+        let mut members: Vec<Member> = self
+            .my_incarnation
+            .get()
+            .map(|&incarnation| Member {
+                name: self.me.clone(),
+                incarnation,
+                addr: self.my_addr.clone(),
+                ready: true,
+            })
+            .into_iter()
+            .collect();
+        self.with(|s| {
+            members.extend(s.known.iter().map(|(name, k)| Member {
+                name: name.clone(),
+                incarnation: k.incarnation,
+                addr: k.addr.clone(),
+                ready: ready.contains(name),
+            }));
+        });
+        members
+    }
+
+    /// A heartbeat from `origin` at `incarnation` listed `members`.
+    fn heard(&self, origin: &str, incarnation: u64, members: &[Member]) {
+        let now = now_us();
+        let own_addr = members
+            .iter()
+            .find(|m| m.name == origin)
+            .map(|m| m.addr.clone());
+        self.with(|s| {
+            let addr = own_addr.or_else(|| s.known.get(origin).map(|k| k.addr.clone()));
+            let known = Known {
+                incarnation,
+                addr: addr.unwrap_or_default(),
+                direct: true,
+                alive_at: now,
+            };
+            s.known.insert(origin.to_owned(), known);
+            for member in members
+                .iter()
+                .filter(|m| m.name != origin && m.name != self.me)
+            {
+                s.reported(member, now);
+            }
+        });
+    }
+
+    /// `origin` at `incarnation` left cleanly: forgotten at once, and not resurrected.
+    fn left(&self, origin: &str, incarnation: u64) {
+        let until = now_us() + self.forget_after;
+        self.with(|s| {
+            if s.known
+                .get(origin)
+                .is_some_and(|k| k.incarnation == incarnation)
+            {
+                s.known.remove(origin);
+            }
+            s.gone.insert((origin.to_owned(), incarnation), until);
+        });
+    }
+}
+
+impl Membership {
+    /// Forgets members nobody has been in touch with for `forget_after`, and keeps one dialer
+    /// per address of every other known member. Called once per heartbeat.
+    pub(crate) fn tick(&self) {
+        let now = now_us();
+        let ready = self.ready_names();
+        let forget_after = self.forget_after;
+        self.with(|s| {
+            s.gone.retain(|_, until| *until > now);
+            let silent: Vec<String> = s
+                .known
+                .iter()
+                .filter(|(name, k)| {
+                    !ready.contains(name) && now.saturating_sub(k.alive_at) > forget_after
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in silent {
+                if let Some(k) = s.known.remove(&name) {
+                    tracing::info!(member = %name, "forgetting a member nobody reaches");
+                    s.gone.insert((name, k.incarnation), now + forget_after);
+                }
+            }
+            let wanted: Vec<String> = s
+                .known
+                .values()
+                .map(|k| k.addr.clone())
+                .filter(|addr| !addr.is_empty() && *addr != self.my_addr)
+                .filter(|addr| !self.configured.contains(addr))
+                .collect();
+            s.dialers.retain(|addr, _| wanted.contains(addr));
+            for addr in wanted {
+                s.dialers.entry(addr).or_insert_with_key(|addr| {
+                    tracing::info!(%addr, "dialling a member learnt from gossip");
+                    let dialer: Dialer = self.dialing.dialer(addr);
+                    DialerTask(tokio::spawn(dialer.run()))
+                });
+            }
+        });
+    }
+
+    fn ready_names(&self) -> Vec<String> {
+        self.sessions
+            .borrow()
+            .values()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl State {
+    /// Someone else's report of `member`.
+    fn reported(&mut self, member: &Member, now: u64) {
+        if self
+            .gone
+            .contains_key(&(member.name.clone(), member.incarnation))
+        {
+            return; // left or forgotten under this incarnation: a stale report
+        }
+        match self.known.get_mut(&member.name) {
+            None => {
+                let known = Known {
+                    incarnation: member.incarnation,
+                    addr: member.addr.clone(),
+                    direct: false,
+                    // A member first heard of by a report is given `forget_after` to be reached.
+                    alive_at: now,
+                };
+                self.known.insert(member.name.clone(), known);
+            }
+            // What a member says of itself wins over what others say of it.
+            Some(k) if k.direct && k.incarnation != member.incarnation => {}
+            Some(k) => {
+                if k.incarnation != member.incarnation || (!k.direct && !member.addr.is_empty()) {
+                    k.incarnation = member.incarnation;
+                    k.addr = member.addr.clone();
+                }
+                if member.ready {
+                    k.alive_at = now;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, incarnation: u64, ready: bool) -> Member {
+        Member {
+            name: name.into(),
+            incarnation,
+            addr: format!("{name}:1"),
+            ready,
+        }
+    }
+
+    #[test]
+    fn a_report_of_a_gone_incarnation_is_ignored_and_a_new_one_is_a_new_member() {
+        let mut state = State::default();
+        state.gone.insert(("c@h".into(), 7), u64::MAX);
+        state.reported(&member("c@h", 7, true), 10);
+        assert!(state.known.is_empty(), "a stale report resurrected c");
+        state.reported(&member("c@h", 8, true), 10);
+        assert_eq!(state.known["c@h"].incarnation, 8);
+    }
+
+    #[test]
+    fn what_a_member_says_of_itself_wins_and_only_ready_reports_keep_it_alive() {
+        let mut state = State::default();
+        let direct = Known {
+            incarnation: 2,
+            addr: "c:1".into(),
+            direct: true,
+            alive_at: 10,
+        };
+        state.known.insert("c@h".into(), direct);
+        state.reported(&member("c@h", 1, true), 20);
+        assert_eq!(state.known["c@h"].incarnation, 2, "an old incarnation won");
+        assert_eq!(state.known["c@h"].alive_at, 10);
+        state.reported(&member("c@h", 2, false), 30);
+        assert_eq!(
+            state.known["c@h"].alive_at, 10,
+            "a not-ready report kept c alive"
+        );
+        state.reported(&member("c@h", 2, true), 40);
+        assert_eq!(state.known["c@h"].alive_at, 40);
+    }
+}

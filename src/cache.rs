@@ -240,7 +240,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// Whether the cache can serve from its heap now. In [`Mode::Eventual`] a cache serves
     /// from its heap even while this says [`Health::Bypassing`].
     pub fn health(&self) -> Health {
-        self.inner.store.leases().health(now_us())
+        self.inner.store.health(now_us())
     }
 
     /// The consistency mode.

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 pub use self::config::NodeConfig;
 use self::dialer::Dialer;
 use self::discovery::Discovery;
+pub(crate) use self::membership::MemberGate;
 use self::membership::Membership;
 use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
@@ -51,6 +52,8 @@ pub struct Node {
     declared_down: Arc<AtomicU64>,
     /// Sessions closed because their handshake did not finish in time.
     timed_out: Arc<AtomicU64>,
+    /// Whether every known member has a session with this node: caches check it.
+    members: Arc<MemberGate>,
 }
 
 impl Node {
@@ -152,6 +155,8 @@ impl Node {
             .spawn(name.as_str())
             .await?;
         membership.set_incarnation(liveness.incarnation());
+        // The gate is right from the start: open alone, closed until a given peer is reached.
+        membership.tick();
         let mut tasks: Vec<JoinHandle<()>> = config
             .peers()
             .iter()
@@ -159,7 +164,7 @@ impl Node {
             .collect();
         let (names, every) = config.discovery();
         for name in names {
-            let discovery = Discovery::new(name, every, listen, dialing.clone());
+            let discovery = Discovery::new(name, every, listen, dialing.clone(), &membership);
             tasks.push(tokio::spawn(discovery.run()));
         }
         if let (Some(listener), Some(tls)) = (listener, &tls) {
@@ -175,7 +180,7 @@ impl Node {
             handshake_timeout: config.handshake(),
             declared_down: declared_down.clone(),
             timed_out: timed_out.clone(),
-            membership,
+            membership: membership.clone(),
         };
         tasks.push(tokio::spawn(watchdog.run()));
         Ok(Self {
@@ -187,6 +192,7 @@ impl Node {
             liveness,
             declared_down,
             timed_out,
+            members: membership.gate(),
         })
     }
 
@@ -228,6 +234,11 @@ impl Node {
     /// still accepts connections, an idle or slow client). Each would otherwise hold a socket.
     pub fn handshakes_timed_out(&self) -> u64 {
         self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// The membership gate this node's caches check on every read.
+    pub(crate) fn member_gate(&self) -> Arc<MemberGate> {
+        self.members.clone()
     }
 
     /// How many connections are waiting for their session's handshake now.

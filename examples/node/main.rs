@@ -47,6 +47,10 @@ struct Args {
     /// this node's, is dialled; it is resolved again every --discover-every-ms (repeatable).
     #[arg(long = "discover")]
     discover: Vec<String>,
+    /// The host name peers know this node by and dial it at (its name becomes NAME@HOST);
+    /// default: the listen address's IP.
+    #[arg(long)]
+    advertise: Option<String>,
     /// How often discovery names are resolved again, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     discover_every_ms: u64,
@@ -160,6 +164,10 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         config = config.tls(ractor_cache_sync::TlsFiles::new(cert, key, ca));
     }
     let config = args.peers.iter().fold(config, |c, p| c.peer(p));
+    let config = match &args.advertise {
+        Some(host) => config.hostname(host),
+        None => config,
+    };
     let config = args
         .discover
         .iter()

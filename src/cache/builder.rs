@@ -152,7 +152,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         if self.coalesce > Duration::from_secs(1) {
             return Err(Error::Config("coalesce_window must be at most 1 s".into()));
         }
-        let store = Store::new(self.source, self.mode, Arc::default());
+        let store = Store::new(self.source, self.mode, Arc::default(), node.member_gate());
         let batch = Batch::new(self.max_batch_keys, self.coalesce);
         let inner = Arc::new(Inner::new(self.topic, store, batch, self.mode));
         let args = CacheArguments {

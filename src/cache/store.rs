@@ -28,6 +28,8 @@ use super::Mode;
 use crate::clock::now_us;
 use crate::counter::bump;
 use crate::error::Result;
+use crate::health::Health;
+use crate::node::MemberGate;
 use crate::source::{Source, Version};
 use crate::synchronization::SyncShared;
 
@@ -86,6 +88,9 @@ pub(crate) struct Store<K, V> {
     mode: Mode,
     /// The topic's lease gate: in bounded mode, entries are served only while it is open.
     leases: Arc<SyncShared>,
+    /// The node's membership gate: in bounded mode, entries are served only while every
+    /// member the node knows of has a session with it, on a lease gate computed since.
+    members: Arc<MemberGate>,
     pub(crate) counters: CacheCounters,
 }
 
@@ -94,7 +99,12 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(source: Arc<dyn Source<K, V>>, mode: Mode, leases: Arc<SyncShared>) -> Self {
+    pub(crate) fn new(
+        source: Arc<dyn Source<K, V>>,
+        mode: Mode,
+        leases: Arc<SyncShared>,
+        members: Arc<MemberGate>,
+    ) -> Self {
         Self {
             entries: scc::HashIndex::with_hasher(Default::default()),
             flights: DashMap::with_hasher(Default::default()),
@@ -102,6 +112,7 @@ where
             source,
             mode,
             leases,
+            members,
             counters: CacheCounters::default(),
         }
     }
@@ -137,7 +148,10 @@ where
     /// Whether entries may be served from the heap now (always in eventual mode; in bounded
     /// mode while every peer's lease is valid): one atomic load and a clock read.
     fn servable(&self) -> bool {
-        self.mode == Mode::Eventual || self.leases.leases_valid(now_us())
+        self.mode == Mode::Eventual
+            || self
+                .leases
+                .leases_valid_since(now_us(), self.members.open_since())
     }
 
     fn cached(&self, key: &K) -> Option<(V, Version)> {
@@ -237,6 +251,23 @@ where
         &self.leases
     }
 
+    /// Whether this node may serve from its heap now, and if not why (for health reports).
+    pub(crate) fn health(&self, now: u64) -> Health {
+        if let Some(reason) = self.members.reason() {
+            return Health::Bypassing { reason };
+        }
+        let health = self.leases.health(now);
+        if health == Health::Healthy
+            && !self
+                .leases
+                .leases_valid_since(now, self.members.open_since())
+        {
+            let reason = "the topic has not yet counted the members just reached".to_owned();
+            return Health::Bypassing { reason };
+        }
+        health
+    }
+
     pub(crate) fn entry_count(&self) -> usize {
         self.entries.len()
     }
@@ -270,7 +301,12 @@ mod tests {
     fn store() -> (Arc<Gated>, Arc<Store<u32, String>>) {
         let source = Arc::new(Gated::default());
         let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
-        let store = Arc::new(Store::new(source_dyn, Mode::Eventual, Arc::default()));
+        let store = Arc::new(Store::new(
+            source_dyn,
+            Mode::Eventual,
+            Arc::default(),
+            Arc::default(),
+        ));
         (source, store)
     }
 

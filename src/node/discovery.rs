@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::membership::Membership;
 use super::Dialing;
+use std::sync::Arc;
 
 pub(crate) struct Discovery {
     name: String,
@@ -16,6 +18,9 @@ pub(crate) struct Discovery {
     /// This node's listen address: never dialled.
     own: SocketAddr,
     dialing: Dialing,
+    /// Told how many peer addresses the name gives: a node that expects peers and has
+    /// reached none does not serve from its heap.
+    membership: Arc<Membership>,
 }
 
 /// A dialer task, stopped when its address is no longer resolved (or discovery stops).
@@ -28,12 +33,19 @@ impl Drop for DialerTask {
 }
 
 impl Discovery {
-    pub(crate) fn new(name: &str, every: Duration, own: SocketAddr, dialing: Dialing) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        every: Duration,
+        own: SocketAddr,
+        dialing: Dialing,
+        membership: &Arc<Membership>,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             every,
             own,
             dialing,
+            membership: membership.clone(),
         }
     }
 
@@ -58,6 +70,7 @@ impl Discovery {
                 }
             };
             resolved_before = true;
+            self.membership.discovered(&self.name, found.len());
             dialers.retain(|addr, _| {
                 let kept = found.contains(addr);
                 if !kept {

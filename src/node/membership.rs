@@ -13,7 +13,8 @@
 //!   incarnation) is a new member.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -24,6 +25,47 @@ use super::Dialing;
 use crate::clock::now_us;
 use crate::protocol::envelope::Member;
 use crate::synchronization::message::Gossip;
+
+/// Whether this node knows its whole membership: every member it knows of (from gossip, or
+/// heard from directly) has a ready session with it, and, if it was given peers or discovery
+/// names, it has reached at least one. Caches serve from their heap only while it is open, and
+/// only on a lease gate their topic computed after it opened (so the topic counted every
+/// member that came with the sessions).
+#[derive(Debug, Default)]
+pub(crate) struct MemberGate {
+    /// Our clock (µs) when it last opened; `u64::MAX` while closed. 0 by default: a cache
+    /// without a node's membership (unit tests) is not held back by it.
+    open_since: AtomicU64,
+    /// Why it is closed.
+    reason: Mutex<Option<String>>,
+}
+
+impl MemberGate {
+    /// When it last opened (our clock, µs), or `u64::MAX` while it is closed.
+    pub(crate) fn open_since(&self) -> u64 {
+        self.open_since.load(Ordering::Acquire)
+    }
+
+    /// Why it is closed, when it is.
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn close(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.open_since.store(u64::MAX, Ordering::Release);
+    }
+
+    fn open(&self, now: u64) {
+        if self.open_since() == u64::MAX {
+            *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.open_since.store(now, Ordering::Release);
+        }
+    }
+}
 
 pub(crate) struct Membership {
     /// This node's name and the address it advertises.
@@ -37,6 +79,7 @@ pub(crate) struct Membership {
     dialing: Dialing,
     forget_after: u64,
     state: Mutex<State>,
+    gate: Arc<MemberGate>,
 }
 
 #[derive(Default)]
@@ -46,6 +89,8 @@ struct State {
     gone: HashMap<(String, u64), u64>,
     /// One dialer per address of a known member.
     dialers: HashMap<String, DialerTask>,
+    /// Discovery name → how many addresses other than ours it resolved to last.
+    discovered: HashMap<String, usize>,
 }
 
 struct Known {
@@ -83,7 +128,22 @@ impl Membership {
             dialing,
             forget_after: forget_after.as_micros() as u64,
             state: Mutex::default(),
+            gate: Arc::new(MemberGate {
+                open_since: AtomicU64::new(u64::MAX),
+                reason: Mutex::new(Some("starting".to_owned())),
+            }),
         }
+    }
+
+    /// The gate caches check on every read.
+    pub(crate) fn gate(&self) -> Arc<MemberGate> {
+        self.gate.clone()
+    }
+
+    /// Discovery resolved `name` to `count` addresses other than this node's.
+    pub(crate) fn discovered(&self, name: &str, count: usize) {
+        self.with(|s| s.discovered.insert(name.to_owned(), count));
+        self.refresh_gate();
     }
 
     pub(crate) fn set_incarnation(&self, incarnation: u64) {
@@ -141,6 +201,7 @@ impl Gossip for Membership {
                 s.reported(member, now);
             }
         });
+        self.refresh_gate();
     }
 
     /// `origin` at `incarnation` left cleanly: forgotten at once, and not resurrected.
@@ -155,6 +216,7 @@ impl Gossip for Membership {
             }
             s.gone.insert((origin.to_owned(), incarnation), until);
         });
+        self.refresh_gate();
     }
 }
 
@@ -197,6 +259,33 @@ impl Membership {
                 });
             }
         });
+        self.refresh_gate();
+    }
+
+    /// Closes the gate while a known member has no ready session, or while none of the
+    /// configured or discovered peers has been reached; opens it otherwise.
+    fn refresh_gate(&self) {
+        let ready = self.ready_names();
+        let (missing, expects_peers) = self.with(|s| {
+            let mut missing: Vec<String> = s
+                .known
+                .keys()
+                .filter(|n| !ready.contains(n))
+                .cloned()
+                .collect();
+            missing.sort();
+            let expects = !self.configured.is_empty() || s.discovered.values().any(|&n| n > 0);
+            (missing, expects)
+        });
+        if !missing.is_empty() {
+            let reason = format!("no session with member {}", missing.join(", "));
+            self.gate.close(reason);
+        } else if expects_peers && ready.is_empty() {
+            self.gate
+                .close("no configured or discovered peer reached".to_owned());
+        } else {
+            self.gate.open(now_us());
+        }
     }
 
     fn ready_names(&self) -> Vec<String> {

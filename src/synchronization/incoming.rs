@@ -149,7 +149,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         let now = now_us();
         let members = super::outbox::remote_members(&self.group).len();
         let until = self.peers.valid_until(members);
-        self.shared.set_valid_until(until);
+        self.shared.set_valid_until(until, now);
         let valid = now < until;
         if self.leases_were_valid && !valid {
             bump(&self.shared.counters.lease_expiries);

@@ -14,6 +14,9 @@ pub(crate) struct SyncShared {
     /// Our clock (µs): cached reads are safe until then. Stored with `Release` after any repair
     /// it depends on, so a reader that sees it open also sees the repair.
     valid_until: AtomicU64,
+    /// Our clock (µs) when the actor started computing `valid_until`: a gate computed before
+    /// the node's membership gate last opened may not count every member.
+    refreshed_at: AtomicU64,
     status: Mutex<TopicStatus>,
 }
 
@@ -35,8 +38,16 @@ impl SyncShared {
         now < self.valid_until.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_valid_until(&self, until: u64) {
+    /// Whether leases are valid now on a gate computed at or after `since` (our clock, µs;
+    /// `u64::MAX`: never).
+    pub(crate) fn leases_valid_since(&self, now: u64, since: u64) -> bool {
+        self.refreshed_at.load(Ordering::Acquire) >= since && self.leases_valid(now)
+    }
+
+    /// Stores the gate computed from what was known at `computed_at`.
+    pub(crate) fn set_valid_until(&self, until: u64, computed_at: u64) {
         self.valid_until.store(until, Ordering::Release);
+        self.refreshed_at.store(computed_at, Ordering::Release);
     }
 
     pub(crate) fn update(&self, change: impl FnOnce(&mut TopicStatus)) {

@@ -9,6 +9,7 @@
 
 mod node;
 mod report;
+mod scale;
 
 use std::process::Command;
 use std::time::Duration;
@@ -22,6 +23,11 @@ type Proc = NodeProcess;
 
 /// Starts node `spec` (dialling `spec.peers`), with SQLite as its source if given.
 fn spawn(spec: &NodeSpec, sqlite: Option<&std::path::Path>) -> Proc {
+    spawn_with(spec, sqlite, &[])
+}
+
+/// Like [`spawn`], with more environment for the node role.
+fn spawn_with(spec: &NodeSpec, sqlite: Option<&std::path::Path>, env: &[(&str, &str)]) -> Proc {
     let peers: Vec<String> = spec.peers.iter().map(|p| p.to_string()).collect();
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
@@ -32,7 +38,8 @@ fn spawn(spec: &NodeSpec, sqlite: Option<&std::path::Path>) -> Proc {
         .env(
             "RCS_SQLITE",
             sqlite.map(|p| p.display().to_string()).unwrap_or_default(),
-        );
+        )
+        .envs(env.iter().copied());
     NodeProcess::spawn(spec.clone(), command)
         .expect("spawn a node")
         .reply_timeout(Duration::from_secs(300))
@@ -133,6 +140,29 @@ fn casts_per_sec(nodes: &mut [Proc], casts: u64) -> f64 {
     casts as f64 / ((done - start) as f64 / 1e9)
 }
 
+/// The `--scale` figures: 4 and 16 nodes, 8 cache topics each.
+fn scale_figures(out: &mut serde_json::Map<String, Value>) {
+    println!("  {:<44} {:>12} {:<8}", "scale figure", "value", "unit");
+    for nodes in [4, 16] {
+        let s = scale::measure(nodes, 8);
+        row(
+            &format!("seed join, {} nodes", s.nodes),
+            s.seed_join_ms,
+            "ms",
+            None,
+        );
+        let label = format!("idle CPU per node, {}x{} (median)", s.nodes, s.topics);
+        row(&label, s.idle_cpu_pct_median, "% core", None);
+        let label = format!("idle CPU per node, {}x{} (max)", s.nodes, s.topics);
+        row(&label, s.idle_cpu_pct_max, "% core", None);
+        let key = |what: &str| format!("{what}_{}x{}", s.nodes, s.topics);
+        out.insert(key("idle_cpu_pct_per_node"), json!(s.idle_cpu_pct_median));
+        out.insert(key("idle_cpu_pct_per_node_max"), json!(s.idle_cpu_pct_max));
+        out.insert(format!("seed_join_ms_{}", s.nodes), json!(s.seed_join_ms));
+    }
+    println!();
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -152,6 +182,9 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let mut out = serde_json::Map::new();
+    if std::env::args().any(|a| a == "--scale") {
+        scale_figures(&mut out);
+    }
     println!(
         "cluster benchmark: {rounds} samples per latency, loopback, {} cores\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -147,6 +147,16 @@ pub async fn run() {
         builder = builder.on_remote_invalidation(hook);
     }
     let cache: Cache<String, String> = builder.spawn(&node).await.expect("cache");
+    // More cache topics beside `bench` (the scale figures), idle unless used.
+    let topics: usize = env("RCS_TOPICS").parse().unwrap_or(1);
+    let mut others = Vec::new();
+    for i in 1..topics {
+        let topic = Topic::new(format!("bench-{i}"));
+        let other: Cache<String, String> = Cache::spawn(topic, source.clone(), &node)
+            .await
+            .expect("cache");
+        others.push(other);
+    }
     let _ = me.set((node.name().to_owned(), cache.clone()));
     let _ = source.me.set((node.name().to_owned(), cache.clone()));
     let pings = Arc::new(AtomicU64::new(0));
@@ -173,10 +183,14 @@ pub async fn run() {
                     .wait_for_peers(n(1) as usize, Duration::from_secs(60))
                     .await
                     .is_ok();
-                while cache.health() != ractor_cache_sync::Health::Healthy {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while cache.health() != ractor_cache_sync::Health::Healthy
+                    && tokio::time::Instant::now() < deadline
+                {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                json!({ "ok": ok, "peers": node.peers() })
+                let healthy = cache.health() == ractor_cache_sync::Health::Healthy;
+                json!({ "ok": ok && healthy, "peers": node.peers() })
             }
             "arm" => {
                 // Cache what the next round trips invalidate here: `ping` on every peer, and on

@@ -1,0 +1,89 @@
+//! `--scale`: what a cluster costs at rest and how fast it takes a newcomer in. `n` nodes,
+//! each with `topics` cache topics: `n - 1` meshed by configuration, then one more started
+//! with a single seed; the time until every node has a ready session with every other, then
+//! each node's idle CPU over a few seconds.
+
+use std::time::{Duration, Instant};
+
+use ractor_cache_sync_testkit::NodeSpec;
+
+use crate::{spawn_with, Proc};
+
+/// One cluster size's figures.
+pub struct Scale {
+    pub nodes: usize,
+    pub topics: usize,
+    /// Milliseconds from the newcomer's start until the mesh is complete.
+    pub seed_join_ms: f64,
+    /// Idle CPU per node in % of one core: median, and the busiest node.
+    pub idle_cpu_pct_median: f64,
+    pub idle_cpu_pct_max: f64,
+}
+
+pub fn measure(nodes: usize, topics: usize) -> Scale {
+    let logs = std::env::temp_dir().join("rcs-bench-scale.db");
+    let mut specs: Vec<NodeSpec> = Vec::new();
+    for i in 0..nodes - 1 {
+        let spec = specs
+            .iter()
+            .fold(NodeSpec::new(&format!("s{i}"), &logs), |s, p| s.peer(p));
+        specs.push(spec);
+    }
+    let topics_env = topics.to_string();
+    let env = [("RCS_TOPICS", topics_env.as_str())];
+    let mut procs: Vec<Proc> = specs.iter().map(|s| spawn_with(s, None, &env)).collect();
+    for proc in &mut procs {
+        proc.ask(&format!("wait-peers {}", nodes - 2));
+    }
+    // The newcomer knows one seed; gossip does the rest.
+    let newcomer = NodeSpec::new(&format!("s{}", nodes - 1), &logs).peer(&specs[0]);
+    let started = Instant::now();
+    procs.push(spawn_with(&newcomer, None, &env));
+    for proc in &mut procs {
+        proc.ask(&format!("wait-peers {}", nodes - 1));
+    }
+    let seed_join_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    // At rest: a second to settle, then CPU time over a window.
+    std::thread::sleep(Duration::from_secs(1));
+    let window = Duration::from_secs(5);
+    let before: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid())).collect();
+    std::thread::sleep(window);
+    let after: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid())).collect();
+    let mut pct: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b) as f64 / USER_HZ / window.as_secs_f64() * 100.0)
+        .collect();
+    pct.sort_by(|a, b| a.total_cmp(b));
+    Scale {
+        nodes,
+        topics,
+        seed_join_ms,
+        idle_cpu_pct_median: pct[pct.len() / 2],
+        idle_cpu_pct_max: pct[pct.len() - 1],
+    }
+}
+
+/// `/proc/PID/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux whatever the
+/// kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+/// User plus system CPU time of process `pid`, in ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the node's stat");
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
+    field(11) + field(12)
+}

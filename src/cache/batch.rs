@@ -82,11 +82,7 @@ impl<K: Hash + Eq> Batch<K> {
         self.with(|p| {
             let was_empty = p.is_empty();
             if !p.all {
-                for (key, version) in keys {
-                    // No version means "whatever you hold": it wins over any version.
-                    let slot = p.keys.entry(key).or_insert(version);
-                    *slot = slot.zip(version).map(|(a, b)| a.max(b));
-                }
+                p.merge(keys);
                 if p.keys.len() > self.max_keys {
                     p.escalate();
                 }
@@ -155,6 +151,15 @@ impl<K: Hash + Eq> Pending<K> {
         !self.all && self.keys.is_empty()
     }
 
+    /// Adds keys, each once: no version means "whatever you hold" and wins over any
+    /// version; otherwise the newest version wins.
+    fn merge(&mut self, keys: impl IntoIterator<Item = (K, Option<Version>)>) {
+        for (key, version) in keys {
+            let slot = self.keys.entry(key).or_insert(version);
+            *slot = slot.zip(version).map(|(a, b)| a.max(b));
+        }
+    }
+
     fn escalate(&mut self) {
         self.all = true;
         self.keys = HashMap::new();
@@ -175,7 +180,7 @@ impl<K: Hash + Eq> Pending<K> {
     fn restore(&mut self, message: Invalidation<K>) {
         match message {
             Invalidation::All => self.all = true,
-            Invalidation::Keys(keys) if !self.all => self.keys.extend(keys),
+            Invalidation::Keys(keys) if !self.all => self.merge(keys),
             Invalidation::Keys(_) => {}
         }
     }

@@ -145,6 +145,7 @@ impl Node {
             name.clone(),
             format!("{}:{}", config.host(), listen.port()),
             config.peers().to_vec(),
+            config.dials_gossiped(),
             dialing.clone(),
             config.forget_members(),
         ));

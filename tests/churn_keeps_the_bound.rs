@@ -63,16 +63,16 @@ fn churn(node: &mut NodeProcess, history: &History, stop: &AtomicBool, seed: u64
 
 /// a listens; b dials a, c dials a and b, each through its own proxy.
 fn proxied_triangle(cluster: &Cluster) -> (Vec<NodeProcess>, Vec<FaultProxy>) {
-    let a = start(&cluster.spec("a"));
+    let a = start(&cluster.proxied_spec("a"));
     let ab = FaultProxy::start(a.spec.listen);
-    let mut spec_b = cluster.spec("b");
+    let mut spec_b = cluster.proxied_spec("b");
     spec_b.peers.push(ab.addr());
     let b = start(&spec_b);
     let (ac, bc) = (
         FaultProxy::start(a.spec.listen),
         FaultProxy::start(b.spec.listen),
     );
-    let mut spec_c = cluster.spec("c");
+    let mut spec_c = cluster.proxied_spec("c");
     spec_c.peers.extend([ac.addr(), bc.addr()]);
     let c = start(&spec_c);
     let mut nodes = vec![a, b, c];
@@ -153,9 +153,9 @@ fn a_zombie_session_leaves_no_ghosts() {
     // a and b through a proxy: the link goes silent, a is killed and restarted while b still
     // holds the old session, then the link heals.
     let cluster = Cluster::new();
-    let a = start(&cluster.spec("a"));
+    let a = start(&cluster.proxied_spec("a"));
     let proxy = FaultProxy::start(a.spec.listen);
-    let mut spec_b = cluster.spec("b");
+    let mut spec_b = cluster.proxied_spec("b");
     spec_b.peers.push(proxy.addr());
     let mut b = start(&spec_b);
     let spec_a = a.spec.clone();

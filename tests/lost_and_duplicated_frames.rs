@@ -14,9 +14,9 @@ use cluster::{
 
 /// `a` listens; `b` dials it through a proxy; both in eventual mode, 200 ms heartbeats.
 fn proxied_pair(cluster: &Cluster) -> (NodeProcess, NodeProcess, FaultProxy) {
-    let mut a = start(&cluster.spec("a").arg("--mode").arg("eventual"));
+    let mut a = start(&cluster.proxied_spec("a").arg("--mode").arg("eventual"));
     let proxy = FaultProxy::start(a.spec.listen);
-    let mut spec = cluster.spec("b").arg("--mode").arg("eventual");
+    let mut spec = cluster.proxied_spec("b").arg("--mode").arg("eventual");
     spec.peers.push(proxy.addr());
     let mut b = start(&spec);
     cluster::wait_for_peers(&mut a, 1);

@@ -64,9 +64,9 @@ fn run(
 
 /// `a` listens; `b` dials it through a fault proxy. Waits until both are healthy.
 fn proxied_pair(cluster: &Cluster) -> (NodeProcess, NodeProcess, FaultProxy) {
-    let a = start(&cluster.spec("a"));
+    let a = start(&cluster.proxied_spec("a"));
     let proxy = FaultProxy::start(a.spec.listen);
-    let mut spec = cluster.spec("b");
+    let mut spec = cluster.proxied_spec("b");
     spec.peers.push(proxy.addr());
     let b = start(&spec);
     let (mut a, mut b) = (a, b);
@@ -150,10 +150,10 @@ fn hung_third_peer() {
 fn non_transitive_partition() {
     // a–c runs through a proxy that gets cut; b sees both.
     let cluster = Cluster::new();
-    let mut a = start(&cluster.spec("a"));
+    let mut a = start(&cluster.proxied_spec("a"));
     let proxy = FaultProxy::start(a.spec.listen);
-    let mut b = start(&cluster.spec("b").peer(&a.spec));
-    let mut spec_c = cluster.spec("c").peer(&b.spec);
+    let mut b = start(&cluster.proxied_spec("b").peer(&a.spec));
+    let mut spec_c = cluster.proxied_spec("c").peer(&b.spec);
     spec_c.peers.push(proxy.addr());
     let mut c = start(&spec_c);
     for node in [&mut a, &mut b, &mut c] {

@@ -51,6 +51,10 @@ struct Args {
     /// default: the listen address's IP.
     #[arg(long)]
     advertise: Option<String>,
+    /// Dial only --peer and --discover addresses, not the members gossip reports (links that
+    /// must go through a proxy); gossiped members still close the gate while unreachable.
+    #[arg(long)]
+    no_gossip_dial: bool,
     /// How often discovery names are resolved again, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     discover_every_ms: u64,
@@ -173,6 +177,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .iter()
         .fold(config, |c, name| c.discover(name))
         .discover_every(ms(args.discover_every_ms))
+        .dial_gossiped(!args.no_gossip_dial)
         .listen(args.listen)
         .allow_insecure(args.insecure)
         .heartbeat(ms(args.heartbeat_ms))

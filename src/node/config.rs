@@ -25,6 +25,7 @@ pub struct NodeConfig {
     discover: Vec<String>,
     discover_every: Duration,
     forget_members_after: Duration,
+    dial_gossiped: bool,
     redial_min: Duration,
     redial_max: Duration,
     handshake_timeout: Duration,
@@ -48,6 +49,7 @@ impl NodeConfig {
             discover: Vec::new(),
             discover_every: Duration::from_secs(5),
             forget_members_after: Duration::from_secs(30),
+            dial_gossiped: true,
             redial_min: Duration::from_millis(100),
             redial_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
@@ -105,6 +107,15 @@ impl NodeConfig {
     /// timeout.
     pub fn forget_members_after(mut self, after: Duration) -> Self {
         self.forget_members_after = after;
+        self
+    }
+
+    /// Whether to dial the members learnt from gossip, at the address each advertises.
+    /// `false` dials only configured and discovered peers — for links that must go through a
+    /// proxy or a tunnel — while gossiped members still count: a node that has no session
+    /// with a member some peer knows does not serve from its heap. Default `true`.
+    pub fn dial_gossiped(mut self, dial: bool) -> Self {
+        self.dial_gossiped = dial;
         self
     }
 
@@ -195,6 +206,10 @@ impl NodeConfig {
 
     pub(crate) fn forget_members(&self) -> Duration {
         self.forget_members_after
+    }
+
+    pub(crate) fn dials_gossiped(&self) -> bool {
+        self.dial_gossiped
     }
 
     pub(crate) fn redial(&self) -> (Duration, Duration) {

@@ -75,6 +75,8 @@ pub(crate) struct Membership {
     my_incarnation: OnceLock<u64>,
     /// Addresses dialled anyway (configured peers): no second dialer for them.
     configured: Vec<String>,
+    /// Whether members learnt from gossip are dialled at all.
+    dial: bool,
     sessions: watch::Receiver<Sessions>,
     dialing: Dialing,
     forget_after: u64,
@@ -116,6 +118,7 @@ impl Membership {
         me: String,
         my_addr: String,
         configured: Vec<String>,
+        dial: bool,
         dialing: Dialing,
         forget_after: Duration,
     ) -> Self {
@@ -124,6 +127,7 @@ impl Membership {
             my_addr,
             my_incarnation: OnceLock::new(),
             configured,
+            dial,
             sessions: dialing.sessions.clone(),
             dialing,
             forget_after: forget_after.as_micros() as u64,
@@ -248,7 +252,7 @@ impl Membership {
                 .values()
                 .map(|k| k.addr.clone())
                 .filter(|addr| !addr.is_empty() && *addr != self.my_addr)
-                .filter(|addr| !self.configured.contains(addr))
+                .filter(|addr| self.dial && !self.configured.contains(addr))
                 .collect();
             s.dialers.retain(|addr, _| wanted.contains(addr));
             for addr in wanted {

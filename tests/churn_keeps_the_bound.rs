@@ -187,3 +187,63 @@ fn a_zombie_session_leaves_no_ghosts() {
     );
     assert_eq!(b.peers(), ["a@127.0.0.1"]);
 }
+
+/// Quicker forgetting than the defaults, so that a killed joiner does not keep the others
+/// reading from the source for long.
+fn forgetful(spec: cluster::NodeSpec) -> cluster::NodeSpec {
+    spec.arg("--forget-after-ms")
+        .arg("3000")
+        .arg("--forget-members-after-ms")
+        .arg("3000")
+}
+
+#[test]
+fn nodes_join_through_a_seed_and_leave_while_writes_and_reads_run() {
+    let cluster = Cluster::new();
+    let a_spec = forgetful(cluster.spec("a"));
+    let b_spec = forgetful(cluster.spec("b")).peer(&a_spec);
+    let c_spec = forgetful(cluster.spec("c")).peer(&a_spec);
+    let mut nodes = vec![start(&a_spec), start(&b_spec), start(&c_spec)];
+    for node in &mut nodes {
+        wait_for_peers(node, 2);
+        wait_for_health(node, "healthy");
+    }
+    let history = History::default();
+    let stop = AtomicBool::new(false);
+    let base = seed();
+    println!("join/leave seed {base}");
+    let mut events = Vec::new();
+    std::thread::scope(|s| {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let (h, st) = (&history, &stop);
+            s.spawn(move || churn(node, h, st, base.wrapping_add(i as u64 * 104_729)));
+        }
+        let mut rng = Rng(base ^ 0x101e);
+        let end = Instant::now() + Duration::from_secs(15);
+        let mut round = 0;
+        while Instant::now() < end {
+            round += 1;
+            // A newcomer that knows only the seed joins, writes, reads, and leaves.
+            let spec = forgetful(cluster.spec(&format!("joiner{round}"))).peer(&a_spec);
+            let mut joiner = start(&spec);
+            wait_for_peers(&mut joiner, 3);
+            for n in 0..5 {
+                let key = format!("key{}", rng.below(KEYS as u64));
+                let reply = joiner.ask(&format!("put {key} joiner{round}-{n}"));
+                history.record_put(&key, reply["version"].as_u64().expect("a version"));
+            }
+            let clean = rng.below(2) == 0;
+            if clean {
+                joiner.quit().expect("the joiner quits cleanly");
+            } else {
+                joiner.kill();
+            }
+            events.push(if clean { "join, quit" } else { "join, SIGKILL" });
+            std::thread::sleep(Duration::from_millis(rng.below(1000)));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    converge(&mut nodes, &history);
+    println!("join/leave seed {base}, rounds {events:?}");
+    history.check(LEASE).report_and_assert("join and leave");
+}

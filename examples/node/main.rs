@@ -55,6 +55,9 @@ struct Args {
     /// must go through a proxy); gossiped members still close the gate while unreachable.
     #[arg(long)]
     no_gossip_dial: bool,
+    /// A member no node reaches for this long (milliseconds) is forgotten.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    forget_members_after_ms: u64,
     /// How often discovery names are resolved again, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     discover_every_ms: u64,
@@ -178,6 +181,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .fold(config, |c, name| c.discover(name))
         .discover_every(ms(args.discover_every_ms))
         .dial_gossiped(!args.no_gossip_dial)
+        .forget_members_after(ms(args.forget_members_after_ms))
         .listen(args.listen)
         .allow_insecure(args.insecure)
         .heartbeat(ms(args.heartbeat_ms))

@@ -1,6 +1,7 @@
 //! Process-wide map from peer name to its ready session, so that a Synchronization actor can
-//! close the session of a peer that stopped acknowledging (bounded backlog). Process-wide like
-//! `ractor::pg` itself: there is one `Node` per process.
+//! close the session of a peer that stopped acknowledging (bounded backlog), and can tell which
+//! members this node has a session with (what its heartbeats vouch for, and what it checks of
+//! a peer's). Process-wide like `ractor::pg` itself: there is one `Node` per process.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +26,16 @@ pub(crate) fn register(peer: &str, session: ActorRef<NodeSessionMessage>) {
 
 pub(crate) fn unregister(session: ActorId) {
     with(|r| r.retain(|_, s| s.get_id() != session));
+}
+
+/// Whether this node has a ready session with `peer`.
+pub(crate) fn has_session(peer: &str) -> bool {
+    with(|r| r.contains_key(peer))
+}
+
+/// Names of the peers this node has a ready session with.
+pub(crate) fn peer_names() -> Vec<String> {
+    with(|r| r.keys().cloned().collect())
 }
 
 /// Closes the session with `peer`, if there is one; its members leave at once and it is

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use crate::delivery::MissCause;
 use crate::protocol::arrival::Arrival;
-use crate::protocol::envelope::Echo;
+use crate::protocol::envelope::{Echo, Member};
 
 /// One peer as this node knows it.
 #[derive(Debug, Clone)]
@@ -45,6 +45,21 @@ pub(crate) struct Beat {
     pub(crate) echo: Option<u64>,
     /// The highest of our sequence numbers the peer applied, if it said.
     pub(crate) acked: Option<u64>,
+}
+
+/// The first member a heartbeat from `origin` names as having a session with it that this
+/// node (`me`) has no session with, if any. A lease renewed by that heartbeat would vouch that
+/// this node hears every member `origin` hears; it must not be renewed until it does.
+pub(crate) fn unvouched<'m>(
+    members: &'m [Member],
+    origin: &str,
+    me: &str,
+    has_session: impl Fn(&str) -> bool,
+) -> Option<&'m Member> {
+    members
+        .iter()
+        .filter(|m| m.ready && m.name != origin && m.name != me)
+        .find(|m| !has_session(&m.name))
 }
 
 /// Lease parameters, in microseconds.
@@ -272,6 +287,26 @@ mod tests {
             echo,
             acked: Some(last_seq),
         }
+    }
+
+    #[test]
+    fn a_heartbeat_vouches_only_for_members_this_node_has_a_session_with() {
+        let member = |name: &str, ready| Member {
+            name: name.into(),
+            incarnation: 0,
+            addr: String::new(),
+            ready,
+        };
+        let members = [member("me", true), member("p", true), member("c", true)];
+        let sessions = |name: &str| name == "c";
+        assert!(unvouched(&members, "p", "me", sessions).is_none());
+        let with_d = [member("c", true), member("d", true), member("e", false)];
+        let first = unvouched(&with_d, "p", "me", sessions).map(|m| m.name.as_str());
+        assert_eq!(first, Some("d"), "a member only p has a session with");
+        assert!(
+            unvouched(&with_d[2..], "p", "me", sessions).is_none(),
+            "not ready: not vouched"
+        );
     }
 
     #[test]

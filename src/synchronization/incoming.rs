@@ -7,8 +7,8 @@ use crate::clock::now_us;
 use crate::counter::bump;
 use crate::delivery::{Delivery, MissCause};
 use crate::protocol::arrival::Arrival;
-use crate::protocol::envelope::{Body, Echo, Envelope};
-use crate::protocol::peer_table::Beat;
+use crate::protocol::envelope::{Body, Echo, Envelope, Member};
+use crate::protocol::peer_table::{unvouched, Beat};
 
 impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn receive(&mut self, bytes: &[u8]) {
@@ -35,15 +35,21 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 echoes,
                 members,
             } => {
-                if let Some(gossip) = &self.gossip {
-                    gossip.heard(&origin, incarnation, &members);
-                }
+                let vouched = match &self.gossip {
+                    Some(gossip) => {
+                        gossip.heard(&origin, incarnation, &members);
+                        true
+                    }
+                    None => self.knows_every(&origin, &members),
+                };
                 let own = self.own_echo(&echoes);
                 let beat = Beat {
                     incarnation,
                     stamp,
                     last_seq,
-                    echo: own.map(|e| e.stamp),
+                    // A lease renewed by this heartbeat would vouch for members this node
+                    // has no session with, and whose invalidations it may be missing.
+                    echo: own.filter(|_| vouched).map(|e| e.stamp),
                     acked: own.map(|e| e.applied),
                 };
                 if let Some(cause) = self.peers.on_beat(&origin, beat, now) {
@@ -65,6 +71,21 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 }
             }
         }
+    }
+
+    /// Whether this node has a session with every member `origin` says it has one with. A
+    /// lease renewed by `origin`'s heartbeat vouches for them; until then it is not renewed.
+    pub(super) fn knows_every(&self, origin: &str, members: &[Member]) -> bool {
+        let unknown = unvouched(
+            members,
+            origin,
+            &self.node_name,
+            crate::sessions::has_session,
+        );
+        if let Some(member) = unknown {
+            tracing::debug!(topic = %self.group, peer = %origin, member = %member.name, "lease not renewed: the peer knows a member this node has no session with");
+        }
+        unknown.is_none()
     }
 
     /// What the peer says about us, if it is about our current incarnation.

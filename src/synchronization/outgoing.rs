@@ -7,6 +7,7 @@ use super::{Confirmation, TopicMessage};
 use crate::clock::now_us;
 use crate::counter::bump;
 use crate::delivery::{Delivery, MissCause};
+use crate::protocol::envelope::Member;
 
 impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn publish_confirmed(
@@ -109,11 +110,20 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.answer_waiters();
         // Every invalidation accepted before this heartbeat is covered by it.
         self.publish_pending();
-        let members = self
-            .gossip
-            .as_ref()
-            .map(|g| g.members())
-            .unwrap_or_default();
+        let members = match &self.gossip {
+            Some(gossip) => gossip.members(),
+            // A topic's heartbeat names the members this node has a session with: a lease it
+            // renews vouches that the reader knows them too.
+            None => crate::sessions::peer_names()
+                .into_iter()
+                .map(|name| Member {
+                    name,
+                    incarnation: 0,
+                    addr: String::new(),
+                    ready: true,
+                })
+                .collect(),
+        };
         self.outbox.heartbeat(self.peers.echoes(), members);
     }
 }

@@ -2,6 +2,7 @@
 
 mod actor;
 mod builder;
+mod bundle;
 mod config;
 mod incoming;
 pub(crate) mod message;

@@ -43,8 +43,11 @@ pub(crate) enum Body {
         /// One entry per peer the sender knows.
         echoes: Vec<Echo>,
         /// The cluster's members as the sender knows them: filled on the node-level
-        /// heartbeat, empty on a topic's.
+        /// heartbeat; on a topic's, the members the sender has a session with.
         members: Vec<Member>,
+        /// On the node-level heartbeat: each topic's latest heartbeat, as (topic, envelope
+        /// bytes), for the receiver to hand to its actor of that topic. Empty on a topic's.
+        bundled: Vec<(String, Vec<u8>)>,
     },
     /// The sender is leaving the topic cleanly after publishing up to `last_seq`.
     Leave { last_seq: u64 },
@@ -136,8 +139,14 @@ pub(crate) fn encode(
     let body_len = match body {
         Body::Publish { payload, .. } => payload.len(),
         Body::Heartbeat {
-            echoes, members, ..
-        } => echoes.len() * 48 + members.len() * 64,
+            echoes,
+            members,
+            bundled,
+            ..
+        } => {
+            let bundled: usize = bundled.iter().map(|(t, e)| t.len() + e.len() + 8).sum();
+            echoes.len() * 48 + members.len() * 64 + bundled
+        }
         Body::Leave { .. } => 0,
     };
     let mut out = Vec::with_capacity(64 + body_len);
@@ -257,6 +266,7 @@ mod tests {
                     addr: "h:4003".into(),
                     ready: true,
                 }],
+                bundled: vec![("users".into(), vec![1, 2, 3])],
             },
             Body::Leave { last_seq: 4 },
         ] {

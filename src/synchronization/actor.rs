@@ -62,6 +62,9 @@ pub(crate) struct SynchronizationState<M> {
     pub(super) ticker: JoinHandle<()>,
     pub(super) leases_were_valid: bool,
     pub(super) max_backlog: u64,
+    /// Heartbeat interval (µs): a topic's heartbeats ride on the node-level heartbeat when
+    /// that one is at least as frequent.
+    pub(super) heartbeat_us: u64,
     pub(super) waiters: Vec<Waiter>,
 }
 
@@ -94,6 +97,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         };
         let heartbeat = args.config.heartbeat_interval().as_micros() as u64;
         args.shared.update(|s| s.heartbeat = heartbeat);
+        if args.gossip.is_some() {
+            super::bundle::set_node_interval(heartbeat);
+        }
         let mut state = SynchronizationState {
             group,
             node_name: args.node_name,
@@ -106,6 +112,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             ticker,
             leases_were_valid: false,
             max_backlog: args.config.max_backlog_bytes(),
+            heartbeat_us: heartbeat,
             waiters: Vec::new(),
         };
         // Whatever was published while no actor listened on this node is unknown.
@@ -125,6 +132,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
+        if state.gossip.is_some() {
+            super::bundle::set_node_interval(0);
+        }
         // What was accepted before the leave goes out before it.
         state.publish_pending();
         state.outbox.leave();

@@ -2,6 +2,7 @@
 //! deliveries to subscribers, and the lease gate readers check.
 
 use super::actor::SynchronizationState;
+use super::message::WIRE_VARIANT;
 use super::TopicMessage;
 use crate::clock::now_us;
 use crate::counter::bump;
@@ -9,6 +10,7 @@ use crate::delivery::{Delivery, MissCause};
 use crate::protocol::arrival::Arrival;
 use crate::protocol::envelope::{Body, Echo, Envelope, Member};
 use crate::protocol::peer_table::{unvouched, Beat};
+use crate::topic::PG_SCOPE;
 
 impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn receive(&mut self, bytes: &[u8]) {
@@ -34,10 +36,12 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 last_seq,
                 echoes,
                 members,
+                bundled,
             } => {
                 let vouched = match &self.gossip {
                     Some(gossip) => {
                         gossip.heard(&origin, incarnation, &members);
+                        hand_over(bundled);
                         true
                     }
                     None => self.knows_every(&origin, &members),
@@ -190,5 +194,25 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         let (name, until) = self.peers.weakest()?;
         (until <= now).then(|| format!("no valid lease from {name}"))
+    }
+}
+
+/// Hands each topic heartbeat a node-level heartbeat carried to this node's actor of that
+/// topic, as if it had come on its own (topics this node does not serve are skipped).
+fn hand_over(bundled: Vec<(String, Vec<u8>)>) {
+    for (topic, envelope) in bundled {
+        let local = ractor::pg::get_scoped_local_members(&PG_SCOPE.to_owned(), &topic);
+        let Some((last, others)) = local.split_last() else {
+            continue;
+        };
+        let wire = |args: Vec<u8>| ractor::message::SerializedMessage::Cast {
+            variant: WIRE_VARIANT.to_owned(),
+            args,
+            metadata: None,
+        };
+        for cell in others {
+            let _ = cell.send_serialized(wire(envelope.clone()));
+        }
+        let _ = last.send_serialized(wire(envelope));
     }
 }

@@ -88,8 +88,14 @@ impl<M: TopicMessage> Outbox<M> {
         seq
     }
 
-    /// Sends a heartbeat carrying the last sequence number published.
-    pub(crate) fn heartbeat(&self, echoes: Vec<Echo>, members: Vec<Member>) {
+    /// Sends a heartbeat carrying the last sequence number published, and `bundled`: the
+    /// other topics' heartbeats, on the node-level topic.
+    pub(crate) fn heartbeat(
+        &self,
+        echoes: Vec<Echo>,
+        members: Vec<Member>,
+        bundled: Vec<(String, Vec<u8>)>,
+    ) {
         let state = self.lock();
         if !state.closed {
             let stamp = now_us();
@@ -99,7 +105,29 @@ impl<M: TopicMessage> Outbox<M> {
                 last_seq,
                 echoes,
                 members,
+                bundled,
             });
+        }
+    }
+
+    /// Encodes a heartbeat carrying the last sequence number published and leaves it for the
+    /// node-level heartbeat to carry (see `bundle`).
+    pub(crate) fn deposit_heartbeat(&self, echoes: Vec<Echo>, members: Vec<Member>) {
+        let state = self.lock();
+        if state.closed {
+            return;
+        }
+        let stamp = now_us();
+        let body = Body::Heartbeat {
+            stamp,
+            last_seq: state.last_seq,
+            echoes,
+            members,
+            bundled: Vec::new(),
+        };
+        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
+            Ok(bytes) => super::bundle::deposit(&self.group, bytes, stamp),
+            Err(error) => tracing::error!(%error, topic = %self.group, "heartbeat not encoded"),
         }
     }
 
@@ -108,6 +136,7 @@ impl<M: TopicMessage> Outbox<M> {
         let mut state = self.lock();
         if !state.closed {
             state.closed = true;
+            super::bundle::withdraw(&self.group);
             let last_seq = state.last_seq;
             self.send(Body::Leave { last_seq });
         }

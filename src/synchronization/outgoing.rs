@@ -124,6 +124,18 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 })
                 .collect(),
         };
-        self.outbox.heartbeat(self.peers.echoes(), members);
+        match &self.gossip {
+            // The node-level topic carries every other topic's heartbeat.
+            Some(_) => {
+                let bundled = super::bundle::collect(now_us());
+                self.outbox.heartbeat(self.peers.echoes(), members, bundled);
+            }
+            None if super::bundle::bundles(self.heartbeat_us) => {
+                self.outbox.deposit_heartbeat(self.peers.echoes(), members)
+            }
+            None => self
+                .outbox
+                .heartbeat(self.peers.echoes(), members, Vec::new()),
+        }
     }
 }

@@ -1,0 +1,86 @@
+//! One node-level heartbeat per peer for every topic. Each topic's Synchronization actor, when
+//! it heartbeats, deposits its encoded heartbeat here instead of casting it to every peer; the
+//! node-level actor sends the latest deposit of every topic inside its own heartbeat, and the
+//! receiving node-level actor hands each to the local actor of its topic, which reads it as if
+//! it had come on its own. Idle cost is one message per peer per interval, whatever the number
+//! of topics.
+//!
+//! What a bundled heartbeat announces was true when it was deposited (every invalidation
+//! accepted before it is covered, as for a heartbeat sent at once), and the stamp it carries
+//! is the deposit's: it reaches the peer later, so a lease anchored at it is, if anything,
+//! shorter. A deposit younger than [`MIN_AGE_US`] is held back for the next round, so that the
+//! publishes it announces (which travel on the topic's own path) are cast well before it.
+//!
+//! Process-wide like `ractor::pg`: there is one node per process. A topic bundles only while a
+//! node-level actor is running and heartbeats at least as often as the topic does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// A deposit this recent waits for the next node-level heartbeat.
+const MIN_AGE_US: u64 = 5_000;
+
+struct Deposit {
+    envelope: Vec<u8>,
+    at: u64,
+    previous: Option<Vec<u8>>,
+}
+
+fn deposits() -> &'static Mutex<HashMap<String, Deposit>> {
+    static DEPOSITS: OnceLock<Mutex<HashMap<String, Deposit>>> = OnceLock::new();
+    DEPOSITS.get_or_init(Mutex::default)
+}
+
+/// The node-level heartbeat interval (µs) while a node-level actor runs, else 0.
+static NODE_INTERVAL_US: AtomicU64 = AtomicU64::new(0);
+
+fn with<T>(f: impl FnOnce(&mut HashMap<String, Deposit>) -> T) -> T {
+    f(&mut deposits().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The node-level actor started (interval in µs) or stopped (0).
+pub(crate) fn set_node_interval(interval_us: u64) {
+    NODE_INTERVAL_US.store(interval_us, Ordering::Release);
+}
+
+/// Whether a topic that heartbeats every `interval_us` should deposit its heartbeats here.
+pub(crate) fn bundles(interval_us: u64) -> bool {
+    let node = NODE_INTERVAL_US.load(Ordering::Acquire);
+    node > 0 && node <= interval_us
+}
+
+/// Deposits `topic`'s latest encoded heartbeat, made at `now`.
+pub(crate) fn deposit(topic: &str, envelope: Vec<u8>, now: u64) {
+    with(|all| {
+        let previous = all.remove(topic).map(|d| d.envelope);
+        let deposit = Deposit {
+            envelope,
+            at: now,
+            previous,
+        };
+        all.insert(topic.to_owned(), deposit);
+    });
+}
+
+/// The topic's actor stopped: nothing more of it goes out.
+pub(crate) fn withdraw(topic: &str) {
+    with(|all| all.remove(topic));
+}
+
+/// Every topic's heartbeat to send at `now`: the latest deposit, or the one before it when the
+/// latest is too recent.
+pub(crate) fn collect(now: u64) -> Vec<(String, Vec<u8>)> {
+    with(|all| {
+        all.iter()
+            .filter_map(|(topic, d)| {
+                let envelope = if now.saturating_sub(d.at) >= MIN_AGE_US {
+                    Some(&d.envelope)
+                } else {
+                    d.previous.as_ref()
+                };
+                envelope.map(|e| (topic.clone(), e.clone()))
+            })
+            .collect()
+    })
+}

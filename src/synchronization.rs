@@ -130,6 +130,9 @@ impl<M: TopicMessage> Synchronization<M> {
     /// As [`publish`](Self::publish).
     pub fn publish_to(&self, message: &M, recipients: Recipients) -> Result<()> {
         let payload = postcard::to_stdvec(message).map_err(Error::encode)?;
+        if !self.outbox.fits(payload.len()) {
+            return Err(crate::protocol::envelope::too_large(payload.len()));
+        }
         if recipients == Recipients::RemoteAndLocal {
             let local = message.clone();
             return self.send(SyncMessage::PublishWithLocal { payload, local });
@@ -150,6 +153,9 @@ impl<M: TopicMessage> Synchronization<M> {
     /// has stopped.
     pub async fn publish_confirmed(&self, message: &M, timeout: Duration) -> Result<Confirmation> {
         let payload = postcard::to_stdvec(message).map_err(Error::encode)?;
+        if !self.outbox.fits(payload.len()) {
+            return Err(crate::protocol::envelope::too_large(payload.len()));
+        }
         let request = |reply| SyncMessage::PublishConfirmed {
             payload,
             timeout,
@@ -276,5 +282,45 @@ mod tests {
             2,
             "nothing numbered after the leave"
         );
+    }
+
+    #[tokio::test]
+    async fn a_second_actor_for_a_topic_is_refused_until_the_first_stops() {
+        let topic: Topic<u32> = Topic::new("one-actor-per-topic");
+        let first = Synchronization::spawn(topic.clone(), "me@here")
+            .await
+            .unwrap();
+        let second = Synchronization::spawn(topic.clone(), "me@here").await;
+        assert!(
+            matches!(&second, Err(Error::Config(reason)) if reason.contains("one-actor-per-topic")),
+            "{second:?}"
+        );
+        first
+            .actor()
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let again = Synchronization::spawn(topic, "me@here").await;
+        assert!(again.is_ok(), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_for_an_envelope_is_an_error_and_is_not_numbered() {
+        let topic: Topic<Vec<u8>> = Topic::new("too-large-to-publish");
+        let sync = Synchronization::spawn(topic, "me@here").await.unwrap();
+        sync.publish(&vec![7; 16]).unwrap();
+        let huge = vec![7; crate::protocol::envelope::MAX_ENVELOPE_BYTES];
+        assert!(matches!(sync.publish(&huge), Err(Error::Encode(_))));
+        assert!(matches!(
+            sync.publish_to(&huge, Recipients::RemoteAndLocal),
+            Err(Error::Encode(_))
+        ));
+        assert_eq!(
+            sync.stats().published,
+            1,
+            "the refused message took a number"
+        );
+        sync.publish(&vec![7; 16]).unwrap();
+        assert_eq!(sync.stats().published, 2);
     }
 }

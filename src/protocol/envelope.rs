@@ -129,6 +129,21 @@ struct EnvelopeRef<'a> {
     body: &'a Body,
 }
 
+/// Whether a publish of `payload_len` bytes from `origin` on `topic` fits in an envelope
+/// (counting the header's largest encoding: magic, version, lengths, incarnation, sequence).
+pub(crate) fn publish_fits(topic: &str, origin: &str, payload_len: usize) -> bool {
+    const HEADER_MAX: usize = 3 + 1 + 3 * 5 + 10 + 1 + 10;
+    topic.len() + origin.len() + payload_len + HEADER_MAX <= MAX_ENVELOPE_BYTES
+}
+
+/// The error for a message too large for one envelope.
+pub(crate) fn too_large(payload_len: usize) -> crate::error::Error {
+    let reason = format!(
+        "a message of {payload_len} bytes does not fit the {MAX_ENVELOPE_BYTES}-byte envelope limit"
+    );
+    crate::error::Error::Encode(std::sync::Arc::from(crate::error::BoxError::from(reason)))
+}
+
 /// Encodes an envelope from its parts; what [`Envelope::encode`] and every send use.
 pub(crate) fn encode(
     topic: &str,

@@ -12,7 +12,7 @@ use super::outbox::Outbox;
 use super::shared::SyncShared;
 use super::{SyncConfig, Synchronization, TopicMessage};
 use crate::error::{Error, Result};
-use crate::topic::Topic;
+use crate::topic::{Topic, PG_SCOPE};
 
 /// Builds a [`Synchronization`] actor with non-default settings.
 ///
@@ -110,6 +110,10 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
         supervisor: Option<ActorCell>,
     ) -> Result<Synchronization<M>> {
         self.config.validate()?;
+        if self.gossip.is_none() {
+            // (The node-level topic is the node's own: one per node.)
+            refuse_a_second(self.topic.name())?;
+        }
         let outbox = Arc::new(Outbox::new(
             self.topic.name().to_owned(),
             node_name.to_owned(),
@@ -139,6 +143,22 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             topic: self.topic,
         })
     }
+}
+
+/// One Synchronization actor per topic and process: a second one would never see the first
+/// one's messages (both are local members of the group, and only remote members are sent to).
+fn refuse_a_second(topic: &str) -> Result<()> {
+    use ractor::ActorStatus::{Running, Starting, Upgrading};
+    let members = ractor::pg::get_scoped_local_members(&PG_SCOPE.to_owned(), &topic.to_owned());
+    let running = members
+        .iter()
+        .any(|cell| matches!(cell.get_status(), Starting | Running | Upgrading));
+    if running {
+        return Err(Error::Config(format!(
+            "topic {topic:?} already has a Synchronization actor (a cache or a topic) in this process; share that one"
+        )));
+    }
+    Ok(())
 }
 
 impl<M> fmt::Debug for SynchronizationBuilder<M> {

@@ -59,6 +59,11 @@ impl<M: TopicMessage> Outbox<M> {
         self.incarnation
     }
 
+    /// Whether a payload of `len` bytes fits in one envelope of this topic.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        envelope::publish_fits(&self.group, &self.node_name, len)
+    }
+
     /// Numbers and sends one encoded message; `None` once closed.
     pub(crate) fn publish(&self, payload: Vec<u8>) -> Option<u64> {
         let mut state = self.lock();

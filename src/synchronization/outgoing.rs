@@ -75,7 +75,14 @@ impl<M: TopicMessage> SynchronizationState<M> {
             return;
         };
         pending(&mut |message| match postcard::to_stdvec(message) {
-            Ok(payload) => self.outbox.publish(payload).is_some(),
+            Ok(payload) if self.outbox.fits(payload.len()) => {
+                self.outbox.publish(payload).is_some()
+            }
+            Ok(payload) => {
+                // It never will fit: number it unsent, so peers see the gap and repair.
+                tracing::error!(len = payload.len(), topic = %self.group, "pending message too large");
+                self.outbox.skip().is_some()
+            }
             Err(error) => {
                 // It never will be: number it unsent, so peers see the gap and repair.
                 tracing::error!(%error, topic = %self.group, "pending message not encoded");

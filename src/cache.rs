@@ -339,7 +339,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
 
 /// Publishes one batch; says whether it went out. One that cannot be encoded (a key type
 /// whose serialisation fails) goes out as "invalidate everything" instead: never lost.
-pub(crate) fn publish<K: CacheKey>(
+fn publish<K: CacheKey>(
     sync: &Synchronization<Invalidation<K>>,
     message: &Invalidation<K>,
 ) -> bool {

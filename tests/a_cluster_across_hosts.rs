@@ -22,7 +22,6 @@ use cluster::scenario::{read_loop, write_loop, History, KEY};
 use cluster::{
     eventually, wait_for_health, wait_for_peers, Cluster, NodeProcess, NodeSpec, DEADLINE,
 };
-use ractor_cache_sync_testkit::process::log_path;
 
 const LEASE: Duration = Duration::from_secs(1);
 
@@ -88,18 +87,9 @@ impl Hosts {
 
     /// Starts `spec` inside host `i`.
     fn start(&self, i: usize, spec: &NodeSpec) -> NodeProcess {
-        let node = spec.command().expect("the node's command");
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.ns(i)])
-            .arg(node.get_program())
-            .args(node.get_args());
-        for (key, value) in node.get_envs() {
-            if let Some(value) = value {
-                command.env(key, value);
-            }
-        }
-        command.stderr(std::fs::File::create(log_path(spec)).expect("log file"));
+        let command = spec
+            .command_under(["ip", "netns", "exec", &self.ns(i)])
+            .expect("the node's command");
         NodeProcess::spawn(spec.clone(), command)
             .unwrap_or_else(|e| panic!("starting {} in {}: {e}", spec.name, self.ns(i)))
     }

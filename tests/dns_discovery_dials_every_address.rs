@@ -13,31 +13,24 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use cluster::{free_port, put, wait_for_peers, wait_for_value, Cluster, NodeProcess, NodeSpec};
-use ractor_cache_sync_testkit::process::log_path;
 
 const NAME: &str = "rcs-cluster.test";
 
 /// Starts `spec` in a mount namespace of its own whose `/etc/hosts` is `hosts`.
 fn start_with_hosts(spec: &NodeSpec, hosts: &Path) -> NodeProcess {
-    let node = spec.command().expect("the node's command");
-    let mut command = Command::new("unshare");
-    command
-        .args(["--mount", "--", "sh", "-c"])
-        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
-        .arg(hosts)
-        .arg(node.get_program())
-        .args(node.get_args());
-    for (key, value) in node.get_envs() {
-        if let Some(value) = value {
-            command.env(key, value);
-        }
-    }
-    command.stderr(std::fs::File::create(log_path(spec)).expect("log file"));
+    let script = r#"mount --bind "$0" /etc/hosts && exec "$@""#;
+    let wrapper = [OsStr::new("unshare"), "--mount".as_ref(), "--".as_ref()];
+    let wrapper = wrapper
+        .into_iter()
+        .chain(["sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+    let command = spec
+        .command_under(wrapper.chain([hosts.as_os_str()]))
+        .expect("the node's command");
     NodeProcess::spawn(spec.clone(), command)
         .unwrap_or_else(|e| panic!("starting {} (needs root for unshare): {e}", spec.name))
 }

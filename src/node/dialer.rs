@@ -29,7 +29,22 @@ pub(crate) struct Dialer {
     pub(crate) known_name: Option<String>,
 }
 
+/// A running dialer, stopped when dropped (its address is no longer wanted, or its owner
+/// stopped).
+pub(crate) struct DialerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for DialerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Dialer {
+    /// Runs the dialer in a task of its own, for as long as the returned handle lives.
+    pub(crate) fn spawn(self) -> DialerTask {
+        DialerTask(tokio::spawn(self.run()))
+    }
+
     /// Runs until the node shuts down (the task is aborted then).
     pub(crate) async fn run(mut self) {
         let (min, max) = self.backoff;

@@ -6,8 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-
+use super::dialer::DialerTask;
 use super::membership::Membership;
 use super::Dialing;
 use std::sync::Arc;
@@ -21,15 +20,6 @@ pub(crate) struct Discovery {
     /// Told how many peer addresses the name gives: a node that expects peers and has
     /// reached none does not serve from its heap.
     membership: Arc<Membership>,
-}
-
-/// A dialer task, stopped when its address is no longer resolved (or discovery stops).
-struct DialerTask(JoinHandle<()>);
-
-impl Drop for DialerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Discovery {
@@ -82,7 +72,7 @@ impl Discovery {
                 dialers.entry(addr).or_insert_with(|| {
                     tracing::info!(name = %self.name, %addr, "discovered a peer address");
                     let dialer = self.dialing.dialer(&addr.to_string());
-                    DialerTask(tokio::spawn(dialer.run()))
+                    dialer.spawn()
                 });
             }
         }

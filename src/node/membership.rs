@@ -17,10 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use super::dialer::Dialer;
-use super::peers::Sessions;
+use super::dialer::{Dialer, DialerTask};
 use super::Dialing;
 use crate::clock::now_us;
 use crate::protocol::envelope::Member;
@@ -77,7 +74,6 @@ pub(crate) struct Membership {
     configured: Vec<String>,
     /// Whether members learnt from gossip are dialled at all.
     dial: bool,
-    sessions: watch::Receiver<Sessions>,
     dialing: Dialing,
     forget_after: u64,
     state: Mutex<State>,
@@ -104,15 +100,6 @@ struct Known {
     alive_at: u64,
 }
 
-/// A dialer task, stopped when its member is forgotten (or the node shuts down).
-struct DialerTask(tokio::task::JoinHandle<()>);
-
-impl Drop for DialerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Membership {
     pub(crate) fn new(
         me: String,
@@ -128,7 +115,6 @@ impl Membership {
             my_incarnation: OnceLock::new(),
             configured,
             dial,
-            sessions: dialing.sessions.clone(),
             dialing,
             forget_after: forget_after.as_micros() as u64,
             state: Mutex::default(),
@@ -259,7 +245,7 @@ impl Membership {
                 s.dialers.entry(addr).or_insert_with_key(|addr| {
                     tracing::info!(%addr, "dialling a member learnt from gossip");
                     let dialer: Dialer = self.dialing.dialer(addr);
-                    DialerTask(tokio::spawn(dialer.run()))
+                    dialer.spawn()
                 });
             }
         });
@@ -293,7 +279,8 @@ impl Membership {
     }
 
     fn ready_names(&self) -> Vec<String> {
-        self.sessions
+        self.dialing
+            .sessions
             .borrow()
             .values()
             .map(|s| s.name.clone())

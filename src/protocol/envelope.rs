@@ -136,11 +136,9 @@ pub(crate) fn publish_fits(topic: &str, origin: &str, payload_len: usize) -> boo
     topic.len() + origin.len() + payload_len + HEADER_MAX <= MAX_ENVELOPE_BYTES
 }
 
-/// The error for a message too large for one envelope.
-pub(crate) fn too_large(payload_len: usize) -> crate::error::Error {
-    let reason = format!(
-        "a message of {payload_len} bytes does not fit the {MAX_ENVELOPE_BYTES}-byte envelope limit"
-    );
+/// The error for `bytes` that do not fit in one envelope.
+pub(crate) fn too_large(bytes: usize) -> crate::error::Error {
+    let reason = format!("{bytes} bytes exceed the {MAX_ENVELOPE_BYTES}-byte envelope limit");
     crate::error::Error::Encode(std::sync::Arc::from(crate::error::BoxError::from(reason)))
 }
 
@@ -175,13 +173,7 @@ pub(crate) fn encode(
     };
     let out = postcard::to_extend(&envelope, out).map_err(crate::error::Error::encode)?;
     if out.len() > MAX_ENVELOPE_BYTES {
-        let too_large = format!(
-            "envelope of {} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit",
-            out.len()
-        );
-        return Err(crate::error::Error::Encode(std::sync::Arc::from(
-            crate::error::BoxError::from(too_large),
-        )));
+        return Err(too_large(out.len()));
     }
     Ok(out)
 }

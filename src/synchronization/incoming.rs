@@ -202,17 +202,14 @@ impl<M: TopicMessage> SynchronizationState<M> {
 fn hand_over(bundled: Vec<(String, Vec<u8>)>) {
     for (topic, envelope) in bundled {
         let local = ractor::pg::get_scoped_local_members(&PG_SCOPE.to_owned(), &topic);
-        let Some((last, others)) = local.split_last() else {
-            continue;
-        };
-        let wire = |args: Vec<u8>| ractor::message::SerializedMessage::Cast {
-            variant: WIRE_VARIANT.to_owned(),
-            args,
-            metadata: None,
-        };
-        for cell in others {
-            let _ = cell.send_serialized(wire(envelope.clone()));
+        let copies = crate::protocol::envelope::per_peer(envelope, local.len());
+        for (cell, args) in local.iter().zip(copies) {
+            let wire = ractor::message::SerializedMessage::Cast {
+                variant: WIRE_VARIANT.to_owned(),
+                args,
+                metadata: None,
+            };
+            let _ = cell.send_serialized(wire);
         }
-        let _ = last.send_serialized(wire(envelope));
     }
 }

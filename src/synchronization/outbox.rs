@@ -101,26 +101,34 @@ impl<M: TopicMessage> Outbox<M> {
         members: Vec<Member>,
         bundled: Vec<(String, Vec<u8>)>,
     ) {
-        let state = self.lock();
-        if !state.closed {
-            let stamp = now_us();
-            let last_seq = state.last_seq;
-            self.send(Body::Heartbeat {
-                stamp,
-                last_seq,
-                echoes,
-                members,
-                bundled,
-            });
+        if let Some((_, body)) = self.heartbeat_body(echoes, members, bundled) {
+            self.send(body);
         }
     }
 
     /// Encodes a heartbeat carrying the last sequence number published and leaves it for the
     /// node-level heartbeat to carry (see `bundle`).
     pub(crate) fn deposit_heartbeat(&self, echoes: Vec<Echo>, members: Vec<Member>) {
+        let Some((stamp, body)) = self.heartbeat_body(echoes, members, Vec::new()) else {
+            return;
+        };
+        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
+            Ok(bytes) => super::bundle::deposit(&self.group, bytes, stamp),
+            Err(error) => tracing::error!(%error, topic = %self.group, "heartbeat not encoded"),
+        }
+    }
+
+    /// A heartbeat stamped now, with the last sequence number published; `None` once closed.
+    /// (Publishes take the same lock: none is numbered but not yet cast when it is read.)
+    fn heartbeat_body(
+        &self,
+        echoes: Vec<Echo>,
+        members: Vec<Member>,
+        bundled: Vec<(String, Vec<u8>)>,
+    ) -> Option<(u64, Body)> {
         let state = self.lock();
         if state.closed {
-            return;
+            return None;
         }
         let stamp = now_us();
         let body = Body::Heartbeat {
@@ -128,12 +136,9 @@ impl<M: TopicMessage> Outbox<M> {
             last_seq: state.last_seq,
             echoes,
             members,
-            bundled: Vec::new(),
+            bundled,
         };
-        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
-            Ok(bytes) => super::bundle::deposit(&self.group, bytes, stamp),
-            Err(error) => tracing::error!(%error, topic = %self.group, "heartbeat not encoded"),
-        }
+        Some((stamp, body))
     }
 
     /// Announces a clean leave; every later publish is refused.

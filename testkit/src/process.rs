@@ -69,6 +69,27 @@ impl NodeSpec {
         self
     }
 
+    /// The command that starts this node under `wrapper` (a program and its arguments, such
+    /// as `["ip", "netns", "exec", "host1"]`), which runs the node's own command line after
+    /// them: to start a node in a namespace, a container or a sandbox.
+    pub fn command_under<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        wrapper: impl IntoIterator<Item = S>,
+    ) -> Result<Command, String> {
+        let node = self.command()?;
+        let mut wrapper = wrapper.into_iter();
+        let program = wrapper.next().ok_or("an empty wrapper")?;
+        let mut command = Command::new(program);
+        command
+            .args(wrapper)
+            .arg(node.get_program())
+            .args(node.get_args())
+            .envs(node.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        let log = std::fs::File::create(log_path(self)).map_err(|e| e.to_string())?;
+        command.stderr(log);
+        Ok(command)
+    }
+
     /// The command that starts this node, its stderr going to [`log_path`].
     pub fn command(&self) -> Result<Command, String> {
         let log = std::fs::File::create(log_path(self)).map_err(|e| e.to_string())?;

@@ -5,6 +5,7 @@ mod batch;
 mod builder;
 mod invalidation;
 mod metrics;
+mod revalidation;
 mod stats;
 mod store;
 

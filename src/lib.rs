@@ -22,7 +22,9 @@ pub use cache::{Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup,
 pub use delivery::{Delivery, MissCause};
 pub use error::{BoxError, Error, Result};
 pub use health::Health;
-pub use node::{Node, NodeConfig, TlsFiles, TLS_CLUSTER_NAME};
+pub use node::{
+    MemberChanges, MemberInfo, MemberState, Node, NodeConfig, TlsFiles, TLS_CLUSTER_NAME,
+};
 pub use source::{Source, Version};
 pub use synchronization::{Confirmation, Recipients, SyncConfig, SyncStats};
 pub use synchronization::{Synchronization, SynchronizationBuilder, TopicMessage};

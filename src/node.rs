@@ -23,6 +23,7 @@ use self::dialer::Dialer;
 use self::discovery::Discovery;
 pub(crate) use self::membership::MemberGate;
 use self::membership::Membership;
+pub use self::membership::{MemberInfo, MemberState};
 use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::{Watchdog, LIVENESS_TOPIC};
@@ -54,6 +55,35 @@ pub struct Node {
     timed_out: Arc<AtomicU64>,
     /// Whether every known member has a session with this node: caches check it.
     members: Arc<MemberGate>,
+    /// Who this node knows of (gossip, configuration, discovery).
+    membership: Arc<Membership>,
+}
+
+/// Changes of a node's membership, from [`Node::member_changes`].
+pub struct MemberChanges {
+    changes: watch::Receiver<u64>,
+    membership: Arc<Membership>,
+}
+
+impl MemberChanges {
+    /// Waits for the next change and returns the members then.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] once the node is gone.
+    pub async fn changed(&mut self) -> Result<Vec<MemberInfo>> {
+        self.changes
+            .changed()
+            .await
+            .map_err(|e| Error::stopped_by("node", e))?;
+        Ok(self.membership.members())
+    }
+}
+
+impl std::fmt::Debug for MemberChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberChanges").finish_non_exhaustive()
+    }
 }
 
 impl Node {
@@ -194,6 +224,7 @@ impl Node {
             declared_down,
             timed_out,
             members: membership.gate(),
+            membership,
         })
     }
 
@@ -223,6 +254,48 @@ impl Node {
             Ok(Err(e)) => Err(Error::stopped_by("node", e)),
             Err(_) => Err(Error::Timeout(timeout)),
         }
+    }
+
+    /// Every other member this node knows of — configured, discovered, or reported by a
+    /// peer's gossip — with its address and state, and the members that left cleanly a short
+    /// while ago (`forget_members_after`), sorted by name. In bounded mode, caches serve from
+    /// their heap only while every member listed is `Ready` or `Left`.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.membership.members()
+    }
+
+    /// Watches [`members`](Self::members): [`MemberChanges::changed`] returns the new list
+    /// each time a member appears, changes state or is forgotten.
+    pub fn member_changes(&self) -> MemberChanges {
+        MemberChanges {
+            changes: self.membership.changes(),
+            membership: self.membership.clone(),
+        }
+    }
+
+    /// Waits until `until` holds for [`members`](Self::members), and returns them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if that does not happen within `timeout`.
+    pub async fn wait_for_members(
+        &self,
+        until: impl Fn(&[MemberInfo]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<MemberInfo>> {
+        let mut changes = self.member_changes();
+        let wait = async {
+            loop {
+                let members = self.members();
+                if until(&members) {
+                    return Ok(members);
+                }
+                changes.changed().await?;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
     /// How many times a silent peer was declared down (its session closed) since start.

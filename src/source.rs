@@ -26,6 +26,16 @@ pub type Version = u64;
 ///   higher version.
 /// - `Ok(None)` means "the key does not exist"; it is not cached.
 /// - Errors are returned, never panicked; they are passed to the reader and nothing is cached.
+/// - [`load_many`](Source::load_many) and [`versions`](Source::versions) answer for every key
+///   they are given, in the same order, under the same read-after-commit rule as `load`: a
+///   version they report is at least as new as every commit that finished before the call
+///   started. An answer of the wrong length is treated as a failed call.
+///
+/// `load_many` and `versions` have default implementations on top of `load` (one call per key),
+/// so a source that implements only `load` works; a database source should implement both with
+/// one statement per call (`WHERE key IN (...)`, `= ANY($1)`): the cache uses `versions` to check
+/// its entries against the source after a possible loss and while a peer is unreachable, in
+/// chunks, instead of dropping them or sending every read to the source.
 ///
 /// The trait is object safe. A cache takes any `Source` by value: your type, an `Arc` of it
 /// (shared with the rest of your service), or an `Arc<dyn Source<K, V>>`.
@@ -48,6 +58,41 @@ pub trait Source<K, V>: Send + Sync + 'static {
     ///
     /// Any failure of the source, wrapped with [`Error::from_source`](crate::Error::from_source).
     async fn load(&self, key: &K) -> Result<Option<(V, Version)>>;
+
+    /// Loads the current value and version of each of `keys` (`None` for a key that does not
+    /// exist), in the order given. Default: one [`load`](Source::load) per key, one after
+    /// another.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Source::load); one failed key fails the call.
+    async fn load_many(&self, keys: &[K]) -> Result<Vec<Option<(V, Version)>>>
+    where
+        K: Sync,
+        V: Send,
+    {
+        let mut loaded = Vec::with_capacity(keys.len());
+        for key in keys {
+            loaded.push(self.load(key).await?);
+        }
+        Ok(loaded)
+    }
+
+    /// The current version of each of `keys` (`None` for a key that does not exist), in the
+    /// order given: what the cache compares its entries with. Default: the versions of
+    /// [`load_many`](Source::load_many).
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Source::load).
+    async fn versions(&self, keys: &[K]) -> Result<Vec<Option<Version>>>
+    where
+        K: Sync,
+        V: Send,
+    {
+        let loaded = self.load_many(keys).await?;
+        Ok(loaded.into_iter().map(|l| l.map(|(_, v)| v)).collect())
+    }
 }
 
 /// A shared source is a source: hand the cache an `Arc` and keep a clone for your own queries.
@@ -59,5 +104,21 @@ where
 {
     async fn load(&self, key: &K) -> Result<Option<(V, Version)>> {
         (**self).load(key).await
+    }
+
+    async fn load_many(&self, keys: &[K]) -> Result<Vec<Option<(V, Version)>>>
+    where
+        K: Sync,
+        V: Send,
+    {
+        (**self).load_many(keys).await
+    }
+
+    async fn versions(&self, keys: &[K]) -> Result<Vec<Option<Version>>>
+    where
+        K: Sync,
+        V: Send,
+    {
+        (**self).versions(keys).await
     }
 }

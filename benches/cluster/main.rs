@@ -140,11 +140,19 @@ fn casts_per_sec(nodes: &mut [Proc], casts: u64) -> f64 {
     casts as f64 / ((done - start) as f64 / 1e9)
 }
 
-/// The `--scale` figures: 4 and 16 nodes, 8 cache topics each.
+/// The `--scale` figures: 4 and 16 nodes, 8 cache topics each, and 16 nodes with one topic
+/// (idle cost should not depend on the number of topics).
 fn scale_figures(out: &mut serde_json::Map<String, Value>) {
     println!("  {:<44} {:>12} {:<8}", "scale figure", "value", "unit");
-    for nodes in [4, 16] {
-        let s = scale::measure(nodes, 8);
+    for (nodes, topics) in [(4, 8), (16, 8), (16, 1)] {
+        let s = scale::measure(nodes, topics);
+        if topics != 8 {
+            let label = format!("idle CPU per node, {nodes}x{topics} (median)");
+            row(&label, s.idle_cpu_pct_median, "% core", None);
+            let key = format!("idle_cpu_pct_per_node_{nodes}x{topics}");
+            out.insert(key, json!(s.idle_cpu_pct_median));
+            continue;
+        }
         row(
             &format!("seed join, {} nodes", s.nodes),
             s.seed_join_ms,

@@ -44,9 +44,10 @@ pub fn measure(nodes: usize, topics: usize) -> Scale {
     }
     let seed_join_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    // At rest: a second to settle, then CPU time over a window.
+    // At rest: a second to settle, then CPU time over a window (10 s: one tick of
+    // /proc/PID/stat is 0.1 % of a core).
     std::thread::sleep(Duration::from_secs(1));
-    let window = Duration::from_secs(5);
+    let window = Duration::from_secs(10);
     let before: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid())).collect();
     std::thread::sleep(window);
     let after: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid())).collect();

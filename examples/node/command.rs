@@ -19,6 +19,8 @@ pub enum Command {
         key: String,
     },
     Peers,
+    /// Every other member this node knows of, with its address and state.
+    Members,
     Stats,
     /// Cast hex-encoded bytes to every remote member as if they were an envelope (fault
     /// injection), or, with `foreign`, a message of a type that is not ours.
@@ -66,10 +68,11 @@ impl Command {
                 key: rest.to_owned(),
             }),
             "get" => Err("usage: get KEY".into()),
-            "peers" | "stats" | "quit" | "kill-sync" if !rest.is_empty() => {
+            "peers" | "members" | "stats" | "quit" | "kill-sync" if !rest.is_empty() => {
                 Err(format!("{verb} takes no arguments"))
             }
             "peers" => Ok(Self::Peers),
+            "members" => Ok(Self::Members),
             "kill-sync" => Ok(Self::KillSync),
             "stats" => Ok(Self::Stats),
             "quit" => Ok(Self::Quit),

@@ -41,4 +41,18 @@ impl Source<String, String> for Database {
             Self::Postgres(db) => db.load(key).await,
         }
     }
+
+    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<(String, Version)>>> {
+        match self {
+            Self::Sqlite(db) => db.load_many(keys).await,
+            Self::Postgres(db) => db.load_many(keys).await,
+        }
+    }
+
+    async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
+        match self {
+            Self::Sqlite(db) => db.versions(keys).await,
+            Self::Postgres(db) => db.versions(keys).await,
+        }
+    }
 }

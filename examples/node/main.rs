@@ -7,7 +7,7 @@
 //!     [--peer 127.0.0.1:4002]... [--discover HOST:PORT]... --db /tmp/kv.db [--cookie SECRET]
 //! ```
 //!
-//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `stats`,
+//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `members`, `stats`,
 //! `burst N`, `inject HEX|foreign`, `kill-sync`, `quit`.
 //! See `examples/README.md` for the reply formats.
 
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ractor_cache_sync::{Cache, Health, Invalidation, Mode, Node, NodeConfig, Topic};
+use ractor_cache_sync::{Cache, Health, Invalidation, MemberState, Mode, Node, NodeConfig, Topic};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -84,6 +84,15 @@ struct Args {
     /// How long a silent peer stays in the peer set, in milliseconds (at least the lease).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(3..=86_400_000))]
     forget_after_ms: u64,
+    /// Check every cached entry's version against the database this often (milliseconds),
+    /// so that a change made straight in the database is served within this plus one check
+    /// (default: off; entries are then checked only after a possible loss or while a peer's
+    /// lease has lapsed).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    revalidate_every_ms: Option<u64>,
+    /// Keys per bulk version check when entries are revalidated.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    revalidation_chunk: u64,
     /// Bytes of this node's messages a peer may leave unacknowledged before its session is
     /// closed (bounds memory under a stopped peer).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
@@ -199,7 +208,11 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
     };
     let last_remote = Arc::new(std::sync::Mutex::new(None));
     let seen = last_remote.clone();
-    let cache = Cache::builder(Topic::new(args.topic.clone()), Arc::new(source.clone()))
+    let mut builder = Cache::builder(Topic::new(args.topic.clone()), Arc::new(source.clone()));
+    if let Some(every) = args.revalidate_every_ms {
+        builder = builder.revalidate_every(ms(every));
+    }
+    let cache = builder
         .on_remote_invalidation(move |applied| {
             let keys = match applied {
                 Invalidation::Keys(keys) => keys.iter().map(|(k, _)| k.clone()).collect(),
@@ -213,6 +226,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .heartbeat(ms(args.heartbeat_ms))
         .forget_after(ms(args.forget_after_ms))
         .max_backlog(args.max_backlog_bytes)
+        .revalidation_chunk(args.revalidation_chunk as usize)
         .spawn(&node)
         .await
         .map_err(|e| e.to_string())?;
@@ -252,6 +266,7 @@ impl NodeProcess {
             Command::Get { key } => self.get(key).await,
             Command::Peers => Ok(json!({ "ok": "peers", "peers": self.node.peers() })),
             Command::Stats => Ok(self.stats()),
+            Command::Members => Ok(self.members()),
             Command::Inject(injection) => self.inject(injection),
             Command::KillSync => match self.cache.synchronization_actor() {
                 Some(actor) => {
@@ -317,6 +332,16 @@ impl NodeProcess {
         )
     }
 
+    fn members(&self) -> Value {
+        let members: Vec<Value> = self
+            .node
+            .members()
+            .iter()
+            .map(|m| json!({ "name": m.name, "addr": m.addr, "state": m.state.as_str() }))
+            .collect();
+        json!({ "ok": "members", "members": members })
+    }
+
     fn stats(&self) -> Value {
         let s = self.cache.stats();
         let (health, reason) = match self.cache.health() {
@@ -337,7 +362,11 @@ impl NodeProcess {
             "decode_failures": s.sync.decode_failures, "gaps": s.sync.gaps,
             "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
             "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
+            "source_calls": s.source_calls, "revalidations": s.revalidations,
+            "revalidated_keys": s.revalidated_keys, "revalidation_drops": s.revalidation_drops,
+            "revalidation_failures": s.revalidation_failures,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
+            "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
             "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),

@@ -61,4 +61,33 @@ impl Source<String, String> for PostgresSource {
             .map_err(Error::from_source)?;
         Ok(row.map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as Version)))
     }
+
+    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<(String, Version)>>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT key, value, version FROM kv WHERE key = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .map_err(Error::from_source)?;
+        let found = rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get::<_, i64>(2) as Version)))
+            .collect();
+        Ok(crate::sqlite::in_order(keys, found))
+    }
+
+    async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
+        let rows = self
+            .client
+            .query("SELECT key, version FROM kv WHERE key = ANY($1)", &[&keys])
+            .await
+            .map_err(Error::from_source)?;
+        let found = rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as Version))
+            .collect();
+        Ok(crate::sqlite::in_order(keys, found))
+    }
 }

@@ -1,6 +1,7 @@
 //! A SQLite-backed source of truth: one table `kv(key, value, version)` in a real file, in WAL
 //! mode so several node processes on one machine can share it.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -71,6 +72,64 @@ impl Source<String, String> for SqliteSource {
         })
         .await
     }
+
+    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<(String, Version)>>> {
+        let rows = self
+            .select(
+                keys,
+                "SELECT key, value, version FROM kv WHERE key IN",
+                |row| Ok((row.get::<_, String>(1)?, row.get::<_, i64>(2)? as Version)),
+            )
+            .await?;
+        Ok(in_order(keys, rows))
+    }
+
+    async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
+        let rows = self
+            .select(keys, "SELECT key, version FROM kv WHERE key IN", |row| {
+                Ok(row.get::<_, i64>(1)? as Version)
+            })
+            .await?;
+        Ok(in_order(keys, rows))
+    }
+}
+
+/// Most keys one statement names (SQLite's default limit on parameters is 32 766).
+const KEYS_PER_STATEMENT: usize = 1_000;
+
+impl SqliteSource {
+    /// Runs `select` (ending in `WHERE key IN`) for `keys`, one statement per
+    /// [`KEYS_PER_STATEMENT`] keys in one read transaction, and maps each row (its first
+    /// column the key) with `read`.
+    async fn select<T: Send + 'static>(
+        &self,
+        keys: &[String],
+        select: &'static str,
+        read: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<HashMap<String, T>> {
+        let reader = self.reader.clone();
+        let keys = keys.to_vec();
+        blocking(move || {
+            let mut conn = reader.lock().expect("sqlite reader mutex poisoned");
+            let tx = conn.transaction()?;
+            let mut found = HashMap::with_capacity(keys.len());
+            for part in keys.chunks(KEYS_PER_STATEMENT) {
+                let marks = vec!["?"; part.len()].join(",");
+                let mut statement = tx.prepare(&format!("{select} ({marks})"))?;
+                let mut rows = statement.query(rusqlite::params_from_iter(part))?;
+                while let Some(row) = rows.next()? {
+                    found.insert(row.get::<_, String>(0)?, read(row)?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+}
+
+/// One answer per key, in the order asked.
+pub fn in_order<T>(keys: &[String], mut found: HashMap<String, T>) -> Vec<Option<T>> {
+    keys.iter().map(|key| found.remove(key)).collect()
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {

@@ -219,10 +219,12 @@ fn reload<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Arc<Inner<K, V>
     });
 }
 
+/// Marks every entry unverified: none is served until the revalidation task finds it
+/// unchanged in the source (or a read loads it again).
 fn repair<K: CacheKey, V: Clone + Send + Sync + 'static>(store: &Store<K, V>, cause: &MissCause) {
     if store.entry_count() > 0 {
-        tracing::info!(?cause, "repairing: dropping every entry");
+        tracing::info!(?cause, "repairing: checking every entry against the source");
     }
     bump(&store.counters.repairs);
-    store.invalidate_all();
+    store.mark_unverified();
 }

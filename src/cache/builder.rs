@@ -7,6 +7,7 @@ use ractor::{Actor, ActorCell};
 
 use super::actor::{CacheActor, CacheArguments, CacheKey, OnRemote};
 use super::batch::Batch;
+use super::revalidation::Revalidation;
 use super::store::Store;
 use super::{Cache, Inner, Invalidation};
 use crate::error::{Error, Result};
@@ -51,6 +52,7 @@ pub struct CacheBuilder<K, V> {
     max_batch_keys: usize,
     coalesce: Duration,
     on_remote: Option<OnRemote<K>>,
+    revalidation: Revalidation,
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
@@ -63,6 +65,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             max_batch_keys: 65_536,
             coalesce: Duration::from_millis(1),
             on_remote: None,
+            revalidation: Revalidation::default(),
         }
     }
 
@@ -120,6 +123,30 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
+    /// Checks every entry's version against the source this often, even while every lease is
+    /// valid: a change made straight in the source (a migration, another service, a SQL
+    /// session — anything that does not invalidate through a cache of this topic) is then
+    /// served for at most this long plus one check. Off by default; at least 1 ms.
+    pub fn revalidate_every(mut self, every: Duration) -> Self {
+        self.revalidation.every = Some(every);
+        self
+    }
+
+    /// Keys per bulk version check ([`Source::versions`]) when the cache revalidates its
+    /// entries. Default 1 000; at least 1.
+    pub fn revalidation_chunk(mut self, keys: usize) -> Self {
+        self.revalidation.chunk = keys;
+        self
+    }
+
+    /// Most entries one revalidation pass checks; past that, the entries it does not reach are
+    /// dropped (a read loads them again, verified by that load), so a pass costs at most
+    /// `budget / chunk` source calls. Default 100 000; at least 1.
+    pub fn revalidation_budget(mut self, entries: usize) -> Self {
+        self.revalidation.budget = entries;
+        self
+    }
+
     /// See [`SyncConfig::max_backlog`]. Default 32 MiB.
     pub fn max_backlog(mut self, bytes: u64) -> Self {
         self.sync = self.sync.max_backlog(bytes);
@@ -152,7 +179,27 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         if self.coalesce > Duration::from_secs(1) {
             return Err(Error::Config("coalesce_window must be at most 1 s".into()));
         }
-        let store = Store::new(self.source, self.mode, Arc::default(), node.member_gate());
+        if self.revalidation.chunk == 0 || self.revalidation.budget == 0 {
+            return Err(Error::Config(
+                "revalidation_chunk and revalidation_budget must be at least 1".into(),
+            ));
+        }
+        if self
+            .revalidation
+            .every
+            .is_some_and(|every| every < Duration::from_millis(1))
+        {
+            return Err(Error::Config(
+                "revalidate_every must be at least 1 ms".into(),
+            ));
+        }
+        let store = Store::new(
+            self.source,
+            self.mode,
+            Arc::default(),
+            node.member_gate(),
+            self.sync.lease_duration(),
+        );
         let batch = Batch::new(self.max_batch_keys, self.coalesce);
         let inner = Arc::new(Inner::new(self.topic, store, batch, self.mode));
         let args = CacheArguments {
@@ -168,6 +215,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         spawned.map_err(|e| Error::spawn("cache actor", e))?;
         let cache = Cache { inner };
         tokio::spawn(super::metrics::report_cache(cache.clone()));
+        tokio::spawn(super::revalidation::run(
+            Arc::downgrade(&cache.inner),
+            self.revalidation,
+        ));
         Ok(cache)
     }
 }

@@ -56,6 +56,20 @@ fn publish_cache<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Cache<K,
         ),
         ("ractor_cache_sync_reloads_total", s.reloads),
         ("ractor_cache_sync_repairs_total", s.repairs),
+        ("ractor_cache_sync_source_calls_total", s.source_calls),
+        ("ractor_cache_sync_revalidations_total", s.revalidations),
+        (
+            "ractor_cache_sync_revalidated_keys_total",
+            s.revalidated_keys,
+        ),
+        (
+            "ractor_cache_sync_revalidation_drops_total",
+            s.revalidation_drops,
+        ),
+        (
+            "ractor_cache_sync_revalidation_failures_total",
+            s.revalidation_failures,
+        ),
         ("ractor_cache_sync_gaps_total", s.sync.gaps),
         (
             "ractor_cache_sync_decode_failures_total",

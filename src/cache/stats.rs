@@ -17,6 +17,17 @@ pub struct CacheStats {
     pub bypasses: u64,
     /// Calls to [`Source::load`](crate::Source::load).
     pub loads: u64,
+    /// Every call into the source: loads, and the bulk version checks of revalidation.
+    pub source_calls: u64,
+    /// Revalidation passes: every entry checked against the source in bulk (after a possible
+    /// loss, while a peer's lease has lapsed, and every `revalidate_every`).
+    pub revalidations: u64,
+    /// Entries whose version revalidation checked.
+    pub revalidated_keys: u64,
+    /// Entries revalidation dropped: changed or deleted in the source, or past its budget.
+    pub revalidation_drops: u64,
+    /// Bulk version checks that failed (their entries stay unverified, so unserved).
+    pub revalidation_failures: u64,
     /// Loads that returned an error.
     pub load_failures: u64,
     /// Keys this node invalidated and published (an `invalidate_all` counts as one).
@@ -30,7 +41,8 @@ pub struct CacheStats {
     pub invalidations_ignored: u64,
     /// Reloads started because a peer invalidated a key this node had cached.
     pub reloads: u64,
-    /// Times the whole cache was dropped because messages may have been missed.
+    /// Times every entry was marked unverified because messages may have been missed (each
+    /// is served again once revalidation finds it unchanged in the source).
     pub repairs: u64,
     /// Times the cache's Synchronization actor failed and was spawned again.
     pub sync_restarts: u64,
@@ -46,6 +58,11 @@ pub(crate) struct CacheCounters {
     pub(crate) misses: AtomicU64,
     pub(crate) bypasses: AtomicU64,
     pub(crate) loads: AtomicU64,
+    pub(crate) source_calls: AtomicU64,
+    pub(crate) revalidations: AtomicU64,
+    pub(crate) revalidated_keys: AtomicU64,
+    pub(crate) revalidation_drops: AtomicU64,
+    pub(crate) revalidation_failures: AtomicU64,
     pub(crate) load_failures: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
@@ -63,6 +80,11 @@ impl CacheCounters {
             misses: self.misses.load(Relaxed),
             bypasses: self.bypasses.load(Relaxed),
             loads: self.loads.load(Relaxed),
+            source_calls: self.source_calls.load(Relaxed),
+            revalidations: self.revalidations.load(Relaxed),
+            revalidated_keys: self.revalidated_keys.load(Relaxed),
+            revalidation_drops: self.revalidation_drops.load(Relaxed),
+            revalidation_failures: self.revalidation_failures.load(Relaxed),
             load_failures: self.load_failures.load(Relaxed),
             invalidations_sent: self.invalidations_sent.load(Relaxed),
             invalidations_received: self.invalidations_received.load(Relaxed),

@@ -8,13 +8,23 @@
 //! before a flight is added and lowered after it is removed, so it never reads 0 while a flight
 //! exists.)
 //!
+//! Verification: every entry carries the time (this node's clock) of the last event that
+//! vouched for it against the source — the start of the load that brought it, or the start of
+//! a version check that found it unchanged. A repair (messages may have been missed) does not
+//! drop the entries: it marks every one verified before it as unverified, and the
+//! revalidation pass checks them in bulk ([`Source::versions`]). An entry is served when it
+//! is verified since the last repair and either the gates are open (every lease valid) or it
+//! was verified less than one lease ago: a check that started at `t` saw every commit that
+//! finished before `t`, exactly as a lease anchored at `t` vouches for every invalidation sent
+//! before it, so the staleness bound is the same either way.
+//!
 //! Entries live in a read-optimised map (`scc::HashIndex`: a lookup takes no lock, so readers on
 //! different cores do not fight over a lock word, and removing and re-inserting a key costs the
 //! same whatever the map's size); in-flight loads live in a sharded locked map (`dashmap`), whose
 //! entry lock serialises installing against invalidating.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -35,23 +45,51 @@ use crate::synchronization::SyncShared;
 
 type Loaded<V> = Result<Option<(V, Version)>>;
 
-#[derive(Clone)]
 struct Entry<V> {
     value: V,
     version: Version,
+    /// When (µs, this node's clock) the source last vouched for this version: the start of
+    /// the load that brought it or of the newest check that found it unchanged.
+    verified_at: AtomicU64,
+}
+
+impl<V: Clone> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            version: self.version,
+            verified_at: AtomicU64::new(self.verified_at.load(Relaxed)),
+        }
+    }
 }
 
 /// One in-progress load of one key, shared by every reader that asks meanwhile.
 struct Flight<V> {
+    /// When the load started: its result reflects every commit that finished before.
+    started: u64,
     result: OnceCell<Loaded<V>>,
 }
 
-impl<V> Default for Flight<V> {
-    fn default() -> Self {
-        Self {
+impl<V> Flight<V> {
+    fn new(started: u64) -> Arc<Self> {
+        Arc::new(Self {
+            started,
             result: OnceCell::new(),
-        }
+        })
     }
+}
+
+/// What one revalidation pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Pass {
+    /// Entries whose version was checked.
+    pub(crate) checked: u64,
+    /// Entries dropped because the source had another version (or none).
+    pub(crate) dropped: u64,
+    /// Chunks whose check failed (their entries stay as they were: unverified ones unserved).
+    pub(crate) failed: u64,
+    /// Entries dropped unchecked because the pass had no budget left for them.
+    pub(crate) over_budget: u64,
 }
 
 /// The result of a read.
@@ -91,6 +129,13 @@ pub(crate) struct Store<K, V> {
     /// The node's membership gate: in bounded mode, entries are served only while every
     /// member the node knows of has a session with it, on a lease gate computed since.
     members: Arc<MemberGate>,
+    /// The topic's lease (µs): while a gate is closed, an entry verified less than this long
+    /// ago is still served; a flight older than this is not joined.
+    lease_us: u64,
+    /// The last repair (µs): entries verified before it are not served until checked again.
+    repaired_at: AtomicU64,
+    /// Wakes the revalidation pass (a repair, a lapsed lease).
+    pub(crate) wake: Arc<tokio::sync::Notify>,
     pub(crate) counters: CacheCounters,
 }
 
@@ -104,6 +149,7 @@ where
         mode: Mode,
         leases: Arc<SyncShared>,
         members: Arc<MemberGate>,
+        lease: std::time::Duration,
     ) -> Self {
         Self {
             entries: scc::HashIndex::with_hasher(Default::default()),
@@ -113,22 +159,25 @@ where
             mode,
             leases,
             members,
+            lease_us: u64::try_from(lease.as_micros()).unwrap_or(u64::MAX),
+            repaired_at: AtomicU64::new(0),
+            wake: Arc::default(),
             counters: CacheCounters::default(),
         }
     }
 
     /// Reads from the heap on a hit (no await, no message); loads once per key on a miss, and
-    /// on every read while bounded-mode leases are not valid (a bypass).
+    /// on every read of an entry that cannot be vouched for now (a bypass: see the module).
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
-        // The gate is read before the entry: a repair that closed and reopened it happened
-        // before the gate was stored, so an open gate means the entry read is post-repair.
-        if self.servable() {
-            if let Some(value) = self.cached(key) {
-                return Ok(Lookup {
-                    value: Some(value),
-                    hit: true,
-                });
-            }
+        let now = now_us();
+        let open = self.gates_open(now);
+        if let Some(value) = self.cached(key, now, open) {
+            return Ok(Lookup {
+                value: Some(value),
+                hit: true,
+            });
+        }
+        if open {
             bump(&self.counters.misses);
         } else {
             bump(&self.counters.bypasses);
@@ -139,36 +188,55 @@ where
 
     /// The cached value, if it may be served now; never loads.
     pub(crate) fn peek(&self, key: &K) -> Option<V> {
-        self.servable()
-            .then(|| self.cached(key))
-            .flatten()
+        let now = now_us();
+        self.cached(key, now, self.gates_open(now))
             .map(|(value, _)| value)
     }
 
-    /// Whether entries may be served from the heap now (always in eventual mode; in bounded
-    /// mode while every peer's lease is valid): one atomic load and a clock read.
-    fn servable(&self) -> bool {
+    /// Whether every gate is open (always in eventual mode; in bounded mode while every peer's
+    /// lease is valid and the node knows every member): one atomic load and a clock read.
+    pub(crate) fn gates_open(&self, now: u64) -> bool {
         self.mode == Mode::Eventual
             || self
                 .leases
-                .leases_valid_since(now_us(), self.members.open_since())
+                .leases_valid_since(now, self.members.open_since())
     }
 
-    fn cached(&self, key: &K) -> Option<(V, Version)> {
-        let cached = self
-            .entries
-            .peek_with(key, |_, entry| (entry.value.clone(), entry.version))?;
+    /// The entry, if it may be served at `now`: verified since the last repair, and the gates
+    /// open or its verification less than a lease old. (The gates are read before the repair
+    /// mark and the entry: a repair marked before the gate renewal that is read here.)
+    fn cached(&self, key: &K, now: u64, open: bool) -> Option<(V, Version)> {
+        let repaired = self.repaired_at.load(SeqCst);
+        let lease = self.lease_us;
+        let cached = self.entries.peek_with(key, |_, entry| {
+            let verified = entry.verified_at.load(Relaxed);
+            let vouched = verified >= repaired && (open || now < verified.saturating_add(lease));
+            vouched.then(|| (entry.value.clone(), entry.version))
+        })??;
         self.counters.hits.bump();
         Some(cached)
     }
 
     /// Joins the key's flight (or starts one) and installs its result if still current.
+    ///
+    /// A flight that started more than a lease ago is not joined (its answer could be older
+    /// than the staleness bound allows): the reader starts a new one, which replaces it.
     pub(crate) async fn load_once(&self, key: &K) -> Loaded<V> {
+        let now = now_us();
         let flight = match self.flights.entry(key.clone()) {
-            MapEntry::Occupied(current) => current.get().clone(),
+            MapEntry::Occupied(current)
+                if now < current.get().started.saturating_add(self.lease_us) =>
+            {
+                current.get().clone()
+            }
+            MapEntry::Occupied(mut old) => {
+                let fresh = Flight::new(now);
+                old.insert(fresh.clone());
+                fresh
+            }
             MapEntry::Vacant(vacant) => {
                 self.in_flight.fetch_add(1, SeqCst);
-                vacant.insert(Arc::default()).clone()
+                vacant.insert(Flight::new(now)).clone()
             }
         };
         let loaded = flight
@@ -176,6 +244,7 @@ where
             .get_or_init(|| {
                 async {
                     bump(&self.counters.loads);
+                    bump(&self.counters.source_calls);
                     let loaded = self.source.load(key).await;
                     if loaded.is_err() {
                         bump(&self.counters.load_failures);
@@ -201,6 +270,7 @@ where
             let entry = Entry {
                 value: value.clone(),
                 version: *version,
+                verified_at: AtomicU64::new(flight.started),
             };
             match self.entries.entry(key.clone()) {
                 IndexEntry::Occupied(occupied) => occupied.update(entry),
@@ -244,6 +314,93 @@ where
         });
         self.in_flight.fetch_sub(removed, SeqCst);
         self.entries.clear();
+    }
+
+    /// Marks every entry unverified as of now (messages may have been missed): none is served
+    /// until a check that starts after this finds it unchanged, or a load replaces it.
+    pub(crate) fn mark_unverified(&self) {
+        self.repaired_at.fetch_max(now_us(), SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Whether a revalidation pass is due at `now`, the last one having started at `last`:
+    /// entries were marked unverified since; or a gate is closed and the entries' verification
+    /// is half a lease old; or `every` has passed.
+    pub(crate) fn pass_due(&self, now: u64, last: u64, every: Option<u64>) -> bool {
+        if self.entries.is_empty() {
+            return false;
+        }
+        let repaired = self.repaired_at.load(SeqCst);
+        repaired > last
+            || (!self.gates_open(now) && now >= last.saturating_add(self.lease_us / 2))
+            || every.is_some_and(|every| now >= last.saturating_add(every))
+    }
+
+    /// Checks every entry's version against the source, `chunk` keys per call: an unchanged
+    /// entry is verified as of the call's start, a changed or deleted one dropped. At most
+    /// `budget` entries are checked; the rest are dropped (a read loads them again, verified).
+    pub(crate) async fn revalidate(&self, chunk: usize, budget: usize) -> Pass {
+        let mut pass = Pass::default();
+        let mut all: Vec<(K, Version)> = Vec::with_capacity(self.entries.len());
+        {
+            let guard = scc::ebr::Guard::new();
+            for (key, entry) in self.entries.iter(&guard) {
+                all.push((key.clone(), entry.version));
+            }
+        }
+        if all.len() > budget {
+            for (key, version) in all.drain(budget..) {
+                if self.drop_if(&key, version) {
+                    pass.over_budget += 1;
+                }
+            }
+        }
+        for part in all.chunks(chunk.max(1)) {
+            let keys: Vec<K> = part.iter().map(|(key, _)| key.clone()).collect();
+            let started = now_us();
+            bump(&self.counters.source_calls);
+            let versions = match self.source.versions(&keys).await {
+                Ok(versions) if versions.len() == keys.len() => versions,
+                Ok(versions) => {
+                    tracing::warn!(
+                        asked = keys.len(),
+                        answered = versions.len(),
+                        "the source answered a version check for the wrong number of keys"
+                    );
+                    pass.failed += 1;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "version check failed");
+                    pass.failed += 1;
+                    continue;
+                }
+            };
+            pass.checked += keys.len() as u64;
+            for ((key, cached), current) in part.iter().zip(versions) {
+                if current == Some(*cached) {
+                    self.entries.peek_with(key, |_, entry| {
+                        if entry.version == *cached {
+                            entry.verified_at.fetch_max(started, SeqCst);
+                        }
+                    });
+                } else if self.drop_if(key, *cached) {
+                    pass.dropped += 1;
+                }
+            }
+        }
+        pass
+    }
+
+    /// Drops `key` if its entry is still at `version`.
+    fn drop_if(&self, key: &K, version: Version) -> bool {
+        self.entries
+            .remove_if(key, |entry| entry.version == version)
+    }
+
+    /// The topic's lease (µs).
+    pub(crate) fn lease_us(&self) -> u64 {
+        self.lease_us
     }
 
     /// The topic's lease gate, counters and status, shared with its Synchronization actor.
@@ -298,6 +455,168 @@ mod tests {
         }
     }
 
+    /// A source of versioned rows the test edits directly (like a SQL session would).
+    #[derive(Default)]
+    struct Rows {
+        rows: std::sync::Mutex<std::collections::HashMap<u32, Version>>,
+        version_calls: AtomicU64,
+        /// When set, a version check waits for `gate` before it answers.
+        gated: std::sync::atomic::AtomicBool,
+        gate: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Source<u32, String> for Rows {
+        async fn load(&self, key: &u32) -> Result<Option<(String, Version)>> {
+            let version = self.rows.lock().unwrap().get(key).copied();
+            Ok(version.map(|v| (format!("{key}@{v}"), v)))
+        }
+
+        async fn versions(&self, keys: &[u32]) -> Result<Vec<Option<Version>>> {
+            self.version_calls.fetch_add(1, Ordering::SeqCst);
+            if self.gated.load(Ordering::SeqCst) {
+                self.gate.notified().await;
+            }
+            let rows = self.rows.lock().unwrap();
+            Ok(keys.iter().map(|k| rows.get(k).copied()).collect())
+        }
+    }
+
+    fn rows_store(mode: Mode, lease: Duration) -> (Arc<Rows>, Store<u32, String>) {
+        let source = Arc::new(Rows::default());
+        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
+        let store = Store::new(source_dyn, mode, Arc::default(), Arc::default(), lease);
+        (source, store)
+    }
+
+    async fn cached_keys(store: &Store<u32, String>, source: &Rows, keys: std::ops::Range<u32>) {
+        for key in keys.clone() {
+            source.rows.lock().unwrap().insert(key, 1);
+        }
+        for key in keys {
+            assert!(!store.lookup(&key).await.unwrap().hit);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repair_keeps_what_the_source_confirms_and_drops_what_changed() {
+        let (source, store) = rows_store(Mode::Eventual, Duration::from_secs(1));
+        cached_keys(&store, &source, 0..10).await;
+        store.mark_unverified();
+        assert_eq!(store.peek(&3), None, "an unverified entry was served");
+        source.rows.lock().unwrap().insert(3, 2);
+        source.rows.lock().unwrap().remove(&4);
+        let pass = store.revalidate(4, usize::MAX).await;
+        assert_eq!((pass.checked, pass.dropped, pass.failed), (10, 2, 0));
+        assert_eq!(
+            source.version_calls.load(Ordering::SeqCst),
+            3,
+            "chunks of 4"
+        );
+        assert_eq!(store.peek(&1).as_deref(), Some("1@1"));
+        assert_eq!(store.peek(&3), None, "a changed row was kept");
+        assert_eq!(store.entry_count(), 8);
+        assert_eq!(store.lookup(&3).await.unwrap().value.unwrap().1, 2);
+    }
+
+    #[tokio::test]
+    async fn a_check_that_started_before_a_repair_does_not_verify_after_it() {
+        let (source, store) = rows_store(Mode::Eventual, Duration::from_secs(1));
+        let store = Arc::new(store);
+        cached_keys(&store, &source, 0..2).await;
+        source.gated.store(true, Ordering::SeqCst);
+        let check = tokio::spawn({
+            let store = store.clone();
+            async move { store.revalidate(10, usize::MAX).await }
+        });
+        until(|| source.version_calls.load(Ordering::SeqCst) == 1).await;
+        // The repair lands after the check started, before its answer.
+        store.mark_unverified();
+        source.gate.notify_one();
+        assert_eq!(check.await.unwrap().checked, 2);
+        assert_eq!(
+            store.peek(&0),
+            None,
+            "verified by a check older than the repair"
+        );
+        assert!(
+            store.pass_due(now_us(), 0, None),
+            "the repair made no pass due"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_gate_closed_an_entry_is_served_only_within_a_lease_of_its_check() {
+        let lease = Duration::from_millis(30);
+        let (source, store) = rows_store(Mode::Bounded, lease);
+        cached_keys(&store, &source, 0..3).await;
+        // No lease is valid: the loads just made vouch for the entries for one lease.
+        assert_eq!(store.peek(&0).as_deref(), Some("0@1"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.peek(&0).is_some() {
+            assert!(std::time::Instant::now() < deadline, "never expired");
+            tokio::task::yield_now().await;
+        }
+        assert!(!store.lookup(&0).await.unwrap().hit, "served past a lease");
+        // A check vouches for one more lease from its start; a changed row is dropped.
+        source.rows.lock().unwrap().insert(2, 5);
+        store.revalidate(100, usize::MAX).await;
+        assert_eq!(store.peek(&1).as_deref(), Some("1@1"));
+        assert_eq!(store.peek(&2), None);
+    }
+
+    #[tokio::test]
+    async fn a_pass_over_its_budget_drops_what_it_does_not_check() {
+        let (source, store) = rows_store(Mode::Eventual, Duration::from_secs(1));
+        cached_keys(&store, &source, 0..10).await;
+        store.mark_unverified();
+        let pass = store.revalidate(3, 6).await;
+        assert_eq!((pass.checked, pass.over_budget), (6, 4));
+        assert_eq!(store.entry_count(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flight_older_than_a_lease_is_not_joined() {
+        let source = Arc::new(Gated::default());
+        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
+        let lease = Duration::from_millis(2);
+        let store = Arc::new(Store::new(
+            source_dyn,
+            Mode::Eventual,
+            Arc::default(),
+            Arc::default(),
+            lease,
+        ));
+        let early = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await.unwrap() }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+        let started = now_us();
+        while now_us() < started + 3_000 {
+            std::hint::spin_loop();
+        }
+        source.version.store(1, Ordering::SeqCst);
+        let late = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await.unwrap() }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 2).await;
+        tokio::task::yield_now().await;
+        source.gate.notify_waiters();
+        assert_eq!(early.await.unwrap().value.unwrap().1, 0);
+        assert_eq!(
+            late.await.unwrap().value.unwrap().1,
+            1,
+            "joined an old load"
+        );
+        assert_eq!(
+            store.peek(&1).unwrap(),
+            "1@1",
+            "the replaced load installed"
+        );
+    }
+
     fn store() -> (Arc<Gated>, Arc<Store<u32, String>>) {
         let source = Arc::new(Gated::default());
         let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
@@ -306,6 +625,7 @@ mod tests {
             Mode::Eventual,
             Arc::default(),
             Arc::default(),
+            Duration::from_secs(1),
         ));
         (source, store)
     }

@@ -23,6 +23,52 @@ use crate::clock::now_us;
 use crate::protocol::envelope::Member;
 use crate::synchronization::message::Gossip;
 
+/// One other member of the cluster, as this node sees it ([`Node::members`](crate::Node::members)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemberInfo {
+    /// Its name (`name@host`).
+    pub name: String,
+    /// The address it is dialled at (`host:port`), as it advertises itself; empty if unknown.
+    pub addr: String,
+    /// Where this node stands with it.
+    pub state: MemberState,
+}
+
+/// Where this node stands with one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemberState {
+    /// Known (configured, discovered or reported by a peer), never reached yet: dialling. The
+    /// membership gate is closed meanwhile.
+    Connecting,
+    /// A ready session.
+    Ready,
+    /// Reached before, no session now (crashed, partitioned, restarting): dialled again until
+    /// it returns or is forgotten. The membership gate is closed meanwhile.
+    Down,
+    /// Left cleanly; remembered for a while so that stale gossip does not bring it back.
+    Left,
+}
+
+impl MemberState {
+    /// `connecting`, `ready`, `down` or `left`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Ready => "ready",
+            Self::Down => "down",
+            Self::Left => "left",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether this node knows its whole membership: every member it knows of (from gossip, or
 /// heard from directly) has a ready session with it, and, if it was given peers or discovery
 /// names, it has reached at least one. Caches serve from their heap only while it is open, and
@@ -78,17 +124,29 @@ pub(crate) struct Membership {
     forget_after: u64,
     state: Mutex<State>,
     gate: Arc<MemberGate>,
+    /// Bumped whenever the members or their states change; the last signature seen.
+    changes: tokio::sync::watch::Sender<u64>,
+    signature: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
     known: HashMap<String, Known>,
     /// (name, incarnation) → until when (our clock, µs) reports of it are ignored.
-    gone: HashMap<(String, u64), u64>,
+    gone: HashMap<(String, u64), Gone>,
     /// One dialer per address of a known member.
     dialers: HashMap<String, DialerTask>,
     /// Discovery name → how many addresses other than ours it resolved to last.
     discovered: HashMap<String, usize>,
+}
+
+/// A member remembered as gone, so that stale reports do not bring it back.
+struct Gone {
+    /// Our clock (µs): until then reports of it are ignored.
+    until: u64,
+    addr: String,
+    /// It left cleanly (else: forgotten after nobody reached it).
+    clean: bool,
 }
 
 struct Known {
@@ -122,6 +180,46 @@ impl Membership {
                 open_since: AtomicU64::new(u64::MAX),
                 reason: Mutex::new(Some("starting".to_owned())),
             }),
+            changes: tokio::sync::watch::Sender::new(0),
+            signature: AtomicU64::new(0),
+        }
+    }
+
+    /// Every other member this node knows of, and those that left recently, sorted by name.
+    pub(crate) fn members(&self) -> Vec<MemberInfo> {
+        let ready = self.ready_names();
+        let mut members = self.with(|s| {
+            s.view(&ready, |name, addr, state| MemberInfo {
+                name: name.to_owned(),
+                addr: addr.to_owned(),
+                state,
+            })
+        });
+        members.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
+        members.dedup_by(|a, b| a.name == b.name && a.state == b.state);
+        members
+    }
+
+    /// A receiver that sees a new value whenever [`members`](Self::members) would change.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells watchers if the members or their states changed (an order-independent hash of
+    /// what [`members`](Self::members) lists; nothing is allocated).
+    fn signal_changes(&self, ready: &[String]) {
+        use std::hash::{Hash, Hasher};
+        let signature = self.with(|s| {
+            s.view(ready, |name, addr, state| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (name, addr, state).hash(&mut hasher);
+                hasher.finish()
+            })
+            .into_iter()
+            .fold(0, |all, one| all ^ one)
+        });
+        if self.signature.swap(signature, Ordering::AcqRel) != signature {
+            self.changes.send_modify(|generation| *generation += 1);
         }
     }
 
@@ -198,13 +296,19 @@ impl Gossip for Membership {
     fn left(&self, origin: &str, incarnation: u64) {
         let until = now_us() + self.forget_after;
         self.with(|s| {
+            let mut addr = String::new();
             if s.known
                 .get(origin)
                 .is_some_and(|k| k.incarnation == incarnation)
             {
-                s.known.remove(origin);
+                addr = s.known.remove(origin).map(|k| k.addr).unwrap_or_default();
             }
-            s.gone.insert((origin.to_owned(), incarnation), until);
+            let gone = Gone {
+                until,
+                addr,
+                clean: true,
+            };
+            s.gone.insert((origin.to_owned(), incarnation), gone);
         });
         self.refresh_gate();
     }
@@ -218,7 +322,7 @@ impl Membership {
         let ready = self.ready_names();
         let forget_after = self.forget_after;
         self.with(|s| {
-            s.gone.retain(|_, until| *until > now);
+            s.gone.retain(|_, gone| gone.until > now);
             let silent: Vec<String> = s
                 .known
                 .iter()
@@ -230,7 +334,12 @@ impl Membership {
             for name in silent {
                 if let Some(k) = s.known.remove(&name) {
                     tracing::info!(member = %name, "forgetting a member nobody reaches");
-                    s.gone.insert((name, k.incarnation), now + forget_after);
+                    let gone = Gone {
+                        until: now + forget_after,
+                        addr: k.addr,
+                        clean: false,
+                    };
+                    s.gone.insert((name, k.incarnation), gone);
                 }
             }
             let wanted: Vec<String> = s
@@ -276,6 +385,7 @@ impl Membership {
         } else {
             self.gate.open(now_us());
         }
+        self.signal_changes(&ready);
     }
 
     fn ready_names(&self) -> Vec<String> {
@@ -293,6 +403,26 @@ impl Membership {
 }
 
 impl State {
+    /// Every known member and every clean leave still remembered, as `f(name, addr, state)`.
+    fn view<T>(&self, ready: &[String], f: impl Fn(&str, &str, MemberState) -> T) -> Vec<T> {
+        let known = self.known.iter().map(|(name, k)| {
+            let state = if ready.contains(name) {
+                MemberState::Ready
+            } else if k.direct {
+                MemberState::Down
+            } else {
+                MemberState::Connecting
+            };
+            f(name, &k.addr, state)
+        });
+        let left = self
+            .gone
+            .iter()
+            .filter(|((name, _), gone)| gone.clean && !self.known.contains_key(name))
+            .map(|((name, _), gone)| f(name, &gone.addr, MemberState::Left));
+        known.chain(left).collect()
+    }
+
     /// Someone else's report of `member`.
     fn reported(&mut self, member: &Member, now: u64) {
         if self
@@ -343,7 +473,12 @@ mod tests {
     #[test]
     fn a_report_of_a_gone_incarnation_is_ignored_and_a_new_one_is_a_new_member() {
         let mut state = State::default();
-        state.gone.insert(("c@h".into(), 7), u64::MAX);
+        let gone = Gone {
+            until: u64::MAX,
+            addr: String::new(),
+            clean: true,
+        };
+        state.gone.insert(("c@h".into(), 7), gone);
         state.reported(&member("c@h", 7, true), 10);
         assert!(state.known.is_empty(), "a stale report resurrected c");
         state.reported(&member("c@h", 8, true), 10);

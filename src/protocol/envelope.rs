@@ -43,7 +43,8 @@ pub(crate) enum Body {
         /// One entry per peer the sender knows.
         echoes: Vec<Echo>,
         /// The cluster's members as the sender knows them: filled on the node-level
-        /// heartbeat; on a topic's, the members the sender has a session with.
+        /// heartbeat; on a topic's sent on its own, the members the sender has a session
+        /// with; empty on a topic's carried inside the node-level heartbeat.
         members: Vec<Member>,
         /// On the node-level heartbeat: each topic's latest heartbeat, as (topic, envelope
         /// bytes), for the receiver to hand to its actor of that topic. Empty on a topic's.

@@ -234,6 +234,14 @@ impl PeerTable {
     }
 
     /// Whether `peer` has applied our message `seq`.
+    /// Whether `peer` is known under `incarnation` and everything up to `last_seq` of it is
+    /// applied: a heartbeat announcing `last_seq` brings nothing to repair.
+    pub(crate) fn caught_up(&self, peer: &str, incarnation: u64, last_seq: u64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.incarnation == incarnation && p.applied >= last_seq)
+    }
+
     pub(crate) fn has_applied(&self, peer: &str, seq: u64) -> bool {
         self.peers.get(peer).is_some_and(|p| p.acked >= seq)
     }
@@ -307,6 +315,23 @@ mod tests {
             unvouched(&with_d[2..], "p", "me", sessions).is_none(),
             "not ready: not vouched"
         );
+    }
+
+    #[test]
+    fn only_a_heartbeat_that_brings_nothing_to_repair_counts_as_caught_up() {
+        let mut t = table();
+        assert!(!t.caught_up("p", 1, 0), "a peer not heard from yet");
+        t.on_beat("p", beat(0, None), 100);
+        assert!(t.caught_up("p", 1, 0));
+        assert!(!t.caught_up("p", 2, 0), "another incarnation is a restart");
+        assert!(
+            !t.caught_up("p", 1, 1),
+            "an unapplied publish is a gap or in flight"
+        );
+        assert_eq!(t.on_publish("p", 1, 1, 200), Arrival::InOrder);
+        assert!(t.caught_up("p", 1, 1));
+        // Taking such a heartbeat ahead of the mailbox repairs nothing.
+        assert_eq!(t.on_beat("p", beat(1, Some(300)), 400), None);
     }
 
     #[test]

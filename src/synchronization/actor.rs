@@ -7,7 +7,7 @@
 //! right after, everything the lease vouches for has really been applied.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -68,6 +68,18 @@ pub(crate) struct SynchronizationState<M> {
     pub(super) waiters: Vec<Waiter>,
 }
 
+/// The actor's state, shared with the node-level actor: a topic heartbeat that arrives inside
+/// the node-level heartbeat and announces nothing this topic has yet to apply is taken on the
+/// node-level actor's task, without a message to this actor (see [`super::bundle`]).
+pub(crate) type SharedState<M> = Arc<Mutex<SynchronizationState<M>>>;
+
+/// The state, locked (every section is short and never awaits).
+pub(super) fn lock<M>(
+    state: &Mutex<SynchronizationState<M>>,
+) -> MutexGuard<'_, SynchronizationState<M>> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A `publish_confirmed` caller waiting for acknowledgements.
 pub(super) struct Waiter {
     pub(super) seq: u64,
@@ -78,7 +90,7 @@ pub(super) struct Waiter {
 
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {
     type Msg = SyncMessage<M>;
-    type State = SynchronizationState<M>;
+    type State = SharedState<M>;
     type Arguments = SynchronizationArguments<M>;
 
     async fn pre_start(
@@ -117,12 +129,19 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
-        // Peers already in the group joined before we could watch: treat them as joining now.
+        // Peers already in the group joined before we could watch. A join is no repair of its
+        // own: whatever a peer published that this node missed shows as a gap in its first
+        // heartbeat or publish (a peer that published nothing causes none).
         for _ in remote_members(&state.group) {
             bump(&state.shared.counters.peer_joins);
-            state.possibly_missed(MissCause::PeerJoined);
         }
         state.refresh_gate();
+        let bundled = state.gossip.is_none();
+        let group = state.group.clone();
+        let state = Arc::new(Mutex::new(state));
+        if bundled {
+            super::bundle::register(&group, Arc::downgrade(&state) as _);
+        }
         Ok(state)
     }
 
@@ -131,6 +150,11 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let sink = Arc::downgrade(state) as std::sync::Weak<dyn super::bundle::BeatSink>;
+        let state = lock(state);
+        if state.gossip.is_none() {
+            super::bundle::unregister(&state.group, &sink);
+        }
         state.ticker.abort();
         if state.gossip.is_some() {
             super::bundle::set_node_interval(0);
@@ -148,6 +172,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let mut state = lock(state);
         // Only what peers send (and the passing of time) can change a lease; sending does not,
         // so the publish path skips the recomputation.
         let leases_may_change = matches!(
@@ -183,6 +208,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let mut state = lock(state);
         if let SupervisionEvent::ProcessGroupChanged(change) = event {
             let joined = matches!(change, GroupChangeMessage::Join(..));
             let (scope, group, who) = match change {
@@ -191,7 +217,6 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             let remote = who.iter().any(|cell| !cell.get_id().is_local());
             if scope == PG_SCOPE && group == state.group && remote && joined {
                 bump(&state.shared.counters.peer_joins);
-                state.possibly_missed(MissCause::PeerJoined);
             }
             state.refresh_gate();
         }

@@ -11,12 +11,19 @@
 //! shorter. A deposit younger than [`MIN_AGE_US`] is held back for the next round, so that the
 //! publishes it announces (which travel on the topic's own path) are cast well before it.
 //!
+//! On arrival, a topic heartbeat that announces nothing the topic has yet to apply (the peer's
+//! incarnation as known, its last sequence number already applied) is taken at once on the
+//! node-level actor's task, through the topic's [`BeatSink`]: no message to the topic's actor,
+//! so a node's idle cost does not grow with its number of topics. Any other (a gap to repair, a
+//! restart, a first contact) is queued to the topic's actor, behind the publishes that reached
+//! its mailbox first, as a topic heartbeat sent on its own would be.
+//!
 //! Process-wide like `ractor::pg`: there is one node per process. A topic bundles only while a
 //! node-level actor is running and heartbeats at least as often as the topic does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// A deposit this recent waits for the next node-level heartbeat.
 const MIN_AGE_US: u64 = 5_000;
@@ -81,6 +88,52 @@ pub(crate) fn collect(now: u64) -> Vec<(String, Vec<u8>)> {
                 };
                 envelope.map(|e| (topic.clone(), e.clone()))
             })
+            .collect()
+    })
+}
+
+/// A topic's actor state, as the node-level actor reaches it.
+pub(crate) trait BeatSink: Send + Sync {
+    /// Takes the encoded topic heartbeat now if it announces nothing this topic has yet to
+    /// apply; `false` (nothing done) to have it queued to the topic's actor instead.
+    fn offer(&self, envelope: &[u8]) -> bool;
+}
+
+type Sinks = HashMap<String, Weak<dyn BeatSink>>;
+
+fn sinks() -> &'static Mutex<Sinks> {
+    static SINKS: OnceLock<Mutex<Sinks>> = OnceLock::new();
+    SINKS.get_or_init(Mutex::default)
+}
+
+fn with_sinks<T>(f: impl FnOnce(&mut Sinks) -> T) -> T {
+    f(&mut sinks().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The topic's actor started: bundled heartbeats for it may be taken through `sink`.
+pub(crate) fn register(topic: &str, sink: Weak<dyn BeatSink>) {
+    with_sinks(|all| all.insert(topic.to_owned(), sink));
+}
+
+/// The topic's actor behind `sink` stopped (a later actor's registration is kept).
+pub(crate) fn unregister(topic: &str, sink: &Weak<dyn BeatSink>) {
+    with_sinks(|all| {
+        if all
+            .get(topic)
+            .is_some_and(|s| std::ptr::addr_eq(s.as_ptr(), sink.as_ptr()))
+        {
+            all.remove(topic);
+        }
+    });
+}
+
+/// The sink of each topic in `topics` that has one, in the same order.
+pub(crate) fn sinks_of<'t>(
+    topics: impl Iterator<Item = &'t str>,
+) -> Vec<Option<Arc<dyn BeatSink>>> {
+    with_sinks(|all| {
+        topics
+            .map(|topic| all.get(topic).and_then(Weak::upgrade))
             .collect()
     })
 }

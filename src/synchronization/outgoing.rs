@@ -117,32 +117,33 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.answer_waiters();
         // Every invalidation accepted before this heartbeat is covered by it.
         self.publish_pending();
-        let members = match &self.gossip {
-            Some(gossip) => gossip.members(),
-            // A topic's heartbeat names the members this node has a session with: a lease it
-            // renews vouches that the reader knows them too.
-            None => crate::sessions::peer_names()
-                .into_iter()
-                .map(|name| Member {
-                    name,
-                    incarnation: 0,
-                    addr: String::new(),
-                    ready: true,
-                })
-                .collect(),
-        };
         match &self.gossip {
-            // The node-level topic carries every other topic's heartbeat.
-            Some(_) => {
+            // The node-level topic carries every other topic's heartbeat, and the members.
+            Some(gossip) => {
                 let bundled = super::bundle::collect(now_us());
+                let members = gossip.members();
                 self.outbox.heartbeat(self.peers.echoes(), members, bundled);
             }
-            None if super::bundle::bundles(self.heartbeat_us) => {
-                self.outbox.deposit_heartbeat(self.peers.echoes(), members)
-            }
-            None => self
+            // Carried inside the node-level heartbeat, whose members the receiving node
+            // checks before it hands this on: no list of its own.
+            None if super::bundle::bundles(self.heartbeat_us) => self
                 .outbox
-                .heartbeat(self.peers.echoes(), members, Vec::new()),
+                .deposit_heartbeat(self.peers.echoes(), Vec::new()),
+            // On its own, a topic's heartbeat names the members this node has a session with:
+            // a lease it renews vouches that the reader knows them too.
+            None => {
+                let members = crate::sessions::peer_names()
+                    .into_iter()
+                    .map(|name| Member {
+                        name,
+                        incarnation: 0,
+                        addr: String::new(),
+                        ready: true,
+                    })
+                    .collect();
+                self.outbox
+                    .heartbeat(self.peers.echoes(), members, Vec::new())
+            }
         }
     }
 }

@@ -18,6 +18,9 @@ pub(crate) struct SyncShared {
     /// the node's membership gate last opened may not count every member.
     refreshed_at: AtomicU64,
     status: Mutex<TopicStatus>,
+    /// Signalled when the lease gate closes (a peer's lease ran out): wakes the cache's
+    /// revalidation, which keeps entries checked against the source while it stays closed.
+    pub(crate) gate_closed: tokio::sync::Notify,
 }
 
 /// Refreshed by the actor on every change and heartbeat; read by reports, never by reads.

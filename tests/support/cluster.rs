@@ -91,17 +91,61 @@ pub fn put(node: &mut NodeProcess, key: &str, value: &str) -> u64 {
         .unwrap_or_else(|| panic!("put failed: {reply}"))
 }
 
-/// Waits until `node` has seen `count` peers join its topic and has applied the repair each
-/// join causes, so that entries cached afterwards stay cached.
+/// Waits until `node` has seen `count` peers join its topic and is healthy again.
 pub fn wait_for_joins(node: &mut NodeProcess, count: u64) {
     let name = node.spec.name.clone();
     eventually(DEADLINE, || {
         let stats = node.ask("stats");
         let joins = stats["peer_joins"].as_u64()?;
-        // One repair at start, one per join.
-        (joins >= count && stats["repairs"].as_u64()? > joins).then_some(())
+        (joins >= count && stats["health"] == "healthy").then_some(())
     })
     .unwrap_or_else(|| panic!("{name} never saw {count} peers join"));
+}
+
+/// Writes `key = value` straight into the cluster's SQLite file, as a SQL session, a
+/// migration or another service would: no node hears of it. Returns the committed version.
+pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> u64 {
+    let conn = rusqlite::Connection::open(db).expect("open the database");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let version: i64 = conn
+        .query_row(
+            "INSERT INTO kv (key, value, version) VALUES (?1, ?2, 1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = version + 1
+             RETURNING version",
+            rusqlite::params![key, value],
+            |row| row.get(0),
+        )
+        .expect("write the row");
+    version as u64
+}
+
+/// Reads `key` on `node` until it serves `fresh`, which was committed before
+/// `committed`; fails if a read sent more than `lease` after that served anything else (the
+/// staleness bound). Returns how long after `committed` the first fresh read was sent.
+pub fn served_within(
+    node: &mut NodeProcess,
+    key: &str,
+    fresh: &str,
+    committed: std::time::Instant,
+    lease: Duration,
+) -> Duration {
+    let name = node.spec.name.clone();
+    let deadline = committed + DEADLINE;
+    loop {
+        let sent = std::time::Instant::now();
+        let read = node.ask(&format!("get {key}"));
+        if read["value"].as_str() == Some(fresh) {
+            return sent - committed;
+        }
+        assert!(
+            sent <= committed + lease,
+            "{name} served {read} {:?} after {key} = {fresh:?} was committed (lease {lease:?})",
+            sent - committed
+        );
+        assert!(sent < deadline, "{name} never served {key} = {fresh:?}");
+        std::thread::yield_now();
+    }
 }
 
 /// Polls `stats` until the node's cache reports `health` (`healthy`, `repairing`, `bypassing`).

@@ -1,0 +1,102 @@
+//! The revalidation task: one per cache, checking its entries' versions against the source in
+//! bulk when they cannot be vouched for by leases alone — after a repair (messages may have
+//! been missed), while the lease gate is closed (a peer hung, crashed or is partitioned), and
+//! every `revalidate_every` if set (writes that bypass the application).
+//!
+//! It sleeps on a notification (a repair, a lease that ran out) and otherwise wakes once per
+//! lease: idle, it costs one timer per lease and nothing else.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use super::actor::CacheKey;
+use super::Inner;
+use crate::clock::now_us;
+use crate::counter::{add, bump};
+
+/// Revalidation settings of one cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Revalidation {
+    /// Check every entry this often even while every gate is open (off: `None`).
+    pub(crate) every: Option<Duration>,
+    /// Keys per bulk version check.
+    pub(crate) chunk: usize,
+    /// Most entries one pass checks; the rest are dropped.
+    pub(crate) budget: usize,
+}
+
+impl Default for Revalidation {
+    fn default() -> Self {
+        Self {
+            every: None,
+            chunk: 1_000,
+            budget: 100_000,
+        }
+    }
+}
+
+/// Runs until the cache is dropped.
+pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
+    cache: Weak<Inner<K, V>>,
+    settings: Revalidation,
+) {
+    let Some((wake, leases, lease_us)) = cache.upgrade().map(|c| {
+        let store = &c.store;
+        (store.wake.clone(), store.leases().clone(), store.lease_us())
+    }) else {
+        return;
+    };
+    let every = settings
+        .every
+        .map(|e| u64::try_from(e.as_micros()).unwrap_or(u64::MAX));
+    // The repair the Synchronization actor makes when it starts came before any entry.
+    let mut last = now_us();
+    loop {
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let now = now_us();
+        if cache.store.pass_due(now, last, every) {
+            last = now;
+            let pass = cache
+                .store
+                .revalidate(settings.chunk, settings.budget)
+                .await;
+            let counters = &cache.store.counters;
+            bump(&counters.revalidations);
+            add(&counters.revalidated_keys, pass.checked);
+            add(
+                &counters.revalidation_drops,
+                pass.dropped + pass.over_budget,
+            );
+            add(&counters.revalidation_failures, pass.failed);
+            if pass.over_budget > 0 {
+                tracing::warn!(
+                    dropped = pass.over_budget,
+                    budget = settings.budget,
+                    "more entries than one revalidation pass checks: dropped the rest"
+                );
+            }
+            continue;
+        }
+        // A closed gate needs a pass every half lease; otherwise wake on a repair, a lapsed
+        // lease, `every`, or (the membership gate has no signal) after one lease.
+        let mut nap = if cache.store.gates_open(now) {
+            lease_us
+        } else {
+            lease_us / 4
+        };
+        drop(cache);
+        if let Some(every) = every {
+            nap = nap.min(last.saturating_add(every).saturating_sub(now));
+        }
+        let nap = nap.max(1_000);
+        let _ = tokio::time::timeout(Duration::from_micros(nap), async {
+            tokio::select! {
+                () = wake.notified() => {}
+                () = leases.gate_closed.notified() => {}
+            }
+        })
+        .await;
+    }
+}

@@ -154,6 +154,8 @@ struct Known {
     addr: String,
     /// The incarnation comes from the member's own heartbeat.
     direct: bool,
+    /// This node had a ready session with it (or heard from it) at some point.
+    reached: bool,
     /// Our clock (µs): the member was last heard from, or reported ready by someone.
     alive_at: u64,
 }
@@ -189,6 +191,7 @@ impl Membership {
     pub(crate) fn members(&self) -> Vec<MemberInfo> {
         let ready = self.ready_names();
         let mut members = self.with(|s| {
+            s.mark_reached(&ready);
             s.view(&ready, |name, addr, state| MemberInfo {
                 name: name.to_owned(),
                 addr: addr.to_owned(),
@@ -279,6 +282,7 @@ impl Gossip for Membership {
                 incarnation,
                 addr: addr.unwrap_or_default(),
                 direct: true,
+                reached: true,
                 alive_at: now,
             };
             s.known.insert(origin.to_owned(), known);
@@ -366,6 +370,7 @@ impl Membership {
     fn refresh_gate(&self) {
         let ready = self.ready_names();
         let (missing, expects_peers) = self.with(|s| {
+            s.mark_reached(&ready);
             let mut missing: Vec<String> = s
                 .known
                 .keys()
@@ -403,12 +408,21 @@ impl Membership {
 }
 
 impl State {
+    /// Members with a ready session now have been reached.
+    fn mark_reached(&mut self, ready: &[String]) {
+        for name in ready {
+            if let Some(k) = self.known.get_mut(name) {
+                k.reached = true;
+            }
+        }
+    }
+
     /// Every known member and every clean leave still remembered, as `f(name, addr, state)`.
     fn view<T>(&self, ready: &[String], f: impl Fn(&str, &str, MemberState) -> T) -> Vec<T> {
         let known = self.known.iter().map(|(name, k)| {
             let state = if ready.contains(name) {
                 MemberState::Ready
-            } else if k.direct {
+            } else if k.reached {
                 MemberState::Down
             } else {
                 MemberState::Connecting
@@ -437,9 +451,11 @@ impl State {
                     incarnation: member.incarnation,
                     addr: member.addr.clone(),
                     direct: false,
+                    reached: false,
                     // A member first heard of by a report is given `forget_after` to be reached.
                     alive_at: now,
                 };
+                tracing::info!(member = %member.name, addr = %member.addr, "learnt of a member from gossip");
                 self.known.insert(member.name.clone(), known);
             }
             // What a member says of itself wins over what others say of it.
@@ -492,6 +508,7 @@ mod tests {
             incarnation: 2,
             addr: "c:1".into(),
             direct: true,
+            reached: true,
             alive_at: 10,
         };
         state.known.insert("c@h".into(), direct);

@@ -8,9 +8,12 @@ use std::fmt;
 pub enum Health {
     /// Every peer's lease is valid: reads are served from the heap.
     Healthy,
-    /// A repair (dropping entries that may be stale) happened within the last heartbeat.
+    /// A repair (every entry checked against the source before it is served again) happened
+    /// within the last heartbeat.
     Repairing,
-    /// Some peer's lease has run out: in bounded mode, reads go to the source.
+    /// Some peer's lease has run out, or a member is out of reach: in bounded mode the cache
+    /// serves only entries checked against the source less than a lease ago (checking them in
+    /// bulk every half lease); other reads go to the source.
     Bypassing {
         /// Which peer, and why.
         reason: String,

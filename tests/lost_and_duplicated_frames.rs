@@ -45,6 +45,7 @@ fn a_lost_invalidation_is_detected_by_the_next_heartbeat_and_repaired() {
     let took = repaired.expect("b never repaired the lost invalidation");
     println!("lost invalidation repaired after {took:?}");
     assert_eq!(proxy.tampered().0, 1, "the frame was not dropped");
+    wait_for_stat(&mut b, "gaps", 1);
     assert_eq!(b.stat("gaps"), 1, "{}", b.ask("stats"));
     assert_eq!(
         b.stat("invalidations_received"),

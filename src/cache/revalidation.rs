@@ -51,12 +51,18 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         .map(|e| u64::try_from(e.as_micros()).unwrap_or(u64::MAX));
     // The repair the Synchronization actor makes when it starts came before any entry.
     let mut last = now_us();
+    // A pass some of whose checks failed (the source is down) is tried again after this.
+    let mut retry_at: Option<u64> = None;
     loop {
         let Some(cache) = cache.upgrade() else {
             return;
         };
         let now = now_us();
-        if cache.store.pass_due(now, last, every) {
+        if cache.store.is_empty() {
+            // Nothing to check: whatever is cached from now on is verified after every repair
+            // so far (a load in flight from before stays unverified until a read replaces it).
+            last = now;
+        } else if cache.store.pass_due(now, last, every) || retry_at.is_some_and(|t| now >= t) {
             last = now;
             let pass = cache
                 .store
@@ -70,6 +76,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
                 pass.dropped + pass.over_budget,
             );
             add(&counters.revalidation_failures, pass.failed);
+            retry_at = (pass.failed > 0).then(|| now_us() + lease_us / 4);
             if pass.over_budget > 0 {
                 tracing::warn!(
                     dropped = pass.over_budget,
@@ -89,6 +96,9 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         drop(cache);
         if let Some(every) = every {
             nap = nap.min(last.saturating_add(every).saturating_sub(now));
+        }
+        if let Some(retry_at) = retry_at {
+            nap = nap.min(retry_at.saturating_sub(now));
         }
         let nap = nap.max(1_000);
         let _ = tokio::time::timeout(Duration::from_micros(nap), async {

@@ -13,7 +13,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Reads that had to wait for a load (their own or a concurrent reader's).
     pub misses: u64,
-    /// Reads sent to the source because some peer's lease had run out (bounded mode).
+    /// Reads sent to the source because no gate and no recent check vouched for the entry
+    /// (bounded mode: some peer's lease had run out, or a member is out of reach).
     pub bypasses: u64,
     /// Calls to [`Source::load`](crate::Source::load).
     pub loads: u64,

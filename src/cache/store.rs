@@ -392,6 +392,11 @@ where
         pass
     }
 
+    /// Whether the cache holds no entry (a pass would check nothing).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Drops `key` if its entry is still at `version`.
     fn drop_if(&self, key: &K, version: Version) -> bool {
         self.entries

@@ -129,11 +129,10 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
-        // Peers already in the group joined before we could watch. A join is no repair of its
-        // own: whatever a peer published that this node missed shows as a gap in its first
-        // heartbeat or publish (a peer that published nothing causes none).
+        // Peers already in the group joined before we could watch: treat them as joining now.
         for _ in remote_members(&state.group) {
             bump(&state.shared.counters.peer_joins);
+            state.possibly_missed(MissCause::PeerJoined);
         }
         state.refresh_gate();
         let bundled = state.gossip.is_none();
@@ -215,8 +214,12 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
                 GroupChangeMessage::Join(s, g, w) | GroupChangeMessage::Leave(s, g, w) => (s, g, w),
             };
             let remote = who.iter().any(|cell| !cell.get_id().is_local());
+            // A join is a possible loss: an earlier incarnation of the peer that this node never
+            // heard of may have published, and been lost, before it died (its successor's
+            // heartbeats cannot tell). The repair checks versions; it drops nothing unchanged.
             if scope == PG_SCOPE && group == state.group && remote && joined {
                 bump(&state.shared.counters.peer_joins);
+                state.possibly_missed(MissCause::PeerJoined);
             }
             state.refresh_gate();
         }

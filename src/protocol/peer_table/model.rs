@@ -83,6 +83,8 @@ struct World {
     to_reader: Vec<Msg>,
     to_writer: Vec<u64>, // reader heartbeat stamps
     partitioned: bool,
+    /// Incarnations of W whose join R has seen.
+    joined: Vec<u64>,
 }
 
 impl World {
@@ -103,6 +105,7 @@ impl World {
             to_reader: Vec::new(),
             to_writer: Vec::new(),
             partitioned: false,
+            joined: Vec::new(),
         }
     }
 
@@ -190,8 +193,11 @@ impl World {
     }
 
     fn receive(&mut self, msg: Msg) {
-        // A join is no repair of its own: what the writer published before the reader heard
-        // of it shows as a gap in its first heartbeat or publish.
+        let (Msg::Publish { inc, .. } | Msg::Beat { inc, .. }) = msg;
+        if !self.joined.contains(&inc) {
+            self.joined.push(inc);
+            self.cached = None; // the join's repair (PeerJoined)
+        }
         match msg {
             Msg::Publish { inc, seq, version } => {
                 let arrival = self.table.on_publish("w", inc, seq, self.now);

@@ -5,6 +5,7 @@ mod batch;
 mod builder;
 mod invalidation;
 mod metrics;
+mod reloader;
 mod revalidation;
 mod stats;
 mod store;
@@ -58,6 +59,8 @@ pub(crate) struct Inner<K, V> {
     actor: OnceLock<ActorRef<CacheMessage>>,
     /// The consistency mode.
     mode: Mode,
+    /// Keys to reload in the background (invalidated or changed while cached here).
+    reloads: reloader::ReloadQueue<K>,
 }
 
 impl<K, V> Clone for Cache<K, V> {
@@ -280,6 +283,22 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
             sync: RwLock::new(None),
             actor: OnceLock::new(),
             mode,
+            reloads: reloader::ReloadQueue::default(),
+        }
+    }
+
+    /// Queues `keys` for the reloader (each once; what does not fit loads on its next read).
+    pub(crate) fn reload(&self, keys: Vec<K>) {
+        if keys.is_empty() {
+            return;
+        }
+        let (queued, dropped) = self.reloads.push(keys);
+        add(&self.store.counters.reloads, queued);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "reload queue full: those keys load on their next read"
+            );
         }
     }
 

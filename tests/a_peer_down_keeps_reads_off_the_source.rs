@@ -99,7 +99,8 @@ fn a_rolling_restart_keeps_the_survivors_entries() {
             "restart of {}: {calls} source calls on b, {hits} hits of {reads} reads",
             spec.name
         );
-        assert_eq!(b.stat("entries"), HOT_KEYS as u64, "b dropped entries");
+        let stats = b.ask("stats");
+        assert_eq!(stats["entries"], HOT_KEYS as u64, "b dropped entries: {stats}");
         assert!(calls <= 10, "{calls} source calls for one restart");
         nodes.push(again);
     }

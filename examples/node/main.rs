@@ -280,12 +280,21 @@ impl NodeProcess {
         result.unwrap_or_else(|error| json!({ "error": error }))
     }
 
+    /// Writes the row; on any error the outcome of the commit may be unknown (the connection
+    /// broke after COMMIT was sent), so the key is invalidated anyway before the error is
+    /// reported: a spare invalidation costs a reload, a missing one a stale read.
+    async fn write(&self, key: &str, value: String) -> Result<u64, String> {
+        match self.source.put(key.to_owned(), value).await {
+            Ok(version) => Ok(version),
+            Err(error) => {
+                let _ = self.cache.invalidate(&key.to_owned());
+                Err(error.to_string())
+            }
+        }
+    }
+
     async fn put(&self, key: String, value: String) -> Result<Value, String> {
-        let version = self
-            .source
-            .put(key.clone(), value)
-            .await
-            .map_err(|e| e.to_string())?;
+        let version = self.write(&key, value).await?;
         self.cache
             .invalidate_version(&key, version)
             .map_err(|e| e.to_string())?;
@@ -293,11 +302,7 @@ impl NodeProcess {
     }
 
     async fn put_confirmed(&self, key: String, value: String) -> Result<Value, String> {
-        let version = self
-            .source
-            .put(key.clone(), value)
-            .await
-            .map_err(|e| e.to_string())?;
+        let version = self.write(&key, value).await?;
         let timeout = Duration::from_secs(1);
         let confirmation = self
             .cache

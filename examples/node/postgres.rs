@@ -1,47 +1,103 @@
 //! A PostgreSQL-backed source of truth, for clusters that span machines (a SQLite file cannot be
 //! shared across hosts): the same `kv(key, value, version)` table as the SQLite source.
+//!
+//! Connections come from a pool (`deadpool-postgres`) that replaces a broken connection on the
+//! next call, so a restarted server or a dropped connection costs the calls in flight, not
+//! every later one. Versions come from a database sequence, set by a trigger on every insert
+//! and update — also those made outside the application (a SQL session, a migration) — so a
+//! version is never reused, not even after a failover, and a bulk version check sees every
+//! write.
 
-use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ractor_cache_sync::{Error, Result, Source, Version};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
+
+/// Connections kept open per node.
+const POOL_SIZE: usize = 8;
 
 #[derive(Clone)]
 pub struct PostgresSource {
-    client: Arc<Client>,
+    pool: Pool,
 }
 
+/// Serialises the schema set-up of nodes starting at the same time.
+const SCHEMA_LOCK: i64 = 0x5243_5301;
+
 impl PostgresSource {
-    /// Connects (`postgres://user:password@host:port/database`) and creates the table if needed.
-    pub async fn connect(url: &str) -> std::result::Result<Self, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::error!(%error, "postgres connection closed");
-            }
-        });
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS kv (
-                     key TEXT PRIMARY KEY,
-                     value TEXT NOT NULL,
-                     version BIGINT NOT NULL
-                 )",
-            )
-            .await?;
-        Ok(Self {
-            client: Arc::new(client),
-        })
+    /// Connects (`postgres://user:password@host:port/database`) and creates the table, the
+    /// version sequence and its trigger if needed.
+    pub async fn connect(url: &str) -> std::result::Result<Self, String> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let source = Self { pool };
+        source.set_up().await.map_err(|e| e.to_string())?;
+        Ok(source)
     }
 
-    /// Writes `value` under `key` with version = previous + 1, in one statement (one
-    /// transaction), and returns the committed version.
+    async fn set_up(&self) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Error::from_source)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(Error::from_source)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS kv (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL,
+                 version BIGINT NOT NULL
+             );
+             DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_class WHERE relname = 'kv_version') THEN
+                     CREATE SEQUENCE kv_version;
+                     -- A table written before versions came from the sequence: start above it.
+                     PERFORM setval('kv_version', GREATEST((SELECT MAX(version) FROM kv), 1));
+                 END IF;
+             END $$;
+             CREATE OR REPLACE FUNCTION kv_next_version() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 NEW.version := nextval('kv_version');
+                 RETURN NEW;
+             END $$;
+             DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'kv_version_on_write') THEN
+                     CREATE TRIGGER kv_version_on_write BEFORE INSERT OR UPDATE ON kv
+                         FOR EACH ROW EXECUTE FUNCTION kv_next_version();
+                 END IF;
+             END $$;",
+        )
+        .await
+        .map_err(Error::from_source)?;
+        tx.commit().await.map_err(Error::from_source)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(Error::from_source)
+    }
+
+    /// Writes `value` under `key` in one statement (one transaction) and returns the version
+    /// the trigger gave it.
     pub async fn put(&self, key: String, value: String) -> Result<Version> {
         let row = self
-            .client
+            .client()
+            .await?
             .query_one(
-                "INSERT INTO kv (key, value, version) VALUES ($1, $2, 1)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = kv.version + 1
+                "INSERT INTO kv (key, value, version) VALUES ($1, $2, 0)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
                  RETURNING version",
                 &[&key, &value],
             )
@@ -55,7 +111,8 @@ impl PostgresSource {
 impl Source<String, String> for PostgresSource {
     async fn load(&self, key: &String) -> Result<Option<(String, Version)>> {
         let row = self
-            .client
+            .client()
+            .await?
             .query_opt("SELECT value, version FROM kv WHERE key = $1", &[key])
             .await
             .map_err(Error::from_source)?;
@@ -64,7 +121,8 @@ impl Source<String, String> for PostgresSource {
 
     async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<(String, Version)>>> {
         let rows = self
-            .client
+            .client()
+            .await?
             .query(
                 "SELECT key, value, version FROM kv WHERE key = ANY($1)",
                 &[&keys],
@@ -80,7 +138,8 @@ impl Source<String, String> for PostgresSource {
 
     async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
         let rows = self
-            .client
+            .client()
+            .await?
             .query("SELECT key, version FROM kv WHERE key = ANY($1)", &[&keys])
             .await
             .map_err(Error::from_source)?;

@@ -1,5 +1,10 @@
 //! A SQLite-backed source of truth: one table `kv(key, value, version)` in a real file, in WAL
 //! mode so several node processes on one machine can share it.
+//!
+//! Versions come from one counter for the whole table (`kv_version`), set by triggers on every
+//! insert and on every update of a value — also those made outside the application (a SQL
+//! session, a migration) — so a version is never reused and a bulk version check sees every
+//! write; the same rule as the PostgreSQL source's sequence.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,7 +30,23 @@ impl SqliteSource {
                  key TEXT PRIMARY KEY NOT NULL,
                  value TEXT NOT NULL,
                  version INTEGER NOT NULL
-             )",
+             );
+             CREATE TABLE IF NOT EXISTS kv_version (
+                 id INTEGER PRIMARY KEY CHECK (id = 0),
+                 last INTEGER NOT NULL
+             );
+             -- A table written before versions came from the counter: start above it.
+             INSERT OR IGNORE INTO kv_version (id, last) SELECT 0, COALESCE(MAX(version), 0) FROM kv;
+             CREATE TRIGGER IF NOT EXISTS kv_version_on_insert AFTER INSERT ON kv BEGIN
+                 UPDATE kv_version SET last = last + 1 WHERE id = 0;
+                 UPDATE kv SET version = (SELECT last FROM kv_version WHERE id = 0)
+                     WHERE rowid = NEW.rowid;
+             END;
+             CREATE TRIGGER IF NOT EXISTS kv_version_on_update AFTER UPDATE OF value ON kv BEGIN
+                 UPDATE kv_version SET last = last + 1 WHERE id = 0;
+                 UPDATE kv SET version = (SELECT last FROM kv_version WHERE id = 0)
+                     WHERE rowid = NEW.rowid;
+             END;",
         )?;
         Ok(Self {
             reader: Arc::new(Mutex::new(connect(path)?)),
@@ -33,18 +54,21 @@ impl SqliteSource {
         })
     }
 
-    /// Writes `value` under `key` with version = previous + 1, in one transaction, and returns
-    /// the committed version.
+    /// Writes `value` under `key` in one transaction and returns the version the triggers gave
+    /// it.
     pub async fn put(&self, key: String, value: String) -> Result<Version> {
         let writer = self.writer.clone();
         blocking(move || {
             let mut conn = writer.lock().expect("sqlite writer mutex poisoned");
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let version: i64 = tx.query_row(
-                "INSERT INTO kv (key, value, version) VALUES (?1, ?2, 1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = version + 1
-                 RETURNING version",
+            tx.execute(
+                "INSERT INTO kv (key, value, version) VALUES (?1, ?2, 0)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
+            )?;
+            let version: i64 = tx.query_row(
+                "SELECT version FROM kv WHERE key = ?1",
+                params![key],
                 |row| row.get(0),
             )?;
             tx.commit()?;

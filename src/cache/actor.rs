@@ -147,7 +147,7 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
         if let Some(on_remote) = &on_remote {
             on_remote(&applied);
         }
-        reload(&cache, hot);
+        cache.reload(hot);
     });
     let cache = args.cache.clone();
     let pending = Arc::new(move |publish: &mut dyn FnMut(&Invalidation<K>) -> bool| {
@@ -199,24 +199,6 @@ fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
             (Invalidation::All, Vec::new())
         }
     }
-}
-
-/// Reloads the hot keys of one invalidation in the background, one after another in one
-/// task (a burst never floods the source; a reader who needs a key sooner loads it itself),
-/// so the next read is a hit on the fresh value.
-fn reload<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Arc<Inner<K, V>>, hot: Vec<K>) {
-    if hot.is_empty() {
-        return;
-    }
-    add(&cache.store.counters.reloads, hot.len() as u64);
-    let cache = cache.clone();
-    tokio::spawn(async move {
-        for key in hot {
-            if let Err(error) = cache.store.load_once(&key).await {
-                tracing::warn!(%error, "reload after invalidation failed");
-            }
-        }
-    });
 }
 
 /// Marks every entry unverified: none is served until the revalidation task finds it

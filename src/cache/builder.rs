@@ -132,8 +132,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
-    /// Keys per bulk version check ([`Source::versions`]) when the cache revalidates its
-    /// entries. Default 1 000; at least 1.
+    /// Keys per bulk call: each version check ([`Source::versions`]) when the cache
+    /// revalidates its entries, and each bulk reload ([`Source::load_many`]) of invalidated
+    /// keys. Default 1 000; at least 1.
     pub fn revalidation_chunk(mut self, keys: usize) -> Self {
         self.revalidation.chunk = keys;
         self
@@ -215,6 +216,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         spawned.map_err(|e| Error::spawn("cache actor", e))?;
         let cache = Cache { inner };
         tokio::spawn(super::metrics::report_cache(cache.clone()));
+        tokio::spawn(super::reloader::run(
+            Arc::downgrade(&cache.inner),
+            self.revalidation.chunk,
+        ));
         tokio::spawn(super::revalidation::run(
             Arc::downgrade(&cache.inner),
             self.revalidation,

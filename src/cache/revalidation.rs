@@ -64,10 +64,11 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
             last = now;
         } else if cache.store.pass_due(now, last, every) || retry_at.is_some_and(|t| now >= t) {
             last = now;
-            let pass = cache
+            let (pass, changed) = cache
                 .store
                 .revalidate(settings.chunk, settings.budget)
                 .await;
+            cache.reload(changed);
             let counters = &cache.store.counters;
             bump(&counters.revalidations);
             add(&counters.revalidated_keys, pass.checked);

@@ -40,7 +40,8 @@ pub struct CacheStats {
     pub invalidate_alls_received: u64,
     /// Received invalidations older than the cached version, so ignored.
     pub invalidations_ignored: u64,
-    /// Reloads started because a peer invalidated a key this node had cached.
+    /// Keys queued for the reloader because a peer invalidated a key this node had cached
+    /// (or a revalidation found it changed).
     pub reloads: u64,
     /// Times every entry was marked unverified because messages may have been missed (each
     /// is served again once revalidation finds it unchanged in the source).

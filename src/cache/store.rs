@@ -68,6 +68,9 @@ struct Flight<V> {
     /// When the load started: its result reflects every commit that finished before.
     started: u64,
     result: OnceCell<Loaded<V>>,
+    /// Loaded with other keys in one bulk call by the reloader: readers wait for `done`
+    /// instead of loading themselves.
+    bulk: Option<tokio::sync::Notify>,
 }
 
 impl<V> Flight<V> {
@@ -75,7 +78,69 @@ impl<V> Flight<V> {
         Arc::new(Self {
             started,
             result: OnceCell::new(),
+            bulk: None,
         })
+    }
+
+    fn bulk(started: u64) -> Arc<Self> {
+        Arc::new(Self {
+            started,
+            result: OnceCell::new(),
+            bulk: Some(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// A bulk flight's result, once the bulk call has answered.
+    async fn bulk_result(&self, done: &tokio::sync::Notify) -> Loaded<V>
+    where
+        V: Clone,
+    {
+        loop {
+            let answered = done.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if let Some(result) = self.result.get() {
+                return result.clone();
+            }
+            answered.await;
+        }
+    }
+
+    /// Ends a bulk flight with `result` and wakes its readers.
+    fn answer(&self, result: Loaded<V>) {
+        let _ = self.result.set(result);
+        if let Some(done) = &self.bulk {
+            done.notify_waiters();
+        }
+    }
+}
+
+/// Ends the bulk flights a cancelled bulk load leaves unanswered (its task dropped), so that no
+/// reader waits for them forever and they leave the flight map.
+struct Unanswered<'s, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    store: &'s Store<K, V>,
+    flights: &'s [(K, Arc<Flight<V>>)],
+}
+
+impl<K, V> Drop for Unanswered<'_, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        for (key, flight) in self.flights {
+            if flight.result.get().is_none() {
+                let cancelled = Err(crate::error::Error::from_source(
+                    "the bulk load was cancelled",
+                ));
+                flight.answer(cancelled.clone());
+                self.store.install(key, flight, &cancelled);
+            }
+        }
     }
 }
 
@@ -239,6 +304,11 @@ where
                 vacant.insert(Flight::new(now)).clone()
             }
         };
+        if let Some(done) = &flight.bulk {
+            let loaded = flight.bulk_result(done).await;
+            self.install(key, &flight, &loaded);
+            return loaded;
+        }
         let loaded = flight
             .result
             .get_or_init(|| {
@@ -281,6 +351,53 @@ where
         }
         current.remove();
         self.in_flight.fetch_sub(1, SeqCst);
+    }
+
+    /// Loads `keys` in one bulk call ([`Source::load_many`]) through flights of their own, so
+    /// that reads of them meanwhile wait for it and an invalidation meanwhile keeps its result
+    /// out of the cache. Keys cached again or already loading are skipped.
+    pub(crate) async fn load_batch(&self, keys: Vec<K>) {
+        let now = now_us();
+        let mut mine: Vec<(K, Arc<Flight<V>>)> = Vec::with_capacity(keys.len());
+        for key in keys {
+            if self.entries.contains(&key) {
+                continue;
+            }
+            if let MapEntry::Vacant(vacant) = self.flights.entry(key.clone()) {
+                self.in_flight.fetch_add(1, SeqCst);
+                mine.push((key, vacant.insert(Flight::bulk(now)).clone()));
+            }
+        }
+        if mine.is_empty() {
+            return;
+        }
+        let _unanswered = Unanswered {
+            store: self,
+            flights: &mine,
+        };
+        let keys: Vec<K> = mine.iter().map(|(key, _)| key.clone()).collect();
+        bump(&self.counters.source_calls);
+        let loaded = self.source.load_many(&keys).await;
+        let answers: Vec<Loaded<V>> = match loaded {
+            Ok(values) if values.len() == keys.len() => values.into_iter().map(Ok).collect(),
+            Ok(values) => {
+                let error = crate::error::Error::from_source(format!(
+                    "load_many answered {} of {} keys",
+                    values.len(),
+                    keys.len()
+                ));
+                vec![Err(error); keys.len()]
+            }
+            Err(error) => vec![Err(error); keys.len()],
+        };
+        if answers.first().is_some_and(Result::is_err) {
+            bump(&self.counters.load_failures);
+            tracing::warn!(keys = keys.len(), "bulk reload failed");
+        }
+        for ((key, flight), loaded) in mine.iter().zip(answers) {
+            flight.answer(loaded.clone());
+            self.install(key, flight, &loaded);
+        }
     }
 
     /// Drops `key` unless the cached entry is already at `version` or newer.
@@ -339,7 +456,10 @@ where
     /// Checks every entry's version against the source, `chunk` keys per call: an unchanged
     /// entry is verified as of the call's start, a changed or deleted one dropped. At most
     /// `budget` entries are checked; the rest are dropped (a read loads them again, verified).
-    pub(crate) async fn revalidate(&self, chunk: usize, budget: usize) -> Pass {
+    /// Returns what it did, and the keys it dropped because the source has another version
+    /// of them (worth reloading: they were cached because they were read).
+    pub(crate) async fn revalidate(&self, chunk: usize, budget: usize) -> (Pass, Vec<K>) {
+        let mut changed = Vec::new();
         let mut pass = Pass::default();
         let mut all: Vec<(K, Version)> = Vec::with_capacity(self.entries.len());
         {
@@ -386,10 +506,13 @@ where
                     });
                 } else if self.drop_if(key, *cached) {
                     pass.dropped += 1;
+                    if current.is_some() {
+                        changed.push(key.clone());
+                    }
                 }
             }
         }
-        pass
+        (pass, changed)
     }
 
     /// Whether the cache holds no entry (a pass would check nothing).
@@ -511,7 +634,7 @@ mod tests {
         assert_eq!(store.peek(&3), None, "an unverified entry was served");
         source.rows.lock().unwrap().insert(3, 2);
         source.rows.lock().unwrap().remove(&4);
-        let pass = store.revalidate(4, usize::MAX).await;
+        let pass = store.revalidate(4, usize::MAX).await.0;
         assert_eq!((pass.checked, pass.dropped, pass.failed), (10, 2, 0));
         assert_eq!(
             source.version_calls.load(Ordering::SeqCst),
@@ -532,7 +655,7 @@ mod tests {
         source.gated.store(true, Ordering::SeqCst);
         let check = tokio::spawn({
             let store = store.clone();
-            async move { store.revalidate(10, usize::MAX).await }
+            async move { store.revalidate(10, usize::MAX).await.0 }
         });
         until(|| source.version_calls.load(Ordering::SeqCst) == 1).await;
         // The repair lands after the check started, before its answer.
@@ -575,7 +698,7 @@ mod tests {
         let (source, store) = rows_store(Mode::Eventual, Duration::from_secs(1));
         cached_keys(&store, &source, 0..10).await;
         store.mark_unverified();
-        let pass = store.revalidate(3, 6).await;
+        let pass = store.revalidate(3, 6).await.0;
         assert_eq!((pass.checked, pass.over_budget), (6, 4));
         assert_eq!(store.entry_count(), 6);
     }
@@ -619,6 +742,113 @@ mod tests {
             store.peek(&1).unwrap(),
             "1@1",
             "the replaced load installed"
+        );
+    }
+
+    /// A source whose bulk loads wait for a signal.
+    #[derive(Default)]
+    struct BulkGated {
+        version: AtomicU64,
+        bulk_calls: AtomicU64,
+        loads: AtomicU64,
+        gate: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Source<u32, String> for BulkGated {
+        async fn load(&self, key: &u32) -> Result<Option<(String, Version)>> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            let version = self.version.load(Ordering::SeqCst);
+            Ok(Some((format!("{key}@{version}"), version)))
+        }
+
+        async fn load_many(&self, keys: &[u32]) -> Result<Vec<Option<(String, Version)>>> {
+            let version = self.version.load(Ordering::SeqCst);
+            self.bulk_calls.fetch_add(1, Ordering::SeqCst);
+            self.gate.notified().await;
+            Ok(keys
+                .iter()
+                .map(|k| Some((format!("{k}@{version}"), version)))
+                .collect())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bulk_reload_is_one_call_readers_wait_for_it_and_an_invalidation_keeps_it_out() {
+        let source = Arc::new(BulkGated::default());
+        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
+        let store = Arc::new(Store::new(
+            source_dyn,
+            Mode::Eventual,
+            Arc::default(),
+            Arc::default(),
+            Duration::from_secs(1),
+        ));
+        let bulk = tokio::spawn({
+            let store = store.clone();
+            async move { store.load_batch(vec![1, 2, 3]).await }
+        });
+        until(|| source.bulk_calls.load(Ordering::SeqCst) == 1).await;
+        let reader = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        // Key 3 changes while the bulk call runs: its answer must not be cached.
+        assert_eq!(store.invalidate(&3, Some(1)), Dropped::Flight);
+        source.gate.notify_one();
+        bulk.await.unwrap();
+        let read = reader.await.unwrap();
+        assert_eq!(
+            read.value.unwrap().0,
+            "1@0",
+            "the reader did not get the bulk answer"
+        );
+        assert_eq!(
+            source.loads.load(Ordering::SeqCst),
+            0,
+            "the reader loaded on its own"
+        );
+        assert_eq!(store.peek(&2).as_deref(), Some("2@0"));
+        assert_eq!(
+            store.peek(&3),
+            None,
+            "a load overtaken by an invalidation was cached"
+        );
+        assert_eq!(source.bulk_calls.load(Ordering::SeqCst), 1);
+        // Keys cached or loading are skipped: nothing to load, no call.
+        store.load_batch(vec![1, 2]).await;
+        assert_eq!(source.bulk_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_bulk_reload_does_not_leave_its_readers_waiting() {
+        let source = Arc::new(BulkGated::default());
+        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
+        let store = Arc::new(Store::new(
+            source_dyn,
+            Mode::Eventual,
+            Arc::default(),
+            Arc::default(),
+            Duration::from_secs(1),
+        ));
+        let bulk = tokio::spawn({
+            let store = store.clone();
+            async move { store.load_batch(vec![1]).await }
+        });
+        until(|| source.bulk_calls.load(Ordering::SeqCst) == 1).await;
+        let reader = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await }
+        });
+        tokio::task::yield_now().await;
+        bulk.abort();
+        let read = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        assert!(read.expect("the reader waited forever").unwrap().is_err());
+        assert_eq!(
+            store.in_flight.load(SeqCst),
+            0,
+            "the cancelled flight stayed"
         );
     }
 

@@ -103,20 +103,26 @@ pub fn wait_for_joins(node: &mut NodeProcess, count: u64) {
 }
 
 /// Writes `key = value` straight into the cluster's SQLite file, as a SQL session, a
-/// migration or another service would: no node hears of it. Returns the committed version.
+/// migration or another service would: no node hears of it, and the statement does not touch
+/// the version (the database's triggers give it one). Returns the version it got.
 pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> u64 {
     let conn = rusqlite::Connection::open(db).expect("open the database");
     conn.busy_timeout(Duration::from_secs(10))
         .expect("busy timeout");
-    let version: i64 = conn
-        .query_row(
-            "INSERT INTO kv (key, value, version) VALUES (?1, ?2, 1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = version + 1
-             RETURNING version",
+    let updated = conn
+        .execute(
+            "UPDATE kv SET value = ?2 WHERE key = ?1",
             rusqlite::params![key, value],
-            |row| row.get(0),
         )
         .expect("write the row");
+    assert_eq!(updated, 1, "no row {key} to update");
+    let version: i64 = conn
+        .query_row(
+            "SELECT version FROM kv WHERE key = ?1",
+            rusqlite::params![key],
+            |row| row.get(0),
+        )
+        .expect("read the version");
     version as u64
 }
 

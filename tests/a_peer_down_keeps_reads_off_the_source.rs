@@ -100,8 +100,16 @@ fn a_rolling_restart_keeps_the_survivors_entries() {
             spec.name
         );
         let stats = b.ask("stats");
-        assert_eq!(stats["entries"], HOT_KEYS as u64, "b dropped entries: {stats}");
-        assert!(calls <= 10, "{calls} source calls for one restart");
+        assert_eq!(
+            stats["entries"], HOT_KEYS as u64,
+            "b dropped entries: {stats}"
+        );
+        // A flush would cost a load per key (100 calls); checking costs one call per pass (a
+        // pass per repair, and one per half lease while the node was down).
+        assert!(
+            calls <= HOT_KEYS as u64 / 4,
+            "{calls} source calls for one restart"
+        );
         nodes.push(again);
     }
 }

@@ -70,7 +70,7 @@ fn with_a_peer_crashed_reads_stay_on_the_heap_and_outside_writes_are_served_with
 
     // A write no node hears of (c could have made it before it died) is served within the
     // lease.
-    write_directly(&cluster.db(), &key(7), "v2");
+    write_directly(&cluster.db(), &key(7), "v2").expect("the row exists");
     let took = served_within(b, &key(7), "v2", Instant::now(), LEASE);
     println!("outside write served after {took:?}");
 }
@@ -130,7 +130,7 @@ fn revalidate_every_catches_a_write_that_bypasses_the_application() {
     assert_eq!(a.value("k").as_deref(), Some("v1"));
     assert_eq!(b.value("k").as_deref(), Some("v1"));
 
-    write_directly(&cluster.db(), "k", "v2");
+    write_directly(&cluster.db(), "k", "v2").expect("the row exists");
     let committed = Instant::now();
     // b checks every 300 ms: served within that plus one check.
     let took = served_within(&mut b, "k", "v2", committed, every + LEASE);

@@ -76,7 +76,7 @@ fn a_node_that_reaches_none_of_its_peers_serves_only_what_the_source_confirmed()
     assert_eq!(x.value("k").as_deref(), Some("v1"));
     // Nobody can tell x of a write: it serves k only as checked against the source less
     // than a lease ago, so a write straight into the database is served within the lease.
-    write_directly(&cluster.db(), "k", "v2");
+    write_directly(&cluster.db(), "k", "v2").expect("the row exists");
     let committed = Instant::now();
     let took = served_within(&mut x, "k", "v2", committed, LEASE);
     println!("x served the outside write {took:?} after its commit");

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use cluster::proxy::{Dir, FaultProxy};
 use cluster::scenario::{History, Read};
-use cluster::{eventually, start, wait_for_health, wait_for_peers, Cluster, NodeProcess, DEADLINE};
+use cluster::{eventually, start, wait_for_health, wait_for_peers, write_directly};
+use cluster::{Cluster, NodeProcess, DEADLINE};
 
 const LEASE: Duration = Duration::from_secs(1);
 const KEYS: usize = 5;
+/// Rows only the outside writer updates (no node writes them, every node reads them).
+const OUTSIDE_KEYS: usize = 3;
 
 /// A small xorshift generator: reproducible from the printed seed.
 struct Rng(u64);
@@ -40,8 +43,13 @@ fn churn(node: &mut NodeProcess, history: &History, stop: &AtomicBool, seed: u64
     let mut rng = Rng(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("key{}", rng.below(KEYS as u64));
-        if rng.below(10) < 3 {
+        let outside = rng.below(4) == 0;
+        let key = if outside {
+            format!("outside{}", rng.below(OUTSIDE_KEYS as u64))
+        } else {
+            format!("key{}", rng.below(KEYS as u64))
+        };
+        if !outside && rng.below(10) < 3 {
             n += 1;
             let reply = node.ask(&format!("put {key} {}-{n}", node.spec.name));
             history.record_put(&key, reply["version"].as_u64().expect("a version"));
@@ -61,18 +69,38 @@ fn churn(node: &mut NodeProcess, history: &History, stop: &AtomicBool, seed: u64
     }
 }
 
-/// a listens; b dials a, c dials a and b, each through its own proxy.
-fn proxied_triangle(cluster: &Cluster) -> (Vec<NodeProcess>, Vec<FaultProxy>) {
-    let a = start(&cluster.proxied_spec("a"));
+/// Updates a random outside row straight in the database every 20–120 ms until `stop`, as a
+/// SQL session would: no node invalidates it.
+fn outside_writer(db: &std::path::Path, history: &History, stop: &AtomicBool, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("outside{}", rng.below(OUTSIDE_KEYS as u64));
+        n += 1;
+        let version = write_directly(db, &key, &format!("outside-{n}")).expect("the row exists");
+        history.record_put(&key, version);
+        std::thread::sleep(Duration::from_millis(20 + rng.below(100)));
+    }
+    println!("the outside writer wrote {n} rows");
+}
+
+/// a listens; b dials a, c dials a and b, each through its own proxy; every node started with
+/// `args` too.
+fn proxied_triangle(cluster: &Cluster, args: &[&str]) -> (Vec<NodeProcess>, Vec<FaultProxy>) {
+    let spec = |name: &str| {
+        args.iter()
+            .fold(cluster.proxied_spec(name), |s, a| s.arg(a))
+    };
+    let a = start(&spec("a"));
     let ab = FaultProxy::start(a.spec.listen);
-    let mut spec_b = cluster.proxied_spec("b");
+    let mut spec_b = spec("b");
     spec_b.peers.push(ab.addr());
     let b = start(&spec_b);
     let (ac, bc) = (
         FaultProxy::start(a.spec.listen),
         FaultProxy::start(b.spec.listen),
     );
-    let mut spec_c = cluster.proxied_spec("c");
+    let mut spec_c = spec("c");
     spec_c.peers.extend([ac.addr(), bc.addr()]);
     let c = start(&spec_c);
     let mut nodes = vec![a, b, c];
@@ -84,8 +112,13 @@ fn proxied_triangle(cluster: &Cluster) -> (Vec<NodeProcess>, Vec<FaultProxy>) {
 }
 
 fn converge(nodes: &mut [NodeProcess], history: &History) {
-    for key in (0..KEYS).map(|k| format!("key{k}")) {
+    let keys = (0..KEYS).map(|k| format!("key{k}"));
+    let outside = (0..OUTSIDE_KEYS).map(|k| format!("outside{k}"));
+    for key in keys.chain(outside) {
         let last = history.last_version_of(&key);
+        if last == 0 {
+            continue; // never written in this run
+        }
         for node in nodes.iter_mut() {
             let name = node.spec.name.clone();
             let done = eventually(DEADLINE, || {
@@ -99,8 +132,14 @@ fn converge(nodes: &mut [NodeProcess], history: &History) {
 #[test]
 fn thirty_seconds_of_churn_under_random_faults() {
     let cluster = Cluster::new();
-    let (mut nodes, proxies) = proxied_triangle(&cluster);
+    // An outside writer updates rows straight in the database as well: nodes check every entry
+    // every 500 ms, so its writes too are served within the lease (500 ms plus one check).
+    let (mut nodes, proxies) = proxied_triangle(&cluster, &["--revalidate-every-ms", "500"]);
     let history = History::default();
+    for key in (0..OUTSIDE_KEYS).map(|k| format!("outside{k}")) {
+        let reply = nodes[0].ask(&format!("put {key} created"));
+        history.record_put(&key, reply["version"].as_u64().expect("a version"));
+    }
     let stop = AtomicBool::new(false);
     let base = seed();
     println!("churn seed {base}");
@@ -110,6 +149,8 @@ fn thirty_seconds_of_churn_under_random_faults() {
             let (h, st) = (&history, &stop);
             s.spawn(move || churn(node, h, st, base.wrapping_add(i as u64 * 7919)));
         }
+        let (h, st, db) = (&history, &stop, cluster.db());
+        s.spawn(move || outside_writer(&db, h, st, base ^ 0x7a11));
         let mut rng = Rng(base ^ 0x5eed);
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {

@@ -104,8 +104,9 @@ pub fn wait_for_joins(node: &mut NodeProcess, count: u64) {
 
 /// Writes `key = value` straight into the cluster's SQLite file, as a SQL session, a
 /// migration or another service would: no node hears of it, and the statement does not touch
-/// the version (the database's triggers give it one). Returns the version it got.
-pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> u64 {
+/// the version (the database's triggers give it one). Returns the version it got, or `None`
+/// if there is no such row.
+pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> Option<u64> {
     let conn = rusqlite::Connection::open(db).expect("open the database");
     conn.busy_timeout(Duration::from_secs(10))
         .expect("busy timeout");
@@ -115,7 +116,9 @@ pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> u64 {
             rusqlite::params![key, value],
         )
         .expect("write the row");
-    assert_eq!(updated, 1, "no row {key} to update");
+    if updated == 0 {
+        return None;
+    }
     let version: i64 = conn
         .query_row(
             "SELECT version FROM kv WHERE key = ?1",
@@ -123,7 +126,7 @@ pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> u64 {
             |row| row.get(0),
         )
         .expect("read the version");
-    version as u64
+    Some(version as u64)
 }
 
 /// Reads `key` on `node` until it serves `fresh`, which was committed before

@@ -7,8 +7,9 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
+use cluster::NodeProcess;
+use cluster::{proxy::FaultProxy, wait_for_stat as stat_at_least, write_directly, Cluster};
 use cluster::{put, served_within, start, wait_for_health, wait_for_peers, wait_for_stat};
-use cluster::{write_directly, Cluster, NodeProcess};
 
 /// The node example's default lease: the staleness bound.
 const LEASE: Duration = Duration::from_secs(1);
@@ -143,4 +144,39 @@ fn revalidate_every_catches_a_write_that_bypasses_the_application() {
         (Some("v1"), Some(true))
     );
     assert!(b.stat("revalidations") >= 1);
+}
+
+#[test]
+fn a_partitioned_peer_s_writes_are_served_within_the_lease_by_a_node_that_cannot_hear_it() {
+    let cluster = Cluster::new();
+    // a listens; b dials it through a fault proxy: cutting the proxy partitions them.
+    let mut a = start(&cluster.proxied_spec("a"));
+    let proxy = FaultProxy::start(a.spec.listen);
+    let mut b_spec = cluster.proxied_spec("b");
+    b_spec.peers.push(proxy.addr());
+    let mut b = start(&b_spec);
+    wait_for_peers(&mut a, 1);
+    wait_for_peers(&mut b, 1);
+    wait_for_health(&mut b, "healthy");
+    cache_hot_keys(&mut a, &mut b);
+
+    proxy.partition();
+    // a keeps writing; none of its invalidations reach b. b's lease from a runs out, and b
+    // serves only what it checked against the shared source less than a lease ago.
+    put(&mut a, &key(3), "v2");
+    let committed = Instant::now();
+    let took = served_within(&mut b, &key(3), "v2", committed, LEASE);
+    println!("b served a's partitioned write {took:?} after its commit");
+    stat_at_least(&mut b, "revalidations", 1);
+    let (hits, calls) = (b.stat("hits"), b.stat("source_calls"));
+    for i in 0..HOT_KEYS {
+        assert!(b.value(&key(i)).is_some());
+    }
+    let (hits, calls) = (b.stat("hits") - hits, b.stat("source_calls") - calls);
+    println!("partitioned: {hits} hits of {HOT_KEYS} reads, {calls} source calls");
+    assert!(
+        hits >= HOT_KEYS as u64 / 2,
+        "b stopped serving its heap: {hits} hits"
+    );
+    proxy.heal();
 }

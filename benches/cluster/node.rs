@@ -84,6 +84,10 @@ struct BenchSource {
 #[async_trait::async_trait]
 impl Source<String, String> for BenchSource {
     async fn load(&self, key: &String) -> ractor_cache_sync::Result<Option<(String, Version)>> {
+        // The filled keys never change: one version, which a bulk check confirms.
+        if key.starts_with("fill-") {
+            return Ok(Some(("v".to_owned(), 1)));
+        }
         if let Some(conn) = &self.sqlite {
             let conn = conn.lock().unwrap();
             let read: rusqlite::Result<i64> = conn.query_row("SELECT 1", [], |r| r.get(0));
@@ -101,6 +105,12 @@ impl Source<String, String> for BenchSource {
             let _ = self.pongs.send(());
         }
         Ok(Some(("v".to_owned(), version)))
+    }
+
+    async fn versions(&self, keys: &[String]) -> ractor_cache_sync::Result<Vec<Option<Version>>> {
+        let current = self.version.load(Ordering::Relaxed);
+        let version = |key: &String| if key.starts_with("fill-") { 1 } else { current };
+        Ok(keys.iter().map(|key| Some(version(key))).collect())
     }
 }
 
@@ -275,6 +285,34 @@ pub async fn run() {
                     let _ = cache.get(&format!("fill-{i:08}")).await;
                 }
                 json!({ "entries": cache.entry_count() })
+            }
+            "read-hot" => {
+                // Waits (10 s at most) until some peer's lease has run out, then reads the first
+                // `n(1)` filled keys in a loop for `n(2)` ms, as a reader task would.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while cache.health() == ractor_cache_sync::Health::Healthy
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let before = cache.stats();
+                let started = std::time::Instant::now();
+                let mut reads = 0u64;
+                while started.elapsed() < Duration::from_millis(n(2)) {
+                    for i in 0..n(1) {
+                        let _ = cache.get(&format!("fill-{i:08}")).await;
+                        reads += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let after = cache.stats();
+                json!({
+                    "reads": reads,
+                    "hits": after.hits - before.hits,
+                    "source_calls": after.source_calls - before.source_calls,
+                    "seconds": started.elapsed().as_secs_f64(),
+                    "health": cache.health().to_string(),
+                })
             }
             "rss" => json!({ "rss_kib": rss_kib() }),
             "counts" => json!({

@@ -2,7 +2,21 @@
 //! between nodes is needed, because a node only ever compares its own timestamps.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// The longest any duration setting may be: far beyond any sensible value, and small enough
+/// that every sum and multiple the crate computes from one stays exact in µs.
+pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Refuses a duration setting over [`LONGEST_SETTING`] with a `Config` error naming `what`.
+pub(crate) fn at_most_30_days(what: &str, setting: Duration) -> Result<()> {
+    if setting > LONGEST_SETTING {
+        return Err(Error::Config(format!("{what} must be at most 30 days")));
+    }
+    Ok(())
+}
 
 /// Microseconds since this process first asked; never 0, so 0 can mean "never".
 pub(crate) fn now_us() -> u64 {

@@ -185,14 +185,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
                 "revalidation_chunk and revalidation_budget must be at least 1".into(),
             ));
         }
-        if self
-            .revalidation
-            .every
-            .is_some_and(|every| every < Duration::from_millis(1))
-        {
-            return Err(Error::Config(
-                "revalidate_every must be at least 1 ms".into(),
-            ));
+        if let Some(every) = self.revalidation.every {
+            if every < Duration::from_millis(1) {
+                return Err(Error::Config(
+                    "revalidate_every must be at least 1 ms".into(),
+                ));
+            }
+            crate::clock::at_most_30_days("revalidate_every", every)?;
         }
         let store = Store::new(
             self.source,

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::clock::at_most_30_days;
 use crate::error::{Error, Result};
 
 /// How a [`Node`](crate::Node) joins the cluster.
@@ -233,6 +234,16 @@ impl NodeConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Config(what.to_owned()));
+        for (what, setting) in [
+            ("redial backoff", self.redial_max),
+            ("heartbeat", self.heartbeat),
+            ("peer timeout", self.peer_timeout),
+            ("forget_members_after", self.forget_members_after),
+            ("discover_every", self.discover_every),
+            ("handshake timeout", self.handshake_timeout),
+        ] {
+            at_most_30_days(what, setting)?;
+        }
         if self.name.is_empty() || self.name.contains('@') {
             return bad("node name must be non-empty and contain no '@'");
         }
@@ -313,5 +324,22 @@ mod tests {
         let backwards = NodeConfig::new("a", "c")
             .redial_backoff(Duration::from_secs(2), Duration::from_secs(1));
         assert!(backwards.validate().is_err());
+    }
+
+    #[test]
+    fn absurd_durations_are_a_config_error_not_a_panic() {
+        let ok = || NodeConfig::new("a", "c");
+        let configs = [
+            ok().heartbeat(Duration::MAX),
+            ok().peer_timeout(Duration::MAX),
+            ok().redial_backoff(Duration::from_millis(1), Duration::MAX),
+            ok().handshake_timeout(Duration::MAX),
+            ok().discover_every(Duration::MAX),
+            ok().forget_members_after(Duration::MAX),
+            ok().heartbeat(Duration::ZERO),
+        ];
+        for config in configs {
+            assert!(matches!(config.validate(), Err(Error::Config(_))));
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::clock::at_most_30_days;
 use crate::error::{Error, Result};
 
 /// How a topic's Synchronization actors keep each other honest.
@@ -93,6 +94,9 @@ impl SyncConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        at_most_30_days("heartbeat", self.heartbeat)?;
+        at_most_30_days("lease", self.lease)?;
+        at_most_30_days("forget_after", self.forget_after)?;
         if self.heartbeat < Duration::from_millis(1) || self.heartbeat * 3 > self.lease {
             return Err(Error::Config("need 1 ms <= heartbeat <= lease / 3".into()));
         }
@@ -105,5 +109,32 @@ impl SyncConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_durations_are_a_config_error_not_a_panic() {
+        SyncConfig::default().validate().unwrap();
+        let configs = [
+            SyncConfig::default().heartbeat(Duration::MAX),
+            SyncConfig::default().lease(Duration::MAX),
+            SyncConfig::default().forget_after(Duration::MAX),
+            SyncConfig::default()
+                .heartbeat(Duration::MAX / 2)
+                .lease(Duration::MAX)
+                .forget_after(Duration::MAX),
+            SyncConfig::default().heartbeat(Duration::ZERO),
+            SyncConfig::default().max_backlog(0),
+        ];
+        for config in configs {
+            assert!(
+                matches!(config.validate(), Err(Error::Config(_))),
+                "{config:?}"
+            );
+        }
     }
 }

@@ -269,6 +269,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     }
 }
 
+/// The last handle is gone: the reloader, asleep until keys arrive, wakes to see it and ends.
+impl<K, V> Drop for Inner<K, V> {
+    fn drop(&mut self) {
+        self.reloads.wake_to_end();
+    }
+}
+
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
     pub(crate) fn new(
         topic: Topic<Invalidation<K>>,

@@ -114,7 +114,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     /// (the keys are gone from this node's heap), and with [`Invalidation::All`] after every
     /// repair: to drop data derived from cached values, notify clients, or observe
     /// propagation. It runs in the topic's Synchronization actor before the next message is
-    /// handled: keep it short and non-blocking (send to a channel or an actor).
+    /// handled: keep it short and non-blocking (send to a channel or an actor); while it runs,
+    /// this node also holds back the heartbeats it received for the topic.
     pub fn on_remote_invalidation(
         mut self,
         hook: impl Fn(&Invalidation<K>) + Send + Sync + 'static,
@@ -145,6 +146,14 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     /// `budget / chunk` source calls. Default 100 000; at least 1.
     pub fn revalidation_budget(mut self, entries: usize) -> Self {
         self.revalidation.budget = entries;
+        self
+    }
+
+    /// Most bulk reloads ([`Source::load_many`], one chunk each) of invalidated keys running at
+    /// once: an invalidation storm never runs more source calls than this for reloading (reads
+    /// that miss load on their own, one load per key). Default 1; at least 1.
+    pub fn max_reload_calls(mut self, calls: usize) -> Self {
+        self.revalidation.reload_calls = calls;
         self
     }
 
@@ -180,9 +189,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         if self.coalesce > Duration::from_secs(1) {
             return Err(Error::Config("coalesce_window must be at most 1 s".into()));
         }
-        if self.revalidation.chunk == 0 || self.revalidation.budget == 0 {
+        if self.revalidation.chunk == 0
+            || self.revalidation.budget == 0
+            || self.revalidation.reload_calls == 0
+        {
             return Err(Error::Config(
-                "revalidation_chunk and revalidation_budget must be at least 1".into(),
+                "revalidation_chunk, revalidation_budget and max_reload_calls must be at least 1"
+                    .into(),
             ));
         }
         if let Some(every) = self.revalidation.every {
@@ -218,6 +231,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         tokio::spawn(super::reloader::run(
             Arc::downgrade(&cache.inner),
             self.revalidation.chunk,
+            self.revalidation.reload_calls,
         ));
         tokio::spawn(super::revalidation::run(
             Arc::downgrade(&cache.inner),

@@ -1,6 +1,6 @@
 //! Reloading hot keys after they were invalidated: one queue and one task per cache, so an
-//! invalidation storm never spawns a task per envelope, and at most one bulk load
-//! ([`Source::load_many`](crate::Source::load_many)) per cache runs at a time.
+//! invalidation storm never spawns a task per envelope, and at most `max_reload_calls` bulk
+//! loads ([`Source::load_many`](crate::Source::load_many)) per cache run at a time.
 //!
 //! Keys are queued once each; a full queue drops what does not fit (those keys load on their
 //! next read, as any miss). The task takes up to one chunk at a time and loads it through the
@@ -29,6 +29,13 @@ impl<K: Hash + Eq + Clone> Default for ReloadQueue<K> {
             queued: Mutex::new((VecDeque::new(), HashSet::new())),
             wake: Arc::default(),
         }
+    }
+}
+
+impl<K> ReloadQueue<K> {
+    /// Wakes the task so that it sees the cache is gone.
+    pub(crate) fn wake_to_end(&self) {
+        self.wake.notify_one();
     }
 }
 
@@ -68,15 +75,22 @@ impl<K: Hash + Eq + Clone> ReloadQueue<K> {
     }
 }
 
-/// Runs until the cache is dropped: reloads queued keys, `chunk` per bulk load.
+/// Runs until the cache is dropped: reloads queued keys, `chunk` per bulk load, at most
+/// `calls` bulk loads at a time.
 pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
     cache: Weak<Inner<K, V>>,
     chunk: usize,
+    calls: usize,
 ) {
     let Some(wake) = cache.upgrade().map(|c| c.reloads.wake.clone()) else {
         return;
     };
+    let mut running = tokio::task::JoinSet::new();
     loop {
+        if running.len() >= calls.max(1) {
+            running.join_next().await;
+            continue;
+        }
         let Some(inner) = cache.upgrade() else {
             return;
         };
@@ -84,9 +98,16 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         if keys.is_empty() {
             drop(inner);
             // A push since `take` left a permit: no wake-up is lost.
-            wake.notified().await;
+            if running.is_empty() {
+                wake.notified().await;
+            } else {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    _ = running.join_next() => {}
+                }
+            }
             continue;
         }
-        inner.store.load_batch(keys).await;
+        running.spawn(async move { inner.store.load_batch(keys).await });
     }
 }

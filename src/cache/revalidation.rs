@@ -3,8 +3,8 @@
 //! been missed), while the lease gate is closed (a peer hung, crashed or is partitioned), and
 //! every `revalidate_every` if set (writes that bypass the application).
 //!
-//! It sleeps on a notification (a repair, a lease that ran out) and otherwise wakes once per
-//! lease: idle, it costs one timer per lease and nothing else.
+//! It sleeps on a notification (a repair, a lease that ran out, the membership gate closing)
+//! and otherwise wakes once per lease: idle, it costs one timer per lease and nothing else.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -23,6 +23,8 @@ pub(crate) struct Revalidation {
     pub(crate) chunk: usize,
     /// Most entries one pass checks; the rest are dropped.
     pub(crate) budget: usize,
+    /// Most bulk reloads running at once.
+    pub(crate) reload_calls: usize,
 }
 
 impl Default for Revalidation {
@@ -31,6 +33,7 @@ impl Default for Revalidation {
             every: None,
             chunk: 1_000,
             budget: 100_000,
+            reload_calls: 1,
         }
     }
 }
@@ -40,9 +43,15 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
     cache: Weak<Inner<K, V>>,
     settings: Revalidation,
 ) {
-    let Some((wake, leases, lease_us)) = cache.upgrade().map(|c| {
+    let Some((wake, leases, members, lease_us)) = cache.upgrade().map(|c| {
         let store = &c.store;
-        (store.wake.clone(), store.leases().clone(), store.lease_us())
+        let members = store.members().clone();
+        (
+            store.wake.clone(),
+            store.leases().clone(),
+            members,
+            store.lease_us(),
+        )
     }) else {
         return;
     };
@@ -88,7 +97,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
             continue;
         }
         // A closed gate needs a pass every half lease; otherwise wake on a repair, a lapsed
-        // lease, `every`, or (the membership gate has no signal) after one lease.
+        // lease, the membership gate closing, `every`, or after one lease at the latest.
         let mut nap = if cache.store.gates_open(now) {
             lease_us
         } else {
@@ -106,6 +115,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
             tokio::select! {
                 () = wake.notified() => {}
                 () = leases.gate_closed.notified() => {}
+                () = members.closed.notified() => {}
             }
         })
         .await;

@@ -284,14 +284,13 @@ where
 
     /// Joins the key's flight (or starts one) and installs its result if still current.
     ///
-    /// A flight that started more than a lease ago is not joined (its answer could be older
-    /// than the staleness bound allows): the reader starts a new one, which replaces it.
+    /// A flight that started more than a lease ago, or before the last repair, is not joined
+    /// (its answer could be older than the staleness bound allows, or miss what the repair is
+    /// about): the reader starts a new one, which replaces it.
     pub(crate) async fn load_once(&self, key: &K) -> Loaded<V> {
         let now = now_us();
         let flight = match self.flights.entry(key.clone()) {
-            MapEntry::Occupied(current)
-                if now < current.get().started.saturating_add(self.lease_us) =>
-            {
+            MapEntry::Occupied(current) if self.joinable(current.get(), now) => {
                 current.get().clone()
             }
             MapEntry::Occupied(mut old) => {
@@ -327,6 +326,12 @@ where
             .clone();
         self.install(key, &flight, &loaded);
         loaded
+    }
+
+    /// Whether a reader at `now` may share `flight`'s answer.
+    fn joinable(&self, flight: &Flight<V>, now: u64) -> bool {
+        now < flight.started.saturating_add(self.lease_us)
+            && flight.started >= self.repaired_at.load(SeqCst)
     }
 
     fn install(&self, key: &K, flight: &Arc<Flight<V>>, loaded: &Loaded<V>) {
@@ -524,6 +529,11 @@ where
     fn drop_if(&self, key: &K, version: Version) -> bool {
         self.entries
             .remove_if(key, |entry| entry.version == version)
+    }
+
+    /// The node's membership gate.
+    pub(crate) fn members(&self) -> &Arc<MemberGate> {
+        &self.members
     }
 
     /// The topic's lease (µs).
@@ -742,6 +752,31 @@ mod tests {
             store.peek(&1).unwrap(),
             "1@1",
             "the replaced load installed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_after_a_repair_does_not_join_a_load_from_before_it() {
+        let (source, store) = store();
+        let early = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await.unwrap() }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+        store.mark_unverified();
+        source.version.store(1, Ordering::SeqCst);
+        let late = tokio::spawn({
+            let store = store.clone();
+            async move { store.lookup(&1).await.unwrap() }
+        });
+        until(|| source.loads.load(Ordering::SeqCst) == 2).await;
+        tokio::task::yield_now().await;
+        source.gate.notify_waiters();
+        assert_eq!(early.await.unwrap().value.unwrap().1, 0);
+        assert_eq!(
+            late.await.unwrap().value.unwrap().1,
+            1,
+            "joined a load from before the repair"
         );
     }
 

@@ -81,6 +81,8 @@ pub(crate) struct MemberGate {
     open_since: AtomicU64,
     /// Why it is closed.
     reason: Mutex<Option<String>>,
+    /// Signalled when it closes: wakes the caches' revalidation.
+    pub(crate) closed: tokio::sync::Notify,
 }
 
 impl MemberGate {
@@ -99,7 +101,9 @@ impl MemberGate {
 
     fn close(&self, reason: String) {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        self.open_since.store(u64::MAX, Ordering::Release);
+        if self.open_since.swap(u64::MAX, Ordering::AcqRel) != u64::MAX {
+            self.closed.notify_waiters();
+        }
     }
 
     fn open(&self, now: u64) {
@@ -181,6 +185,7 @@ impl Membership {
             gate: Arc::new(MemberGate {
                 open_since: AtomicU64::new(u64::MAX),
                 reason: Mutex::new(Some("starting".to_owned())),
+                closed: tokio::sync::Notify::new(),
             }),
             changes: tokio::sync::watch::Sender::new(0),
             signature: AtomicU64::new(0),
@@ -208,8 +213,8 @@ impl Membership {
         self.changes.subscribe()
     }
 
-    /// Tells watchers if the members or their states changed (an order-independent hash of
-    /// what [`members`](Self::members) lists; nothing is allocated).
+    /// Tells watchers if the members or their states changed (an order-independent sum of the
+    /// hashes of what [`members`](Self::members) lists).
     fn signal_changes(&self, ready: &[String]) {
         use std::hash::{Hash, Hasher};
         let signature = self.with(|s| {
@@ -219,7 +224,7 @@ impl Membership {
                 hasher.finish()
             })
             .into_iter()
-            .fold(0, |all, one| all ^ one)
+            .fold(0u64, u64::wrapping_add)
         });
         if self.signature.swap(signature, Ordering::AcqRel) != signature {
             self.changes.send_modify(|generation| *generation += 1);
@@ -439,11 +444,17 @@ impl State {
 
     /// Someone else's report of `member`.
     fn reported(&mut self, member: &Member, now: u64) {
-        if self
-            .gone
-            .contains_key(&(member.name.clone(), member.incarnation))
-        {
-            return; // left or forgotten under this incarnation: a stale report
+        let tombstone = (member.name.clone(), member.incarnation);
+        if let Some(gone) = self.gone.get(&tombstone) {
+            // A clean leave is final for its incarnation, and a report without a ready session
+            // is stale. But a member forgotten here that a peer has a ready session with is
+            // alive: it must close the gate again until this node reaches it too, or its
+            // writes, which reach that peer only, would be hidden by this node's heap.
+            if gone.clean || !member.ready {
+                return;
+            }
+            tracing::info!(member = %member.name, "a forgotten member is reported alive");
+            self.gone.remove(&tombstone);
         }
         match self.known.get_mut(&member.name) {
             None => {
@@ -499,6 +510,27 @@ mod tests {
         assert!(state.known.is_empty(), "a stale report resurrected c");
         state.reported(&member("c@h", 8, true), 10);
         assert_eq!(state.known["c@h"].incarnation, 8);
+    }
+
+    #[test]
+    fn a_forgotten_member_reported_ready_is_known_again_a_clean_leave_is_final() {
+        let mut state = State::default();
+        let gone = |clean| Gone {
+            until: u64::MAX,
+            addr: String::new(),
+            clean,
+        };
+        state.gone.insert(("d@h".into(), 7), gone(false));
+        state.reported(&member("d@h", 7, false), 10);
+        assert!(state.known.is_empty(), "a not-ready report brought d back");
+        state.reported(&member("d@h", 7, true), 10);
+        assert!(
+            state.known.contains_key("d@h"),
+            "d is alive to a peer, unknown here"
+        );
+        state.gone.insert(("e@h".into(), 3), gone(true));
+        state.reported(&member("e@h", 3, true), 10);
+        assert!(!state.known.contains_key("e@h"), "a clean leave was undone");
     }
 
     #[test]

@@ -28,13 +28,8 @@ fn postgres_version() -> String {
 #[test]
 #[ignore = "restarts the PostgreSQL server (root, pg_ctlcluster): set RCS_TEST_POSTGRES_URL (see .ci/postgres.sh) and pass --ignored"]
 fn a_postgres_restart_loses_no_put_and_needs_no_node_restart() {
-    let url = std::env::var("RCS_TEST_POSTGRES_URL").expect("RCS_TEST_POSTGRES_URL is set");
     let cluster = Cluster::new();
-    let mut specs = cluster.mesh_specs(&["a", "b", "c"]);
-    for spec in &mut specs {
-        spec.db = url.clone().into();
-    }
-    let mut nodes = cluster.start_mesh(&specs);
+    let mut nodes = cluster.start_postgres_mesh(&["a", "b", "c"]);
     let key = format!("pg-restart-{}", std::process::id());
     assert_eq!(nodes[0].ask(&format!("put {key} v0"))["ok"], "put");
     for node in &mut nodes {

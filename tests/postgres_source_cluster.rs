@@ -12,13 +12,8 @@ use cluster::{put, wait_for_value, Cluster};
 #[test]
 #[ignore = "needs a PostgreSQL server: set RCS_TEST_POSTGRES_URL (see .ci/postgres.sh) and pass --ignored"]
 fn a_put_through_postgres_reaches_every_node() {
-    let url = std::env::var("RCS_TEST_POSTGRES_URL").expect("RCS_TEST_POSTGRES_URL is set");
     let cluster = Cluster::new();
-    let mut specs = cluster.mesh_specs(&["a", "b", "c"]);
-    for spec in &mut specs {
-        spec.db = url.clone().into();
-    }
-    let mut nodes = cluster.start_mesh(&specs);
+    let mut nodes = cluster.start_postgres_mesh(&["a", "b", "c"]);
     // The database outlives test runs: a fresh key each run.
     let key = format!("pg-{}", std::process::id());
     let first = put(&mut nodes[0], &key, "one");

@@ -1,9 +1,17 @@
 //! The node's source of truth: a SQLite file, or PostgreSQL when `--db` is a `postgres://` URL.
 
+use std::collections::HashMap;
+
 use ractor_cache_sync::{Result, Source, Version};
 
 use crate::postgres::PostgresSource;
 use crate::sqlite::SqliteSource;
+
+/// One answer per key, in the order asked: what `load_many` and `versions` return from the rows
+/// a bulk statement found.
+pub fn in_order<T>(keys: &[String], mut found: HashMap<String, T>) -> Vec<Option<T>> {
+    keys.iter().map(|key| found.remove(key)).collect()
+}
 
 #[derive(Clone)]
 pub enum Database {

@@ -133,7 +133,7 @@ impl Source<String, String> for PostgresSource {
             .into_iter()
             .map(|r| (r.get(0), (r.get(1), r.get::<_, i64>(2) as Version)))
             .collect();
-        Ok(crate::sqlite::in_order(keys, found))
+        Ok(crate::database::in_order(keys, found))
     }
 
     async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
@@ -147,6 +147,6 @@ impl Source<String, String> for PostgresSource {
             .into_iter()
             .map(|r| (r.get(0), r.get::<_, i64>(1) as Version))
             .collect();
-        Ok(crate::sqlite::in_order(keys, found))
+        Ok(crate::database::in_order(keys, found))
     }
 }

@@ -105,7 +105,7 @@ impl Source<String, String> for SqliteSource {
                 |row| Ok((row.get::<_, String>(1)?, row.get::<_, i64>(2)? as Version)),
             )
             .await?;
-        Ok(in_order(keys, rows))
+        Ok(crate::database::in_order(keys, rows))
     }
 
     async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
@@ -114,7 +114,7 @@ impl Source<String, String> for SqliteSource {
                 Ok(row.get::<_, i64>(1)? as Version)
             })
             .await?;
-        Ok(in_order(keys, rows))
+        Ok(crate::database::in_order(keys, rows))
     }
 }
 
@@ -149,11 +149,6 @@ impl SqliteSource {
         })
         .await
     }
-}
-
-/// One answer per key, in the order asked.
-pub fn in_order<T>(keys: &[String], mut found: HashMap<String, T>) -> Vec<Option<T>> {
-    keys.iter().map(|key| found.remove(key)).collect()
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {

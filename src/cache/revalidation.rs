@@ -14,7 +14,7 @@ use super::Inner;
 use crate::clock::now_us;
 use crate::counter::{add, bump};
 
-/// Revalidation settings of one cache.
+/// Revalidation and reload settings of one cache (the reloader shares the chunk size).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Revalidation {
     /// Check every entry this often even while every gate is open (off: `None`).

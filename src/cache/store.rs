@@ -448,10 +448,8 @@ where
     /// Whether a revalidation pass is due at `now`, the last one having started at `last`:
     /// entries were marked unverified since; or a gate is closed and the entries' verification
     /// is half a lease old; or `every` has passed.
+    /// (The caller skips an empty cache: there is nothing to check.)
     pub(crate) fn pass_due(&self, now: u64, last: u64, every: Option<u64>) -> bool {
-        if self.entries.is_empty() {
-            return false;
-        }
         let repaired = self.repaired_at.load(SeqCst);
         repaired > last
             || (!self.gates_open(now) && now >= last.saturating_add(self.lease_us / 2))
@@ -620,10 +618,19 @@ mod tests {
         }
     }
 
+    /// A store over `source`, without a node: no membership gate, leases never valid.
+    fn store_over<S: Source<u32, String>>(
+        source: &Arc<S>,
+        mode: Mode,
+        lease: Duration,
+    ) -> Store<u32, String> {
+        let source = source.clone() as Arc<dyn Source<u32, String>>;
+        Store::new(source, mode, Arc::default(), Arc::default(), lease)
+    }
+
     fn rows_store(mode: Mode, lease: Duration) -> (Arc<Rows>, Store<u32, String>) {
         let source = Arc::new(Rows::default());
-        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
-        let store = Store::new(source_dyn, mode, Arc::default(), Arc::default(), lease);
+        let store = store_over(&source, mode, lease);
         (source, store)
     }
 
@@ -716,29 +723,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_flight_older_than_a_lease_is_not_joined() {
         let source = Arc::new(Gated::default());
-        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
         let lease = Duration::from_millis(2);
-        let store = Arc::new(Store::new(
-            source_dyn,
-            Mode::Eventual,
-            Arc::default(),
-            Arc::default(),
-            lease,
-        ));
-        let early = tokio::spawn({
-            let store = store.clone();
-            async move { store.lookup(&1).await.unwrap() }
-        });
+        let store = Arc::new(store_over(&source, Mode::Eventual, lease));
+        let early = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
         let started = now_us();
         while now_us() < started + 3_000 {
             std::hint::spin_loop();
         }
         source.version.store(1, Ordering::SeqCst);
-        let late = tokio::spawn({
-            let store = store.clone();
-            async move { store.lookup(&1).await.unwrap() }
-        });
+        let late = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 2).await;
         tokio::task::yield_now().await;
         source.gate.notify_waiters();
@@ -758,17 +752,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_read_after_a_repair_does_not_join_a_load_from_before_it() {
         let (source, store) = store();
-        let early = tokio::spawn({
-            let store = store.clone();
-            async move { store.lookup(&1).await.unwrap() }
-        });
+        let early = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
         store.mark_unverified();
         source.version.store(1, Ordering::SeqCst);
-        let late = tokio::spawn({
-            let store = store.clone();
-            async move { store.lookup(&1).await.unwrap() }
-        });
+        let late = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 2).await;
         tokio::task::yield_now().await;
         source.gate.notify_waiters();
@@ -811,23 +799,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_bulk_reload_is_one_call_readers_wait_for_it_and_an_invalidation_keeps_it_out() {
         let source = Arc::new(BulkGated::default());
-        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
-        let store = Arc::new(Store::new(
-            source_dyn,
-            Mode::Eventual,
-            Arc::default(),
-            Arc::default(),
-            Duration::from_secs(1),
-        ));
+        let store = Arc::new(store_over(&source, Mode::Eventual, Duration::from_secs(1)));
         let bulk = tokio::spawn({
             let store = store.clone();
             async move { store.load_batch(vec![1, 2, 3]).await }
         });
         until(|| source.bulk_calls.load(Ordering::SeqCst) == 1).await;
-        let reader = tokio::spawn({
-            let store = store.clone();
-            async move { store.lookup(&1).await.unwrap() }
-        });
+        let reader = spawn_lookup(&store, 1);
         tokio::task::yield_now().await;
         // Key 3 changes while the bulk call runs: its answer must not be cached.
         assert_eq!(store.invalidate(&3, Some(1)), Dropped::Flight);
@@ -859,14 +837,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_bulk_reload_does_not_leave_its_readers_waiting() {
         let source = Arc::new(BulkGated::default());
-        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
-        let store = Arc::new(Store::new(
-            source_dyn,
-            Mode::Eventual,
-            Arc::default(),
-            Arc::default(),
-            Duration::from_secs(1),
-        ));
+        let store = Arc::new(store_over(&source, Mode::Eventual, Duration::from_secs(1)));
         let bulk = tokio::spawn({
             let store = store.clone();
             async move { store.load_batch(vec![1]).await }
@@ -887,16 +858,18 @@ mod tests {
         );
     }
 
+    /// A reader of `key` in a task of its own.
+    fn spawn_lookup(
+        store: &Arc<Store<u32, String>>,
+        key: u32,
+    ) -> tokio::task::JoinHandle<Lookup<String>> {
+        let store = store.clone();
+        tokio::spawn(async move { store.lookup(&key).await.unwrap() })
+    }
+
     fn store() -> (Arc<Gated>, Arc<Store<u32, String>>) {
         let source = Arc::new(Gated::default());
-        let source_dyn = source.clone() as Arc<dyn Source<u32, String>>;
-        let store = Arc::new(Store::new(
-            source_dyn,
-            Mode::Eventual,
-            Arc::default(),
-            Arc::default(),
-            Duration::from_secs(1),
-        ));
+        let store = Arc::new(store_over(&source, Mode::Eventual, Duration::from_secs(1)));
         (source, store)
     }
 
@@ -928,10 +901,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_load_started_before_an_invalidation_never_installs() {
         let (source, store) = store();
-        let early = tokio::spawn({
-            let store = store.clone();
-            async move { store.lookup(&1).await.unwrap() }
-        });
+        let early = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
         source.version.store(1, Ordering::SeqCst);
         assert_eq!(store.invalidate(&1, Some(1)), Dropped::Flight);

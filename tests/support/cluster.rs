@@ -53,6 +53,17 @@ impl Cluster {
         nodes
     }
 
+    /// A full mesh of `names` over the PostgreSQL server at `RCS_TEST_POSTGRES_URL` instead
+    /// of the SQLite file, started and healthy.
+    pub fn start_postgres_mesh(&self, names: &[&str]) -> Vec<NodeProcess> {
+        let url = std::env::var("RCS_TEST_POSTGRES_URL").expect("RCS_TEST_POSTGRES_URL is set");
+        let mut specs = self.mesh_specs(names);
+        for spec in &mut specs {
+            spec.db = url.clone().into();
+        }
+        self.start_mesh(&specs)
+    }
+
     /// Specs for `names`, each dialling every node listed before it (a full mesh).
     pub fn mesh_specs(&self, names: &[&str]) -> Vec<NodeSpec> {
         let mut specs: Vec<NodeSpec> = Vec::new();

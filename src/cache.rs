@@ -3,8 +3,10 @@
 mod actor;
 mod batch;
 mod builder;
+mod entries;
 mod invalidation;
 mod metrics;
+mod policy;
 mod reloader;
 mod revalidation;
 mod stats;
@@ -20,6 +22,7 @@ pub use self::actor::CacheKey;
 use self::actor::CacheMessage;
 use self::batch::{Added, Batch};
 pub use self::builder::{CacheBuilder, Mode};
+pub use self::entries::RemovalCause;
 pub use self::invalidation::Invalidation;
 pub use self::stats::CacheStats;
 pub use self::store::Lookup;
@@ -59,8 +62,6 @@ pub(crate) struct Inner<K, V> {
     actor: OnceLock<ActorRef<CacheMessage>>,
     /// The consistency mode.
     mode: Mode,
-    /// Keys to reload in the background (invalidated or changed while cached here).
-    reloads: reloader::ReloadQueue<K>,
 }
 
 impl<K, V> Clone for Cache<K, V> {
@@ -150,7 +151,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// One key, without building a list.
     fn invalidate_one(&self, key: &K, version: Option<Version>) -> Result<()> {
-        self.inner.store.invalidate(key, version);
+        self.inner
+            .store
+            .invalidate(key, version, RemovalCause::Invalidated);
         bump(&self.inner.store.counters.invalidations_sent);
         let added = self.inner.batch.add(now_us, [(key.clone(), version)]);
         self.inner.added(added)
@@ -171,7 +174,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         version: Option<Version>,
         timeout: Duration,
     ) -> Result<Confirmation> {
-        self.inner.store.invalidate(key, version);
+        self.inner
+            .store
+            .invalidate(key, version, RemovalCause::Invalidated);
         self.inner.ensure_running()?;
         let sync = self
             .inner
@@ -194,7 +199,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_keys(&self, keys: Vec<(K, Option<Version>)>) -> Result<()> {
         for (key, version) in &keys {
-            self.inner.store.invalidate(key, *version);
+            self.inner
+                .store
+                .invalidate(key, *version, RemovalCause::Invalidated);
         }
         add(
             &self.inner.store.counters.invalidations_sent,
@@ -210,7 +217,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_all(&self) -> Result<()> {
-        self.inner.store.invalidate_all();
+        self.inner.store.invalidate_all(RemovalCause::Invalidated);
         bump(&self.inner.store.counters.invalidations_sent);
         let added = self.inner.batch.add_all(now_us);
         self.inner.added(added)
@@ -229,16 +236,25 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
     }
 
-    /// Number of entries held in this node's heap.
+    /// Number of entries held in this node's heap (keys cached as absent included).
     pub fn entry_count(&self) -> usize {
         self.inner.store.entry_count()
+    }
+
+    /// Total weight of the entries held, in the [weigher](CacheBuilder::weigher)'s units; the
+    /// entry count for a cache bounded by [`max_capacity`](CacheBuilder::max_capacity) alone;
+    /// 0 for an unbounded cache without a weigher.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.store.weighted_size()
     }
 
     /// Counters since the cache was spawned.
     pub fn stats(&self) -> CacheStats {
         let store = &self.inner.store;
         let sync = store.leases().counters.snapshot();
-        store.counters.snapshot(store.entry_count(), sync)
+        store
+            .counters
+            .snapshot(store.entry_count(), store.weighted_size(), sync)
     }
 
     /// Whether the cache can serve from its heap now. In [`Mode::Eventual`] a cache serves
@@ -272,7 +288,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 /// The last handle is gone: the reloader, asleep until keys arrive, wakes to see it and ends.
 impl<K, V> Drop for Inner<K, V> {
     fn drop(&mut self) {
-        self.reloads.wake_to_end();
+        self.store.reloads.wake_to_end();
     }
 }
 
@@ -290,23 +306,12 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
             sync: RwLock::new(None),
             actor: OnceLock::new(),
             mode,
-            reloads: reloader::ReloadQueue::default(),
         }
     }
 
     /// Queues `keys` for the reloader (each once; what does not fit loads on its next read).
     pub(crate) fn reload(&self, keys: Vec<K>) {
-        if keys.is_empty() {
-            return;
-        }
-        let (queued, dropped) = self.reloads.push(keys);
-        add(&self.store.counters.reloads, queued);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "reload queue full: those keys load on their next read"
-            );
-        }
+        self.store.queue_reload(keys);
     }
 
     /// Called once by the cache actor when it starts.

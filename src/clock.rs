@@ -2,7 +2,9 @@
 //! between nodes is needed, because a node only ever compares its own timestamps.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -19,6 +21,10 @@ pub(crate) fn at_most_30_days(what: &str, setting: Duration) -> Result<()> {
 }
 
 /// Microseconds since this process first asked; never 0, so 0 can mean "never".
+///
+/// Read through tokio's clock: in a build without tokio's `test-util` feature that is the
+/// system's monotonic clock, unchanged; in tests it follows a paused runtime's clock, so
+/// leases, time to live and refresh can be tested with `tokio::time::pause` and `advance`.
 pub(crate) fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);

@@ -18,7 +18,9 @@ mod sessions;
 mod source;
 mod topic;
 
-pub use cache::{Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup, Mode};
+pub use cache::{
+    Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup, Mode, RemovalCause,
+};
 pub use delivery::{Delivery, MissCause};
 pub use error::{BoxError, Error, Result};
 pub use health::Health;

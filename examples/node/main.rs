@@ -93,6 +93,20 @@ struct Args {
     /// Keys per bulk version check when entries are revalidated.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     revalidation_chunk: u64,
+    /// Most entries this node caches (default: unbounded); past it the eviction policy makes
+    /// room for each new one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_entries: Option<u64>,
+    /// Most bytes of keys and values this node caches (default: unbounded).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_bytes: Option<u64>,
+    /// An entry is served for at most this long (milliseconds) after its load, then loaded
+    /// again (default: off).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=2_592_000_000))]
+    ttl_ms: Option<u64>,
+    /// Also cache "no such key", so reads of missing keys stop reaching the database.
+    #[arg(long)]
+    cache_absent: bool,
     /// Bytes of this node's messages a peer may leave unacknowledged before its session is
     /// closed (bounds memory under a stopped peer).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
@@ -212,6 +226,19 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
     if let Some(every) = args.revalidate_every_ms {
         builder = builder.revalidate_every(ms(every));
     }
+    if let Some(entries) = args.max_entries {
+        builder = builder.max_capacity(entries);
+    }
+    if let Some(bytes) = args.max_bytes {
+        builder = builder
+            .weigher(|key: &String, value: &String| {
+                u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
+            })
+            .max_weight(bytes);
+    }
+    if let Some(ttl) = args.ttl_ms {
+        builder = builder.time_to_live(ms(ttl));
+    }
     let cache = builder
         .on_remote_invalidation(move |applied| {
             let keys = match applied {
@@ -227,6 +254,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         .forget_after(ms(args.forget_after_ms))
         .max_backlog(args.max_backlog_bytes)
         .revalidation_chunk(args.revalidation_chunk as usize)
+        .cache_absent(args.cache_absent)
         .spawn(&node)
         .await
         .map_err(|e| e.to_string())?;
@@ -370,6 +398,7 @@ impl NodeProcess {
             "source_calls": s.source_calls, "revalidations": s.revalidations,
             "revalidated_keys": s.revalidated_keys, "revalidation_drops": s.revalidation_drops,
             "revalidation_failures": s.revalidation_failures,
+            "evictions": s.evictions, "expirations": s.expirations, "weighted_size": s.weighted_size,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::entries::RemovalCause;
 use super::invalidation::Invalidation;
 use super::store::{Dropped, Store};
 use super::Inner;
@@ -180,7 +181,7 @@ fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
             add(&store.counters.invalidations_received, keys.len() as u64);
             let mut hot = Vec::new();
             for (key, version) in &keys {
-                match store.invalidate(key, *version) {
+                match store.invalidate(key, *version, RemovalCause::InvalidatedRemotely) {
                     Dropped::Ignored => bump(&store.counters.invalidations_ignored),
                     Dropped::Nothing => {}
                     Dropped::Entry | Dropped::Flight => hot.push(key.clone()),
@@ -191,7 +192,7 @@ fn apply<K: CacheKey, V: Clone + Send + Sync + 'static>(
         Delivery::Message { .. } => {
             bump(&store.counters.invalidations_received);
             bump(&store.counters.invalidate_alls_received);
-            store.invalidate_all();
+            store.invalidate_all(RemovalCause::InvalidatedRemotely);
             (Invalidation::All, Vec::new())
         }
         Delivery::PossiblyMissed(cause) => {

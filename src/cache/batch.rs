@@ -107,7 +107,11 @@ impl<K: Hash + Eq> Batch<K> {
         if !was_empty || p.drain_scheduled {
             return Added::Queued;
         }
-        let since = now().saturating_sub(p.last_drain);
+        // Never drained: no burst yet (however early in the process's clock this is).
+        let since = match p.last_drain {
+            0 => u64::MAX,
+            last => now().saturating_sub(last),
+        };
         let burst = p.last_drain_items > 1 || since < BURST_GAP_US;
         if since < self.window_us && burst {
             p.drain_scheduled = true;
@@ -123,7 +127,8 @@ impl<K: Hash + Eq> Batch<K> {
         self.with(|p| {
             p.drain_scheduled = false;
             let Some((message, items)) = p.take() else {
-                p.last_drain = now;
+                // Nothing came in since: quiet, so the next invalidation goes out at once.
+                p.last_drain = 0;
                 p.last_drain_items = 0;
                 return;
             };

@@ -7,6 +7,7 @@ use ractor::{Actor, ActorCell};
 
 use super::actor::{CacheActor, CacheArguments, CacheKey, OnRemote};
 use super::batch::Batch;
+use super::entries::{Bounds, Expiry, RemovalCause};
 use super::revalidation::Revalidation;
 use super::store::Store;
 use super::{Cache, Inner, Invalidation};
@@ -53,6 +54,8 @@ pub struct CacheBuilder<K, V> {
     coalesce: Duration,
     on_remote: Option<OnRemote<K>>,
     revalidation: Revalidation,
+    bounds: Bounds<K, V>,
+    expiry: [Option<Duration>; 3],
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
@@ -66,7 +69,76 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             coalesce: Duration::from_millis(1),
             on_remote: None,
             revalidation: Revalidation::default(),
+            bounds: Bounds::default(),
+            expiry: [None; 3],
         }
+    }
+
+    /// Most entries the cache holds (keys cached as absent included); past it, the eviction
+    /// policy (S3-FIFO: scan resistant, see `docs/semantics.md`) makes room for each new one.
+    /// The bound holds at all times but for the one entry an install is putting in. Unbounded
+    /// by default; at least 1.
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.bounds.limits.entries = Some(entries);
+        self
+    }
+
+    /// How much each entry weighs against [`max_weight`](Self::max_weight) (e.g. its bytes).
+    /// A key cached as absent weighs 1.
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.bounds.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// Most total [weight](Self::weigher) the cache holds, within one entry's weight while an
+    /// install puts it in; a value heavier than this is returned to its reader and not
+    /// cached. Needs a weigher; at least 1. Unbounded by default.
+    pub fn max_weight(mut self, units: u64) -> Self {
+        self.bounds.limits.weight = Some(units);
+        self
+    }
+
+    /// An entry is not served once this long has passed since the load that brought it
+    /// started; the next read loads it again. Off by default; 1 ms to 30 days.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.expiry[0] = Some(ttl);
+        self
+    }
+
+    /// An entry is not served once it has not been read for this long (to 1/64 of it). Off by
+    /// default; 1 ms to 30 days.
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.expiry[1] = Some(tti);
+        self
+    }
+
+    /// A read of an entry older than this (since its load started) is served from the heap
+    /// and reloads the key in the background, once per this interval, through the cache's
+    /// reloader (single flight; an invalidation meanwhile keeps its answer out). Off by
+    /// default; 1 ms to 30 days.
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.expiry[2] = Some(after);
+        self
+    }
+
+    /// Caches "the source has no such key" too, so that reads of missing keys stop reaching
+    /// the source. Such an entry is dropped by every invalidation of its key, whatever the
+    /// version (any of them may be its creation), and checked like any other by
+    /// revalidation. Off by default.
+    pub fn cache_absent(mut self, absent: bool) -> Self {
+        self.bounds.absent = absent;
+        self
+    }
+
+    /// Calls `listener` with every value that leaves the cache and why ([`RemovalCause`]),
+    /// with no lock of the cache held. It runs on the task that removed the entry (a reader,
+    /// an invalidation, the Synchronization actor): keep it short.
+    pub fn removal_listener(
+        mut self,
+        listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.bounds.listener = Some(Arc::new(listener));
+        self
     }
 
     /// The consistency mode. Default [`Mode::Bounded`].
@@ -206,12 +278,15 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             }
             crate::clock::at_most_30_days("revalidate_every", every)?;
         }
+        let bounds = self.checked_bounds()?;
+        let sweep = bounds.expiry;
         let store = Store::new(
             self.source,
             self.mode,
             Arc::default(),
             node.member_gate(),
             self.sync.lease_duration(),
+            bounds,
         );
         let batch = Batch::new(self.max_batch_keys, self.coalesce);
         let inner = Arc::new(Inner::new(self.topic, store, batch, self.mode));
@@ -236,7 +311,39 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         tokio::spawn(super::revalidation::run(
             Arc::downgrade(&cache.inner),
             self.revalidation,
+            sweep.on().then(|| sweep.sweep_every()),
         ));
         Ok(cache)
+    }
+
+    /// The bound and expiry settings, checked.
+    fn checked_bounds(&self) -> Result<Bounds<K, V>> {
+        let limits = self.bounds.limits;
+        if limits.entries == Some(0) || limits.weight == Some(0) {
+            return Err(Error::Config(
+                "max_capacity and max_weight must be at least 1".into(),
+            ));
+        }
+        if limits.weight.is_some() && self.bounds.weigher.is_none() {
+            return Err(Error::Config(
+                "max_weight needs a weigher (without one, use max_capacity)".into(),
+            ));
+        }
+        let names = ["time_to_live", "time_to_idle", "refresh_after"];
+        for (name, setting) in names.iter().zip(self.expiry) {
+            if let Some(setting) = setting {
+                if setting < Duration::from_millis(1) {
+                    return Err(Error::Config(format!("{name} must be at least 1 ms")));
+                }
+                crate::clock::at_most_30_days(name, setting)?;
+            }
+        }
+        let mut bounds = self.bounds.clone();
+        bounds.expiry = Expiry {
+            ttl: Expiry::us(self.expiry[0]),
+            tti: Expiry::us(self.expiry[1]),
+            refresh: Expiry::us(self.expiry[2]),
+        };
+        Ok(bounds)
     }
 }

@@ -63,7 +63,7 @@ impl<K: Hash + Eq + Clone> ReloadQueue<K> {
     }
 
     /// Takes up to `n` keys, oldest first.
-    fn take(&self, n: usize) -> Vec<K> {
+    pub(crate) fn take(&self, n: usize) -> Vec<K> {
         let mut guard = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         let (order, set) = &mut *guard;
         let n = n.min(order.len());
@@ -82,7 +82,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
     chunk: usize,
     calls: usize,
 ) {
-    let Some(wake) = cache.upgrade().map(|c| c.reloads.wake.clone()) else {
+    let Some(wake) = cache.upgrade().map(|c| c.store.reloads.wake.clone()) else {
         return;
     };
     let mut running = tokio::task::JoinSet::new();
@@ -94,7 +94,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         let Some(inner) = cache.upgrade() else {
             return;
         };
-        let keys = inner.reloads.take(chunk.max(1));
+        let keys = inner.store.reloads.take(chunk.max(1));
         if keys.is_empty() {
             drop(inner);
             // A push since `take` left a permit: no wake-up is lost.

@@ -5,6 +5,8 @@
 //!
 //! It sleeps on a notification (a repair, a lease that ran out, the membership gate closing)
 //! and otherwise wakes once per lease: idle, it costs one timer per lease and nothing else.
+//! With a time to live or to idle it also sweeps expired entries out of memory, every quarter
+//! of the shorter setting.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -42,6 +44,7 @@ impl Default for Revalidation {
 pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
     cache: Weak<Inner<K, V>>,
     settings: Revalidation,
+    sweep_every: Option<u64>,
 ) {
     let Some((wake, leases, members, lease_us)) = cache.upgrade().map(|c| {
         let store = &c.store;
@@ -62,11 +65,18 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
     let mut last = now_us();
     // A pass some of whose checks failed (the source is down) is tried again after this.
     let mut retry_at: Option<u64> = None;
+    let mut sweep_at = sweep_every.map(|every| now_us().saturating_add(every));
     loop {
         let Some(cache) = cache.upgrade() else {
             return;
         };
         let now = now_us();
+        if let (Some(at), Some(every)) = (sweep_at, sweep_every) {
+            if now >= at {
+                cache.store.entries.sweep(now);
+                sweep_at = Some(now.saturating_add(every));
+            }
+        }
         if cache.store.is_empty() {
             // Nothing to check: whatever is cached from now on is verified after every repair
             // so far (a load in flight from before stays unverified until a read replaces it).
@@ -109,6 +119,9 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         }
         if let Some(retry_at) = retry_at {
             nap = nap.min(retry_at.saturating_sub(now));
+        }
+        if let Some(sweep_at) = sweep_at {
+            nap = nap.min(sweep_at.saturating_sub(now));
         }
         let nap = nap.max(1_000);
         let _ = tokio::time::timeout(Duration::from_micros(nap), async {

@@ -48,8 +48,15 @@ pub struct CacheStats {
     pub repairs: u64,
     /// Times the cache's Synchronization actor failed and was spawned again.
     pub sync_restarts: u64,
+    /// Entries evicted to stay within `max_capacity` / `max_weight` (and values too heavy to
+    /// be cached at all).
+    pub evictions: u64,
+    /// Entries removed because their time to live or to idle ran out.
+    pub expirations: u64,
     /// Entries in the heap now.
     pub entries: u64,
+    /// Their total weight now (see [`Cache::weighted_size`](crate::Cache::weighted_size)).
+    pub weighted_size: u64,
     /// The topic's Synchronization counters (decode failures, gaps, ...).
     pub sync: SyncStats,
 }
@@ -73,10 +80,17 @@ pub(crate) struct CacheCounters {
     pub(crate) reloads: AtomicU64,
     pub(crate) repairs: AtomicU64,
     pub(crate) sync_restarts: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) expirations: AtomicU64,
 }
 
 impl CacheCounters {
-    pub(crate) fn snapshot(&self, entries: usize, sync: SyncStats) -> CacheStats {
+    pub(crate) fn snapshot(
+        &self,
+        entries: usize,
+        weighted_size: u64,
+        sync: SyncStats,
+    ) -> CacheStats {
         CacheStats {
             hits: self.hits.sum(),
             misses: self.misses.load(Relaxed),
@@ -95,7 +109,10 @@ impl CacheCounters {
             reloads: self.reloads.load(Relaxed),
             repairs: self.repairs.load(Relaxed),
             sync_restarts: self.sync_restarts.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+            expirations: self.expirations.load(Relaxed),
             entries: entries as u64,
+            weighted_size,
             sync,
         }
     }

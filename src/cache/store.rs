@@ -18,21 +18,22 @@
 //! finished before `t`, exactly as a lease anchored at `t` vouches for every invalidation sent
 //! before it, so the staleness bound is the same either way.
 //!
-//! Entries live in a read-optimised map (`scc::HashIndex`: a lookup takes no lock, so readers on
-//! different cores do not fight over a lock word, and removing and re-inserting a key costs the
-//! same whatever the map's size); in-flight loads live in a sharded locked map (`dashmap`), whose
-//! entry lock serialises installing against invalidating.
+//! Entries live in [`Entries`] (a lock-free read map, the bound, expiry, the removal listener);
+//! in-flight loads live in a sharded locked map (`dashmap`), whose entry lock serialises
+//! installing against invalidating. Eviction only ever removes entries, never flights, so an
+//! evicted key's load in flight follows the same rules as any other.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use scc::hash_index::Entry as IndexEntry;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use super::entries::{Bounds, Entries, RemovalCause};
+use super::reloader::ReloadQueue;
 use super::stats::CacheCounters;
 use super::Mode;
 use crate::clock::now_us;
@@ -44,24 +45,6 @@ use crate::source::{Source, Version};
 use crate::synchronization::SyncShared;
 
 type Loaded<V> = Result<Option<(V, Version)>>;
-
-struct Entry<V> {
-    value: V,
-    version: Version,
-    /// When (µs, this node's clock) the source last vouched for this version: the start of
-    /// the load that brought it or of the newest check that found it unchanged.
-    verified_at: AtomicU64,
-}
-
-impl<V: Clone> Clone for Entry<V> {
-    fn clone(&self) -> Self {
-        Self {
-            value: self.value.clone(),
-            version: self.version,
-            verified_at: AtomicU64::new(self.verified_at.load(Relaxed)),
-        }
-    }
-}
 
 /// One in-progress load of one key, shared by every reader that asks meanwhile.
 struct Flight<V> {
@@ -181,7 +164,7 @@ pub(crate) enum Dropped {
 }
 
 pub(crate) struct Store<K, V> {
-    entries: scc::HashIndex<K, Entry<V>, foldhash::fast::RandomState>,
+    pub(crate) entries: Entries<K, V>,
     flights: DashMap<K, Arc<Flight<V>>, foldhash::fast::RandomState>,
     /// How many flights the map holds, changed under the flight's entry lock. An invalidation
     /// that reads 0 skips the map: any flight it would have cancelled starts after the read,
@@ -201,7 +184,10 @@ pub(crate) struct Store<K, V> {
     repaired_at: AtomicU64,
     /// Wakes the revalidation pass (a repair, a lapsed lease).
     pub(crate) wake: Arc<tokio::sync::Notify>,
-    pub(crate) counters: CacheCounters,
+    /// Keys to reload in the background (invalidated or changed while cached here, or due
+    /// for a refresh).
+    pub(crate) reloads: ReloadQueue<K>,
+    pub(crate) counters: Arc<CacheCounters>,
 }
 
 impl<K, V> Store<K, V>
@@ -215,9 +201,11 @@ where
         leases: Arc<SyncShared>,
         members: Arc<MemberGate>,
         lease: std::time::Duration,
+        bounds: Bounds<K, V>,
     ) -> Self {
+        let counters = Arc::<CacheCounters>::default();
         Self {
-            entries: scc::HashIndex::with_hasher(Default::default()),
+            entries: Entries::new(bounds, counters.clone()),
             flights: DashMap::with_hasher(Default::default()),
             in_flight: AtomicUsize::new(0),
             source,
@@ -227,7 +215,8 @@ where
             lease_us: u64::try_from(lease.as_micros()).unwrap_or(u64::MAX),
             repaired_at: AtomicU64::new(0),
             wake: Arc::default(),
-            counters: CacheCounters::default(),
+            reloads: ReloadQueue::default(),
+            counters,
         }
     }
 
@@ -237,10 +226,7 @@ where
         let now = now_us();
         let open = self.gates_open(now);
         if let Some(value) = self.cached(key, now, open) {
-            return Ok(Lookup {
-                value: Some(value),
-                hit: true,
-            });
+            return Ok(Lookup { value, hit: true });
         }
         if open {
             bump(&self.counters.misses);
@@ -255,6 +241,7 @@ where
     pub(crate) fn peek(&self, key: &K) -> Option<V> {
         let now = now_us();
         self.cached(key, now, self.gates_open(now))
+            .flatten()
             .map(|(value, _)| value)
     }
 
@@ -267,19 +254,38 @@ where
                 .leases_valid_since(now, self.members.open_since())
     }
 
-    /// The entry, if it may be served at `now`: verified since the last repair, and the gates
-    /// open or its verification less than a lease old. (The gates are read before the repair
-    /// mark and the entry: a repair marked before the gate renewal that is read here.)
-    fn cached(&self, key: &K, now: u64, open: bool) -> Option<(V, Version)> {
+    /// The entry, if it may be served at `now`: unexpired, verified since the last repair, and
+    /// the gates open or its verification less than a lease old. (The gates are read before
+    /// the repair mark and the entry: a repair marked before the gate renewal that is read
+    /// here.) `Some(None)`: the key is cached as absent from the source.
+    fn cached(&self, key: &K, now: u64, open: bool) -> Option<Option<(V, Version)>> {
         let repaired = self.repaired_at.load(SeqCst);
         let lease = self.lease_us;
-        let cached = self.entries.peek_with(key, |_, entry| {
-            let verified = entry.verified_at.load(Relaxed);
+        let hit = self.entries.read(key, now, |entry| {
+            let verified = entry.verified_at.load(SeqCst);
             let vouched = verified >= repaired && (open || now < verified.saturating_add(lease));
-            vouched.then(|| (entry.value.clone(), entry.version))
-        })??;
+            vouched.then(|| entry.value.clone().map(|value| (value, entry.version)))
+        })?;
         self.counters.hits.bump();
-        Some(cached)
+        if hit.refresh {
+            self.queue_reload(vec![key.clone()]);
+        }
+        Some(hit.answer)
+    }
+
+    /// Queues `keys` for the reloader (each once; what does not fit loads on its next read).
+    pub(crate) fn queue_reload(&self, keys: Vec<K>) {
+        if keys.is_empty() {
+            return;
+        }
+        let (queued, dropped) = self.reloads.push(keys);
+        crate::counter::add(&self.counters.reloads, queued);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "reload queue full: those keys load on their next read"
+            );
+        }
     }
 
     /// Joins the key's flight (or starts one) and installs its result if still current.
@@ -335,27 +341,25 @@ where
     }
 
     fn install(&self, key: &K, flight: &Arc<Flight<V>>, loaded: &Loaded<V>) {
-        let MapEntry::Occupied(current) = self.flights.entry(key.clone()) else {
-            return;
-        };
-        if !Arc::ptr_eq(current.get(), flight) {
-            return;
-        }
-        if let Ok(Some((value, version))) = loaded {
-            let entry = Entry {
-                value: value.clone(),
-                version: *version,
-                verified_at: AtomicU64::new(flight.started),
+        let removed = {
+            let MapEntry::Occupied(current) = self.flights.entry(key.clone()) else {
+                return;
             };
-            match self.entries.entry(key.clone()) {
-                IndexEntry::Occupied(occupied) => occupied.update(entry),
-                IndexEntry::Vacant(vacant) => {
-                    vacant.insert_entry(entry);
-                }
+            if !Arc::ptr_eq(current.get(), flight) {
+                return;
             }
+            let removed = loaded.as_ref().ok().map(|found| {
+                let found = found.as_ref().map(|(value, version)| (value, *version));
+                self.entries.install(key, found, flight.started)
+            });
+            current.remove();
+            self.in_flight.fetch_sub(1, SeqCst);
+            removed
+        };
+        // The listener runs with no lock held.
+        if let Some(removed) = removed {
+            self.entries.notify(removed);
         }
-        current.remove();
-        self.in_flight.fetch_sub(1, SeqCst);
     }
 
     /// Loads `keys` in one bulk call ([`Source::load_many`]) through flights of their own, so
@@ -365,7 +369,7 @@ where
         let now = now_us();
         let mut mine: Vec<(K, Arc<Flight<V>>)> = Vec::with_capacity(keys.len());
         for key in keys {
-            if self.entries.contains(&key) {
+            if self.entries.holds_fresh(&key, now) {
                 continue;
             }
             if let MapEntry::Vacant(vacant) = self.flights.entry(key.clone()) {
@@ -405,10 +409,16 @@ where
         }
     }
 
-    /// Drops `key` unless the cached entry is already at `version` or newer.
-    pub(crate) fn invalidate(&self, key: &K, version: Option<Version>) -> Dropped {
+    /// Drops `key` unless the cached entry is already at `version` or newer (an entry cached
+    /// as absent is always dropped: any invalidation may be its creation).
+    pub(crate) fn invalidate(
+        &self,
+        key: &K,
+        version: Option<Version>,
+        cause: RemovalCause,
+    ) -> Dropped {
         if let Some(version) = version {
-            if self.entries.peek_with(key, |_, e| e.version >= version) == Some(true) {
+            if self.entries.holds_at_least(key, version) {
                 return Dropped::Ignored;
             }
         }
@@ -419,7 +429,7 @@ where
         } else {
             None
         };
-        let removed = self.entries.remove(key);
+        let removed = self.entries.remove(key, cause);
         match (removed, flight) {
             (true, _) => Dropped::Entry,
             (false, Some(_)) => Dropped::Flight,
@@ -428,14 +438,14 @@ where
     }
 
     /// Drops every entry and cancels the installation of every in-flight load.
-    pub(crate) fn invalidate_all(&self) {
+    pub(crate) fn invalidate_all(&self, cause: RemovalCause) {
         let mut removed = 0;
         self.flights.retain(|_, _| {
             removed += 1;
             false
         });
         self.in_flight.fetch_sub(removed, SeqCst);
-        self.entries.clear();
+        self.entries.clear(cause);
     }
 
     /// Marks every entry unverified as of now (messages may have been missed): none is served
@@ -464,16 +474,10 @@ where
     pub(crate) async fn revalidate(&self, chunk: usize, budget: usize) -> (Pass, Vec<K>) {
         let mut changed = Vec::new();
         let mut pass = Pass::default();
-        let mut all: Vec<(K, Version)> = Vec::with_capacity(self.entries.len());
-        {
-            let guard = scc::ebr::Guard::new();
-            for (key, entry) in self.entries.iter(&guard) {
-                all.push((key.clone(), entry.version));
-            }
-        }
+        let mut all = self.entries.versions();
         if all.len() > budget {
             for (key, version) in all.drain(budget..) {
-                if self.drop_if(&key, version) {
+                if self.entries.remove_changed(&key, version) {
                     pass.over_budget += 1;
                 }
             }
@@ -501,13 +505,9 @@ where
             };
             pass.checked += keys.len() as u64;
             for ((key, cached), current) in part.iter().zip(versions) {
-                if current == Some(*cached) {
-                    self.entries.peek_with(key, |_, entry| {
-                        if entry.version == *cached {
-                            entry.verified_at.fetch_max(started, SeqCst);
-                        }
-                    });
-                } else if self.drop_if(key, *cached) {
+                if current == *cached {
+                    self.entries.verify(key, *cached, started);
+                } else if self.entries.remove_changed(key, *cached) {
                     pass.dropped += 1;
                     if current.is_some() {
                         changed.push(key.clone());
@@ -521,12 +521,6 @@ where
     /// Whether the cache holds no entry (a pass would check nothing).
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// Drops `key` if its entry is still at `version`.
-    fn drop_if(&self, key: &K, version: Version) -> bool {
-        self.entries
-            .remove_if(key, |entry| entry.version == version)
     }
 
     /// The node's membership gate.
@@ -563,6 +557,15 @@ where
 
     pub(crate) fn entry_count(&self) -> usize {
         self.entries.len()
+    }
+
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    #[cfg(test)]
+    fn stats_evictions(&self) -> u64 {
+        self.counters.evictions.load(SeqCst)
     }
 }
 
@@ -625,7 +628,14 @@ mod tests {
         lease: Duration,
     ) -> Store<u32, String> {
         let source = source.clone() as Arc<dyn Source<u32, String>>;
-        Store::new(source, mode, Arc::default(), Arc::default(), lease)
+        Store::new(
+            source,
+            mode,
+            Arc::default(),
+            Arc::default(),
+            lease,
+            Bounds::default(),
+        )
     }
 
     fn rows_store(mode: Mode, lease: Duration) -> (Arc<Rows>, Store<u32, String>) {
@@ -727,10 +737,7 @@ mod tests {
         let store = Arc::new(store_over(&source, Mode::Eventual, lease));
         let early = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
-        let started = now_us();
-        while now_us() < started + 3_000 {
-            std::hint::spin_loop();
-        }
+        tokio::time::advance(Duration::from_millis(3)).await;
         source.version.store(1, Ordering::SeqCst);
         let late = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 2).await;
@@ -808,7 +815,10 @@ mod tests {
         let reader = spawn_lookup(&store, 1);
         tokio::task::yield_now().await;
         // Key 3 changes while the bulk call runs: its answer must not be cached.
-        assert_eq!(store.invalidate(&3, Some(1)), Dropped::Flight);
+        assert_eq!(
+            store.invalidate(&3, Some(1), RemovalCause::Invalidated),
+            Dropped::Flight
+        );
         source.gate.notify_one();
         bulk.await.unwrap();
         let read = reader.await.unwrap();
@@ -904,7 +914,10 @@ mod tests {
         let early = spawn_lookup(&store, 1);
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
         source.version.store(1, Ordering::SeqCst);
-        assert_eq!(store.invalidate(&1, Some(1)), Dropped::Flight);
+        assert_eq!(
+            store.invalidate(&1, Some(1), RemovalCause::Invalidated),
+            Dropped::Flight
+        );
         source.gate.notify_waiters();
         assert_eq!(early.await.unwrap().value.unwrap().1, 0);
         assert_eq!(
@@ -929,7 +942,10 @@ mod tests {
         load.await.unwrap().unwrap();
         assert_eq!(flights(&store), 0);
         // With no flight, an invalidation still drops the cached entry.
-        assert_eq!(store.invalidate(&1, None), Dropped::Entry);
+        assert_eq!(
+            store.invalidate(&1, None, RemovalCause::Invalidated),
+            Dropped::Entry
+        );
         // Cancelled by an invalidation, then by a whole-cache invalidation.
         for all in [false, true] {
             let load = tokio::spawn({
@@ -938,9 +954,12 @@ mod tests {
             });
             until(|| flights(&store) == 1).await;
             if all {
-                store.invalidate_all();
+                store.invalidate_all(RemovalCause::Invalidated);
             } else {
-                assert_eq!(store.invalidate(&2, None), Dropped::Flight);
+                assert_eq!(
+                    store.invalidate(&2, None, RemovalCause::Invalidated),
+                    Dropped::Flight
+                );
             }
             assert_eq!(flights(&store), 0);
             tokio::task::yield_now().await;
@@ -961,9 +980,279 @@ mod tests {
         until(|| source.loads.load(Ordering::SeqCst) == 1).await;
         source.gate.notify_waiters();
         load.await.unwrap().unwrap();
-        assert_eq!(store.invalidate(&1, Some(4)), Dropped::Ignored);
-        assert_eq!(store.invalidate(&1, Some(5)), Dropped::Ignored);
-        assert_eq!(store.invalidate(&1, Some(6)), Dropped::Entry);
-        assert_eq!(store.invalidate(&1, Some(6)), Dropped::Nothing);
+        assert_eq!(
+            store.invalidate(&1, Some(4), RemovalCause::Invalidated),
+            Dropped::Ignored
+        );
+        assert_eq!(
+            store.invalidate(&1, Some(5), RemovalCause::Invalidated),
+            Dropped::Ignored
+        );
+        assert_eq!(
+            store.invalidate(&1, Some(6), RemovalCause::Invalidated),
+            Dropped::Entry
+        );
+        assert_eq!(
+            store.invalidate(&1, Some(6), RemovalCause::Invalidated),
+            Dropped::Nothing
+        );
+    }
+
+    /// A store over `Rows` with the given bounds, in eventual mode (no lease gate).
+    fn bounded(bounds: Bounds<u32, String>) -> (Arc<Rows>, Arc<Store<u32, String>>) {
+        let source = Arc::new(Rows::default());
+        let dynamic = source.clone() as Arc<dyn Source<u32, String>>;
+        let store = Store::new(
+            dynamic,
+            Mode::Eventual,
+            Arc::default(),
+            Arc::default(),
+            Duration::from_secs(1),
+            bounds,
+        );
+        (source, Arc::new(store))
+    }
+
+    fn limits(entries: Option<u64>, weight: Option<u64>) -> Bounds<u32, String> {
+        Bounds {
+            limits: super::super::policy::Limits { entries, weight },
+            ..Bounds::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bounded_store_stays_within_its_capacity_under_reads_invalidations_and_repairs() {
+        let (source, store) = bounded(limits(Some(50), None));
+        for key in 0..500 {
+            source.rows.lock().unwrap().insert(key, 1);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = tokio::spawn({
+            let (store, done) = (store.clone(), done.clone());
+            async move {
+                let mut most = 0;
+                while !done.load(Ordering::SeqCst) {
+                    most = most.max(store.entries.map_len());
+                    tokio::task::yield_now().await;
+                }
+                most
+            }
+        });
+        let workers: Vec<_> = (0..8u64)
+            .map(|worker| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut x = worker * 7919 + 1;
+                    for _ in 0..3_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // A hot tenth of the keys gets half the reads.
+                        let key = if x % 2 == 0 { x % 50 } else { x % 500 } as u32;
+                        match x % 100 {
+                            0 => store.invalidate_all(RemovalCause::Invalidated),
+                            1..=2 => {
+                                store.mark_unverified();
+                                store.revalidate(64, usize::MAX).await;
+                            }
+                            3..=15 => {
+                                store.invalidate(&key, None, RemovalCause::Invalidated);
+                            }
+                            _ => {
+                                store.lookup(&key).await.unwrap();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        let most = sampler.await.unwrap();
+        assert!(most <= 50, "held {most} entries with a capacity of 50");
+        assert!(store.stats_evictions() > 0, "nothing was ever evicted");
+        assert_eq!(
+            store.entry_count(),
+            store.entries.map_len(),
+            "the policy's count drifted from the map"
+        );
+    }
+
+    #[tokio::test]
+    async fn weight_bounds_the_store_and_a_value_heavier_than_the_budget_is_returned_uncached() {
+        let mut bounds = limits(None, Some(100));
+        bounds.weigher = Some(Arc::new(|key: &u32, _: &String| *key));
+        let (source, store) = bounded(bounds);
+        for key in 1..=200 {
+            source.rows.lock().unwrap().insert(key, 1);
+        }
+        for key in 1..=60 {
+            store.lookup(&key).await.unwrap();
+            assert!(store.weighted_size() <= 100, "{}", store.weighted_size());
+        }
+        let heavy = store.lookup(&150).await.unwrap();
+        assert_eq!(
+            heavy.value.unwrap().0,
+            "150@1",
+            "the heavy value was not returned"
+        );
+        assert_eq!(store.peek(&150), None, "a value over the budget was cached");
+        assert!(store.weighted_size() <= 100);
+    }
+
+    #[tokio::test]
+    async fn a_load_that_an_invalidation_overtook_installs_nothing_even_in_a_full_store() {
+        let (source, store) = bounded(limits(Some(2), None));
+        cached_keys(&store, &source, 10..12).await;
+        source.gated.store(true, Ordering::SeqCst);
+        // Key 1 loads through a bulk flight held open by the gated version check... instead,
+        // hold its load open with a gate of its own: a flight that an invalidation removes.
+        let flight = Flight::new(now_us());
+        store.in_flight.fetch_add(1, SeqCst);
+        store.flights.insert(1, flight.clone());
+        source.rows.lock().unwrap().insert(1, 1);
+        assert_eq!(
+            store.invalidate(&1, None, RemovalCause::Invalidated),
+            Dropped::Flight
+        );
+        store.install(&1, &flight, &Ok(Some(("1@0".to_owned(), 0))));
+        assert_eq!(
+            store.peek(&1),
+            None,
+            "a load overtaken by an invalidation installed"
+        );
+        assert_eq!(store.entry_count(), 2, "it evicted for nothing");
+        assert_eq!(store.peek(&10).as_deref(), Some("10@1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_to_live_and_to_idle_expire_entries_and_the_sweep_frees_them() {
+        let mut bounds = Bounds::default();
+        bounds.expiry.ttl = 100_000;
+        let (source, store) = bounded(bounds);
+        cached_keys(&store, &source, 0..2).await;
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(store.peek(&0).as_deref(), Some("0@1"));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(store.peek(&0), None, "served past its time to live");
+        assert!(!store.lookup(&0).await.unwrap().hit);
+        assert_eq!(store.entries.sweep(now_us()), 1, "key 1 was not swept");
+        assert_eq!(store.entry_count(), 1);
+
+        let mut bounds = Bounds::default();
+        bounds.expiry.tti = 100_000;
+        let (source, store) = bounded(bounds);
+        cached_keys(&store, &source, 0..1).await;
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_millis(50)).await;
+            assert!(store.peek(&0).is_some(), "a key read every 50 ms idled out");
+        }
+        tokio::time::advance(Duration::from_millis(120)).await;
+        assert_eq!(store.peek(&0), None, "served past its time to idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_serves_the_old_value_and_reloads_once_in_the_background() {
+        let mut bounds = Bounds::default();
+        bounds.expiry.refresh = 100_000;
+        let (source, store) = bounded(bounds);
+        cached_keys(&store, &source, 0..1).await;
+        source.rows.lock().unwrap().insert(0, 2);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let read = store.lookup(&0).await.unwrap();
+        assert!(read.hit, "a refresh-due entry was not served");
+        assert_eq!(read.value.unwrap().1, 1);
+        store.lookup(&0).await.unwrap();
+        let queued = store.reloads.take(10);
+        assert_eq!(
+            queued,
+            vec![0],
+            "the refresh was not asked for exactly once"
+        );
+        store.load_batch(queued).await;
+        assert_eq!(store.peek(&0).as_deref(), Some("0@2"), "not refreshed");
+    }
+
+    #[tokio::test]
+    async fn an_absent_key_is_cached_and_dropped_by_any_invalidation() {
+        let (source, store) = bounded(Bounds {
+            absent: true,
+            ..Bounds::default()
+        });
+        assert_eq!(store.lookup(&5).await.unwrap().value, None);
+        let again = store.lookup(&5).await.unwrap();
+        assert!(again.hit && again.value.is_none(), "absence was not cached");
+        assert_eq!(store.counters.loads.load(Ordering::SeqCst), 1);
+        // The key is created at version 3; its invalidation drops the cached absence.
+        source.rows.lock().unwrap().insert(5, 3);
+        assert_eq!(
+            store.invalidate(&5, Some(3), RemovalCause::InvalidatedRemotely),
+            Dropped::Entry
+        );
+        assert_eq!(store.lookup(&5).await.unwrap().value.unwrap().1, 3);
+        // A delayed older invalidation cannot bring the absence back.
+        assert_eq!(
+            store.invalidate(&5, Some(2), RemovalCause::InvalidatedRemotely),
+            Dropped::Ignored
+        );
+        assert_eq!(store.peek(&5).as_deref(), Some("5@3"));
+        // Revalidation keeps an absence the source confirms and drops one it does not.
+        assert_eq!(store.lookup(&6).await.unwrap().value, None);
+        assert_eq!(store.lookup(&7).await.unwrap().value, None);
+        source.rows.lock().unwrap().insert(7, 1);
+        store.mark_unverified();
+        store.revalidate(10, usize::MAX).await;
+        assert!(
+            store.lookup(&6).await.unwrap().hit,
+            "a confirmed absence was dropped"
+        );
+        assert_eq!(store.lookup(&7).await.unwrap().value.unwrap().1, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_listener_hears_every_removal_with_its_cause() {
+        type Heard = Arc<std::sync::Mutex<Vec<(u32, RemovalCause)>>>;
+        let heard: Heard = Arc::default();
+        let mut bounds = limits(Some(3), None);
+        bounds.expiry.ttl = 1_000_000;
+        bounds.listener = Some({
+            let heard = heard.clone();
+            Arc::new(move |key: &u32, _: &String, cause| heard.lock().unwrap().push((*key, cause)))
+        });
+        let (source, store) = bounded(bounds);
+        cached_keys(&store, &source, 0..3).await;
+        store.invalidate(&1, None, RemovalCause::Invalidated);
+        store.invalidate(&2, None, RemovalCause::InvalidatedRemotely);
+        source.rows.lock().unwrap().insert(0, 2);
+        store.mark_unverified();
+        store.revalidate(10, usize::MAX).await;
+        // Four keys into a capacity of three: one is evicted.
+        cached_keys(&store, &source, 10..14).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.lookup(&13).await.unwrap();
+        let heard = heard.lock().unwrap().clone();
+        let causes: Vec<RemovalCause> = heard.iter().map(|(_, cause)| *cause).collect();
+        assert_eq!(
+            causes,
+            vec![
+                RemovalCause::Invalidated,
+                RemovalCause::InvalidatedRemotely,
+                RemovalCause::Repaired,
+                RemovalCause::Size,
+                RemovalCause::Expired,
+            ],
+            "{heard:?}"
+        );
+        assert_eq!(
+            &heard[..3],
+            &[
+                (1, RemovalCause::Invalidated),
+                (2, RemovalCause::InvalidatedRemotely),
+                (0, RemovalCause::Repaired)
+            ]
+        );
+        assert_eq!(heard[4].0, 13);
     }
 }

@@ -12,12 +12,29 @@ use ractor_cache_sync::{Cache, Node, NodeConfig, Source, Topic, Version};
 
 const ENTRIES: u64 = 100_000;
 
-struct Constant;
+/// The same value objects for every cache, allocated once in key order: a hit clones the
+/// `Arc` (its reference count is the one write a hit makes), so where the values live in
+/// memory weighs as much as the map; sharing them compares the maps alone.
+struct Values(Arc<Vec<Arc<String>>>);
+
+impl Values {
+    fn new() -> Self {
+        Self(Arc::new(
+            (0..ENTRIES)
+                .map(|k| Arc::new(format!("value {k}")))
+                .collect(),
+        ))
+    }
+
+    fn of(&self, key: u64) -> Arc<String> {
+        self.0[key as usize].clone()
+    }
+}
 
 #[async_trait::async_trait]
-impl Source<u64, Arc<String>> for Constant {
+impl Source<u64, Arc<String>> for Values {
     async fn load(&self, key: &u64) -> ractor_cache_sync::Result<Option<(Arc<String>, Version)>> {
-        Ok(Some((Arc::new(format!("value {key}")), 1)))
+        Ok(Some((self.of(*key), 1)))
     }
 }
 
@@ -67,49 +84,83 @@ fn group(c: &mut Criterion, name: &str, order: &[u64], read: impl Fn(u64) + Sync
     group.finish();
 }
 
+/// Each map is built, measured and dropped before the next is built, so that none reads
+/// from a heap the others shaped; the node and the shared values live throughout.
 fn hits(c: &mut Criterion) {
     let order = random_order();
+    let values = Values::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (_node, cache) = runtime.block_on(async {
-        let node = Node::start(NodeConfig::new("bench", "cookie"))
+    let node = runtime.block_on(async {
+        Node::start(NodeConfig::new("bench", "cookie"))
             .await
-            .unwrap();
-        let cache: Cache<u64, Arc<String>> =
-            Cache::builder(Topic::new("bounded"), Arc::new(Constant))
-                .max_capacity(ENTRIES)
-                .spawn(&node)
-                .await
-                .unwrap();
+            .unwrap()
+    });
+
+    {
+        let cache = runtime.block_on(async {
+            let cache: Cache<u64, Arc<String>> =
+                Cache::builder(Topic::new("bounded"), Values(values.0.clone()))
+                    .max_capacity(ENTRIES)
+                    .spawn(&node)
+                    .await
+                    .unwrap();
+            for key in 0..ENTRIES {
+                cache.get(&key).await.unwrap();
+            }
+            cache
+        });
+        assert_eq!(cache.entry_count(), ENTRIES as usize);
+        group(c, "ractor_cache_sync", &order, |key| {
+            std::hint::black_box(cache.peek(&key).expect("hit"));
+        });
+    }
+
+    {
+        // quick_cache bounds each shard on its own: 10 % more room keeps all of the keys.
+        let quick = quick_cache::sync::Cache::<u64, Arc<String>>::new(ENTRIES as usize * 11 / 10);
         for key in 0..ENTRIES {
-            cache.get(&key).await.unwrap();
+            quick.insert(key, values.of(key));
         }
-        (node, cache)
-    });
-    assert_eq!(cache.entry_count(), ENTRIES as usize);
-    group(c, "ractor_cache_sync", &order, |key| {
-        std::hint::black_box(cache.peek(&key).expect("hit"));
-    });
-
-    let quick = quick_cache::sync::Cache::<u64, Arc<String>>::new(ENTRIES as usize);
-    for key in 0..ENTRIES {
-        quick.insert(key, Arc::new(format!("value {key}")));
+        assert!((0..ENTRIES).all(|key| quick.peek(&key).is_some()));
+        group(c, "quick_cache", &order, |key| {
+            std::hint::black_box(quick.get(&key).expect("hit"));
+        });
     }
-    group(c, "quick_cache", &order, |key| {
-        std::hint::black_box(quick.get(&key).expect("hit"));
-    });
 
-    let moka = moka::sync::Cache::<u64, Arc<String>>::new(ENTRIES);
-    for key in 0..ENTRIES {
-        moka.insert(key, Arc::new(format!("value {key}")));
+    {
+        let moka = moka::sync::Cache::<u64, Arc<String>>::new(ENTRIES * 11 / 10);
+        for key in 0..ENTRIES {
+            moka.insert(key, values.of(key));
+        }
+        moka.run_pending_tasks();
+        assert!((0..ENTRIES).all(|key| moka.contains_key(&key)));
+        group(c, "moka", &order, |key| {
+            std::hint::black_box(moka.get(&key).expect("hit"));
+        });
     }
-    moka.run_pending_tasks();
-    group(c, "moka", &order, |key| {
-        std::hint::black_box(moka.get(&key));
-    });
+
+    {
+        // The map under the cache, bare, with and without one read of the system's monotonic
+        // clock per lookup: what the map costs, and what a fenced clock read does to it.
+        let index = scc::HashIndex::<u64, Arc<String>, foldhash::fast::RandomState>::with_hasher(
+            Default::default(),
+        );
+        for key in 0..ENTRIES {
+            let _ = index.insert(key, values.of(key));
+        }
+        group(c, "bare_scc_hash_index", &order, |key| {
+            std::hint::black_box(index.peek_with(&key, |_, v| v.clone()).expect("hit"));
+        });
+        group(c, "bare_scc_hash_index_and_clock", &order, |key| {
+            std::hint::black_box(std::time::Instant::now());
+            std::hint::black_box(index.peek_with(&key, |_, v| v.clone()).expect("hit"));
+        });
+    }
+    runtime.block_on(node.shutdown());
 }
 
 criterion_group! {

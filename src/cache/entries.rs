@@ -101,17 +101,45 @@ pub(crate) struct Entry<V> {
     /// When (µs, this node's clock) the source last vouched for this version: the start of
     /// the load that brought it or of the newest check that found it unchanged.
     pub(crate) verified_at: AtomicU64,
+    /// Tells this entry from an earlier or later one of the same key (the policy's slots).
+    id: u64,
+    /// Only with expiry or refresh: a cache without them keeps its entries small (a hit's
+    /// cost is mostly the cache misses of reaching the entry and its value, so size counts).
+    timing: Option<Box<Timing>>,
+    weight: u32,
+    /// Hits since the policy last passed over it (bounded caches only), at most [`MAX_USES`].
+    uses: AtomicU8,
+}
+
+/// What expiry and refresh keep per entry.
+struct Timing {
     /// The start of the load that brought it (time to live, refresh).
     loaded_at: u64,
-    /// The last hit, to a granularity (only kept with time to idle).
+    /// The last hit, to 1/64 of the time to idle.
     read_at: AtomicU64,
     /// When a background refresh was last asked for (0: never).
     refresh_asked: AtomicU64,
-    /// Hits since the policy last passed over it (bounded caches only), at most [`MAX_USES`].
-    uses: AtomicU8,
-    /// Tells this entry from an earlier or later one of the same key (the policy's slots).
-    id: u64,
-    weight: u32,
+}
+
+impl Clone for Timing {
+    fn clone(&self) -> Self {
+        Self {
+            loaded_at: self.loaded_at,
+            read_at: AtomicU64::new(self.read_at.load(Relaxed)),
+            refresh_asked: AtomicU64::new(self.refresh_asked.load(Relaxed)),
+        }
+    }
+}
+
+impl Timing {
+    fn expired(&self, now: u64, expiry: &Expiry) -> bool {
+        now >= self.loaded_at.saturating_add(expiry.ttl)
+            || now >= self.read_at.load(Relaxed).saturating_add(expiry.tti)
+    }
+
+    fn refresh_due(&self, now: u64, expiry: &Expiry) -> bool {
+        now >= self.loaded_at.saturating_add(expiry.refresh)
+    }
 }
 
 impl<K, V> Default for Bounds<K, V> {
@@ -145,20 +173,23 @@ impl<V: Clone> Clone for Entry<V> {
             value: self.value.clone(),
             version: self.version,
             verified_at: AtomicU64::new(self.verified_at.load(Relaxed)),
-            loaded_at: self.loaded_at,
-            read_at: AtomicU64::new(self.read_at.load(Relaxed)),
-            refresh_asked: AtomicU64::new(self.refresh_asked.load(Relaxed)),
-            uses: AtomicU8::new(self.uses.load(Relaxed)),
             id: self.id,
+            timing: self.timing.clone(),
             weight: self.weight,
+            uses: AtomicU8::new(self.uses.load(Relaxed)),
         }
     }
 }
 
 impl<V> Entry<V> {
     fn expired(&self, now: u64, expiry: &Expiry) -> bool {
-        now >= self.loaded_at.saturating_add(expiry.ttl)
-            || now >= self.read_at.load(Relaxed).saturating_add(expiry.tti)
+        self.timing.as_ref().is_some_and(|t| t.expired(now, expiry))
+    }
+
+    fn refresh_due(&self, now: u64, expiry: &Expiry) -> bool {
+        self.timing
+            .as_ref()
+            .is_some_and(|t| t.refresh_due(now, expiry))
     }
 }
 
@@ -265,17 +296,23 @@ where
                         entry.uses.store(uses + 1, Relaxed);
                     }
                 }
+                let Some(timing) = &entry.timing else {
+                    return Some(Hit {
+                        answer,
+                        refresh: false,
+                    });
+                };
                 if expiry.tti != u64::MAX {
                     // Kept to 1/64 of the setting: a hot entry is not written on every hit.
-                    let read = entry.read_at.load(Relaxed);
+                    let read = timing.read_at.load(Relaxed);
                     if now > read.saturating_add(expiry.tti / 64) {
-                        entry.read_at.store(now, Relaxed);
+                        timing.read_at.store(now, Relaxed);
                     }
                 }
-                let refresh = now >= entry.loaded_at.saturating_add(expiry.refresh) && {
-                    let asked = entry.refresh_asked.load(Relaxed);
+                let refresh = timing.refresh_due(now, expiry) && {
+                    let asked = timing.refresh_asked.load(Relaxed);
                     (asked == 0 || now >= asked.saturating_add(expiry.refresh))
-                        && entry
+                        && timing
                             .refresh_asked
                             .compare_exchange(asked, now, Relaxed, Relaxed)
                             .is_ok()
@@ -290,7 +327,7 @@ where
         let expiry = &self.bounds.expiry;
         self.map
             .peek_with(key, |_, entry| {
-                !entry.expired(now, expiry) && now < entry.loaded_at.saturating_add(expiry.refresh)
+                !entry.expired(now, expiry) && !entry.refresh_due(now, expiry)
             })
             .unwrap_or(false)
     }
@@ -375,12 +412,16 @@ where
             value: loaded.map(|(value, _)| value.clone()),
             version: loaded.map_or(0, |(_, version)| version),
             verified_at: AtomicU64::new(started),
-            loaded_at: started,
-            read_at: AtomicU64::new(now),
-            refresh_asked: AtomicU64::new(0),
-            uses: AtomicU8::new(0),
             id,
+            timing: (expiry.on() || expiry.refresh != u64::MAX).then(|| {
+                Box::new(Timing {
+                    loaded_at: started,
+                    read_at: AtomicU64::new(now),
+                    refresh_asked: AtomicU64::new(0),
+                })
+            }),
             weight,
+            uses: AtomicU8::new(0),
         };
         match self.map.entry(key.clone()) {
             IndexEntry::Occupied(occupied) => occupied.update(entry),

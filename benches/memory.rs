@@ -6,7 +6,9 @@
 //! - the resident set of a node that read 1 M distinct keys with `max_capacity(10 000)`,
 //!   against one that read 10 000.
 //!
-//! `cargo bench --bench memory` prints one JSON object per case.
+//! `cargo bench --bench memory` prints one JSON object per case; `-- --check` exits non-zero if
+//! the node that read 1 M keys with `max_capacity(10 000)` holds 4 MiB more than the one that
+//! read 10 000 (`.ci/run` runs it).
 
 use std::process::Command;
 
@@ -84,6 +86,26 @@ fn main() {
         return;
     }
     let me = std::env::current_exe().unwrap();
+    if args.iter().any(|a| a == "--check") {
+        let rss = |name: &str| -> u64 {
+            let out = Command::new(&me).args(["--case", name]).output().unwrap();
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            println!("{}", line.trim());
+            let after = line.split("\"rss_after\":").nth(1).unwrap_or("0");
+            after
+                .split(',')
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(u64::MAX)
+        };
+        let (many, few) = (rss("bounded_10k_read_1m"), rss("bounded_10k_read_10k"));
+        if many > few + (4 << 20) {
+            eprintln!("1 M keys through max_capacity(10 000) held {many} bytes, 10 000 keys {few}");
+            std::process::exit(1);
+        }
+        return;
+    }
     for name in [
         "unbounded_1m",
         "bounded_1m_of_1m",

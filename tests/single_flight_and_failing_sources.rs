@@ -8,16 +8,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor_cache_sync::{Cache, Error, Node, NodeConfig, Source, Topic, Version};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
-/// A source whose loads can be held at a gate and made to fail.
-#[derive(Default)]
+/// A source whose loads can be held at a gate and made to fail. The gate is a state, not a
+/// wake-up: a load that reaches it after the release goes straight through (a `Notify` would
+/// lose a release that came before the load started waiting).
 struct Controlled {
     version: AtomicU64,
     loads: AtomicU64,
     failing: AtomicBool,
-    hold: AtomicBool,
-    gate: Notify,
+    /// `true` while loads wait.
+    held: watch::Sender<bool>,
+}
+
+impl Default for Controlled {
+    fn default() -> Self {
+        Self {
+            version: AtomicU64::default(),
+            loads: AtomicU64::default(),
+            failing: AtomicBool::default(),
+            held: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Controlled {
+    fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    fn release(&self) {
+        self.held.send_replace(false);
+    }
+}
+
+/// `task`'s result, within a liveness deadline.
+async fn within<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("a reader never finished")
+        .unwrap()
 }
 
 #[async_trait::async_trait]
@@ -25,9 +55,10 @@ impl Source<String, String> for Controlled {
     async fn load(&self, key: &String) -> ractor_cache_sync::Result<Option<(String, Version)>> {
         let version = self.version.load(Ordering::SeqCst);
         self.loads.fetch_add(1, Ordering::SeqCst);
-        if self.hold.load(Ordering::SeqCst) {
-            self.gate.notified().await;
-        }
+        let mut held = self.held.subscribe();
+        held.wait_for(|held| !*held)
+            .await
+            .expect("the source outlives its loads");
         if self.failing.load(Ordering::SeqCst) {
             return Err(Error::from_source("database unavailable"));
         }
@@ -60,7 +91,7 @@ async fn a_herd_on_an_invalidated_hot_key_loads_it_once() {
     let key = "hot".to_owned();
     cache.get(&key).await.unwrap();
     source.version.store(1, Ordering::SeqCst);
-    source.hold.store(true, Ordering::SeqCst);
+    source.hold();
     cache.invalidate(&key).unwrap();
     let loads_before = source.loads.load(Ordering::SeqCst);
     let readers: Vec<_> = (0..100)
@@ -70,10 +101,9 @@ async fn a_herd_on_an_invalidated_hot_key_loads_it_once() {
         })
         .collect();
     until(|| cache.stats().misses >= 100).await;
-    source.hold.store(false, Ordering::SeqCst);
-    source.gate.notify_waiters();
+    source.release();
     for reader in readers {
-        assert_eq!(reader.await.unwrap().as_deref(), Some("hot@1"));
+        assert_eq!(within(reader).await.as_deref(), Some("hot@1"));
     }
     assert_eq!(source.loads.load(Ordering::SeqCst) - loads_before, 1);
 }
@@ -82,7 +112,7 @@ async fn a_herd_on_an_invalidated_hot_key_loads_it_once() {
 async fn a_slow_load_overtaken_by_an_invalidation_is_not_cached() {
     let (_node, cache, source) = cache("slow").await;
     let key = "k".to_owned();
-    source.hold.store(true, Ordering::SeqCst);
+    source.hold();
     let slow = tokio::spawn({
         let (cache, key) = (cache.clone(), key.clone());
         async move { cache.get(&key).await.unwrap() }
@@ -90,9 +120,8 @@ async fn a_slow_load_overtaken_by_an_invalidation_is_not_cached() {
     until(|| source.loads.load(Ordering::SeqCst) == 1).await;
     source.version.store(1, Ordering::SeqCst); // a commit lands while the load runs
     cache.invalidate(&key).unwrap();
-    source.hold.store(false, Ordering::SeqCst);
-    source.gate.notify_waiters();
-    assert_eq!(slow.await.unwrap().as_deref(), Some("k@0"));
+    source.release();
+    assert_eq!(within(slow).await.as_deref(), Some("k@0"));
     assert_eq!(cache.entry_count(), 0, "the overtaken load was installed");
     assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("k@1"));
 }

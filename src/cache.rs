@@ -236,6 +236,12 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
     }
 
+    /// The current Synchronization actor's incarnation (fault injection: what a forger needs).
+    #[cfg(feature = "fault-injection")]
+    pub fn synchronization_incarnation(&self) -> Option<u64> {
+        self.inner.with_sync(Synchronization::incarnation)
+    }
+
     /// Number of entries held in this node's heap (keys cached as absent included).
     pub fn entry_count(&self) -> usize {
         self.inner.store.entry_count()

@@ -37,6 +37,6 @@ pub use topic::Topic;
 /// cast raw bytes to a topic's remote members.)
 #[cfg(feature = "fault-injection")]
 pub mod fault_injection {
-    pub use crate::protocol::envelope::bench::{decode, encode_for_peers};
+    pub use crate::protocol::envelope::bench::{decode, encode_for_peers, encode_publish};
     pub use crate::topic::PG_SCOPE;
 }

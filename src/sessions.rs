@@ -49,22 +49,84 @@ pub(crate) fn close_session(peer: &str, reason: &str) -> bool {
     true
 }
 
-/// Certificate node names of TLS connections, by the peer's socket address.
-fn identities() -> &'static Mutex<HashMap<String, String>> {
-    static IDENTITIES: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+/// Most certificate names kept for connections whose session has not closed: past it the
+/// oldest is dropped, one at a time (a connection whose session is checked has long been
+/// checked by then).
+const MAX_IDENTITIES: usize = 4096;
+
+/// Certificate node names of TLS connections by the peer's socket address, with the order
+/// they were recorded in.
+#[derive(Default)]
+struct Identities {
+    names: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+fn identities() -> &'static Mutex<Identities> {
+    static IDENTITIES: OnceLock<Mutex<Identities>> = OnceLock::new();
     IDENTITIES.get_or_init(Mutex::default)
 }
 
+fn with_identities<T>(f: impl FnOnce(&mut Identities) -> T) -> T {
+    f(&mut identities().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 pub(crate) fn record_identity(peer_addr: &str, name: &str) {
-    let mut ids = identities().lock().unwrap_or_else(|e| e.into_inner());
-    if ids.len() > 4096 {
-        ids.clear(); // stale entries of closed connections; live ones are checked long before
-    }
-    ids.insert(peer_addr.to_owned(), name.to_owned());
+    with_identities(|ids| {
+        if ids
+            .names
+            .insert(peer_addr.to_owned(), name.to_owned())
+            .is_none()
+        {
+            ids.order.push_back(peer_addr.to_owned());
+        }
+        while ids.names.len() > MAX_IDENTITIES {
+            let Some(oldest) = ids.order.pop_front() else {
+                break;
+            };
+            ids.names.remove(&oldest);
+        }
+        // Addresses forgotten already may linger in the order: keep it near the map's size.
+        if ids.order.len() > 2 * MAX_IDENTITIES {
+            let names = &ids.names;
+            ids.order.retain(|addr| names.contains_key(addr));
+        }
+    });
+}
+
+/// The session from `peer_addr` closed: its certificate name is not needed any more.
+pub(crate) fn forget_identity(peer_addr: &str) {
+    with_identities(|ids| ids.names.remove(peer_addr));
 }
 
 /// The certificate node name of the TLS connection from `peer_addr`, if there was one.
 pub(crate) fn identity(peer_addr: &str) -> Option<String> {
-    let ids = identities().lock().unwrap_or_else(|e| e.into_inner());
-    ids.get(peer_addr).cloned()
+    with_identities(|ids| ids.names.get(peer_addr).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_cap_only_the_oldest_identities_are_dropped() {
+        // Process-wide map: addresses of this test's own.
+        let addr = |i: usize| format!("192.0.2.1:{i}");
+        for i in 0..MAX_IDENTITIES + 100 {
+            record_identity(&addr(i), &format!("n{i}@host"));
+        }
+        assert_eq!(identity(&addr(0)), None, "the oldest was kept past the cap");
+        let last = MAX_IDENTITIES + 99;
+        assert_eq!(
+            identity(&addr(last)).as_deref(),
+            Some(&*format!("n{last}@host"))
+        );
+        assert_eq!(
+            identity(&addr(500)).as_deref(),
+            Some("n500@host"),
+            "the map was cleared wholesale"
+        );
+        forget_identity(&addr(last));
+        assert_eq!(identity(&addr(last)), None);
+    }
 }

@@ -40,6 +40,9 @@ pub enum Injection {
     Flood(u64),
     /// A well-formed envelope of another topic.
     OtherTopic,
+    /// A publish of this topic under another node's name: `(origin, incarnation, seq, key)`,
+    /// invalidating `key`.
+    Forge(String, u64, u64, String),
 }
 
 impl Command {
@@ -84,6 +87,21 @@ impl Command {
                     ("size", Ok(n)) if n <= 64 << 20 => Ok(Self::Inject(Injection::Size(n as usize))),
                     ("flood", Ok(n)) if n <= 10_000_000 => Ok(Self::Inject(Injection::Flood(n))),
                     _ => Err("usage: inject size BYTES (<= 64 MiB) | inject flood COUNT".into()),
+                }
+            }
+            "inject" if rest.starts_with("forge ") => {
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                match parts[..] {
+                    [_, origin, incarnation, seq, key] => match (incarnation.parse(), seq.parse()) {
+                        (Ok(incarnation), Ok(seq)) => Ok(Self::Inject(Injection::Forge(
+                            origin.to_owned(),
+                            incarnation,
+                            seq,
+                            key.to_owned(),
+                        ))),
+                        _ => Err("usage: inject forge ORIGIN INCARNATION SEQ KEY".into()),
+                    },
+                    _ => Err("usage: inject forge ORIGIN INCARNATION SEQ KEY".into()),
                 }
             }
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),

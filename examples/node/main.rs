@@ -393,13 +393,14 @@ impl NodeProcess {
             "invalidations_received": s.invalidations_received,
             "invalidations_ignored": s.invalidations_ignored,
             "decode_failures": s.sync.decode_failures, "gaps": s.sync.gaps,
-            "duplicates": s.sync.duplicates, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
+            "duplicates": s.sync.duplicates, "unknown_origins": s.sync.unknown_origins, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
             "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
             "source_calls": s.source_calls, "revalidations": s.revalidations,
             "revalidated_keys": s.revalidated_keys, "revalidation_drops": s.revalidation_drops,
             "revalidation_failures": s.revalidation_failures,
             "evictions": s.evictions, "expirations": s.expirations, "weighted_size": s.weighted_size,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
+            "incarnation": self.cache.synchronization_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
@@ -430,6 +431,20 @@ impl NodeProcess {
             Injection::OtherTopic => {
                 let envelope =
                     ractor_cache_sync::fault_injection::encode_for_peers(b"x", 1).remove(0);
+                let len = envelope.len();
+                self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
+                json!(len)
+            }
+            Injection::Forge(origin, incarnation, seq, key) => {
+                let message = Invalidation::Keys(vec![(key, None)]);
+                let payload = postcard::to_allocvec(&message).map_err(|e| e.to_string())?;
+                let envelope = ractor_cache_sync::fault_injection::encode_publish(
+                    &self.topic,
+                    &origin,
+                    incarnation,
+                    seq,
+                    &payload,
+                );
                 let len = envelope.len();
                 self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
                 json!(len)

@@ -158,6 +158,7 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
         .config(args.sync_config)
         .subscriber(subscriber)
         .pending(pending)
+        .idempotent()
         .shared(args.cache.store.leases().clone())
         .spawn_linked(args.node_name.as_str(), myself.get_cell())
         .await?;

@@ -166,6 +166,7 @@ impl NodeEventSubscription for PeerEvents {
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         tracing::info!(addr = %ses.peer_addr, "peer session closed");
         crate::sessions::unregister(ses.actor.get_id());
+        crate::sessions::forget_identity(&ses.peer_addr);
         self.handshakes.with(|all| all.remove(&ses.actor.get_id()));
         self.sessions
             .send_if_modified(|s| s.remove(&ses.actor.get_id()).is_some());

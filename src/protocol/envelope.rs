@@ -215,6 +215,22 @@ pub(crate) mod bench {
         super::per_peer(bytes, peers).collect()
     }
 
+    /// A publish envelope with every field chosen by the caller: what a peer holding the
+    /// cluster's credentials could forge (another node's name, incarnation and sequence).
+    pub fn encode_publish(
+        topic: &str,
+        origin: &str,
+        incarnation: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let body = Body::Publish {
+            seq,
+            payload: payload.to_vec(),
+        };
+        super::encode(topic, origin, incarnation, &body).expect("encodes")
+    }
+
     /// Decodes an envelope; true if it decoded.
     pub fn decode(bytes: &[u8]) -> bool {
         Envelope::decode(bytes).is_ok()

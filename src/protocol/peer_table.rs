@@ -250,6 +250,11 @@ impl PeerTable {
         self.peers.iter()
     }
 
+    /// Whether `peer` is in the table.
+    pub(crate) fn knows(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.peers.len()
     }

@@ -44,6 +44,7 @@ pub(crate) struct SynchronizationArguments<M> {
     pub(crate) gossip: Option<Arc<dyn Gossip>>,
     pub(crate) shared: Arc<SyncShared>,
     pub(crate) outbox: Arc<Outbox<M>>,
+    pub(crate) idempotent: bool,
 }
 
 /// The actor's state.
@@ -66,6 +67,10 @@ pub(crate) struct SynchronizationState<M> {
     /// that one is at least as frequent.
     pub(super) heartbeat_us: u64,
     pub(super) waiters: Vec<Waiter>,
+    /// Deliver what the sequence numbers call a duplicate too (a cache's invalidations:
+    /// applying one twice changes nothing, and a forged sequence number then cannot hide a
+    /// peer's later ones).
+    pub(super) idempotent: bool,
 }
 
 /// The actor's state, shared with the node-level actor: a topic heartbeat that arrives inside
@@ -126,6 +131,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             max_backlog: args.config.max_backlog_bytes(),
             heartbeat_us: heartbeat,
             waiters: Vec::new(),
+            idempotent: args.idempotent,
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);

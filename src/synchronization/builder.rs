@@ -33,6 +33,7 @@ pub struct SynchronizationBuilder<M> {
     shared: Arc<SyncShared>,
     pending: Option<Pending<M>>,
     gossip: Option<Arc<dyn Gossip>>,
+    idempotent: bool,
 }
 
 impl<M: TopicMessage> SynchronizationBuilder<M> {
@@ -44,7 +45,16 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             shared: Arc::default(),
             pending: None,
             gossip: None,
+            idempotent: false,
         }
+    }
+
+    /// Messages are idempotent (a cache's invalidations): one the sequence numbers call a
+    /// duplicate is delivered too, so that no sequence number (a forged one included) can
+    /// keep a peer's later messages from being applied. Sequence numbers still detect gaps.
+    pub(crate) fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
     }
 
     /// Heartbeat, lease, forget-after and backlog settings. Default [`SyncConfig::default`].
@@ -129,6 +139,7 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             gossip: self.gossip,
             shared: self.shared.clone(),
             outbox: outbox.clone(),
+            idempotent: self.idempotent,
         };
         let actor = SynchronizationActor::new();
         let spawned = match supervisor {

@@ -44,6 +44,14 @@ impl<M: TopicMessage> SynchronizationState<M> {
         if envelope.origin == self.node_name {
             return; // our own broadcast looped back: several nodes in one process
         }
+        // The origin is the sender's word (a cast carries no trace of the session it came
+        // on): a new one is admitted only if this node has a session with a node of that name,
+        // so forged names cannot grow the table (every entry is echoed in every heartbeat).
+        if !self.peers.knows(&envelope.origin) && !crate::sessions::has_session(&envelope.origin) {
+            bump(&self.shared.counters.unknown_origins);
+            tracing::debug!(topic = %self.group, origin = %envelope.origin, "envelope from an origin with no session: dropped");
+            return;
+        }
         let now = now_us();
         let (origin, incarnation) = (envelope.origin, envelope.incarnation);
         match envelope.body {
@@ -122,7 +130,10 @@ impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn receive_publish(&mut self, origin: String, arrival: Arrival, payload: &[u8]) {
         let _span = tracing::debug_span!("receive", topic = %self.group, %origin).entered();
         match arrival {
-            Arrival::Duplicate => return bump(&self.shared.counters.duplicates),
+            Arrival::Duplicate if !self.idempotent => {
+                return bump(&self.shared.counters.duplicates)
+            }
+            Arrival::Duplicate => bump(&self.shared.counters.duplicates),
             Arrival::Gap { missed } => {
                 let cause = MissCause::Gap {
                     origin: origin.clone(),

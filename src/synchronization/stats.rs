@@ -35,6 +35,10 @@ pub struct SyncStats {
     /// Times subscribers were told they may have missed messages (gap, restart, decode
     /// failure, peer joined).
     pub possibly_missed: u64,
+    /// Envelopes dropped because they named an origin this node has neither a session with
+    /// nor in its peer table (forged, or from a peer whose session already closed): the peer
+    /// table only ever holds origins that had a session.
+    pub unknown_origins: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +56,7 @@ pub(crate) struct SyncCounters {
     pub(crate) lease_expiries: AtomicU64,
     pub(crate) backlog_overflows: AtomicU64,
     pub(crate) possibly_missed: AtomicU64,
+    pub(crate) unknown_origins: AtomicU64,
 }
 
 impl SyncCounters {
@@ -70,6 +75,7 @@ impl SyncCounters {
             lease_expiries: self.lease_expiries.load(Relaxed),
             backlog_overflows: self.backlog_overflows.load(Relaxed),
             possibly_missed: self.possibly_missed.load(Relaxed),
+            unknown_origins: self.unknown_origins.load(Relaxed),
         }
     }
 }

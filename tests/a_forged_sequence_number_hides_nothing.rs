@@ -1,0 +1,104 @@
+//! A peer with the cluster's cookie forges a publish under another node's name, incarnation
+//! and a sequence number of 10^9. Sequence numbers would then call every later invalidation
+//! from that node a duplicate, while its real heartbeats keep its lease valid: stale without
+//! bound. Invalidations are idempotent, so the cache applies "duplicates" too: the forged
+//! number hides nothing.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use cluster::{eventually, put, Cluster, DEADLINE};
+
+const LEASE: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_forged_sequence_number_does_not_hide_the_real_nodes_invalidations() {
+    let cluster = Cluster::new();
+    let specs = cluster.mesh_specs(&["a", "b", "c"]);
+    let mut nodes = cluster.start_mesh(&specs);
+    let (a, rest) = nodes.split_first_mut().unwrap();
+    let (b, rest) = rest.split_first_mut().unwrap();
+    let c = &mut rest[0];
+
+    put(a, "key", "v1");
+    assert_eq!(c.value("key").as_deref(), Some("v1"));
+    assert_eq!(c.value("key").as_deref(), Some("v1"));
+    let stats = a.ask("stats");
+    let origin = stats["name"].as_str().expect("a's name").to_owned();
+    let incarnation = stats["incarnation"]
+        .as_u64()
+        .expect("a's topic incarnation");
+
+    // b forges "a published message 1 000 000 000" (an invalidation of another key).
+    let forged = b.ask(&format!(
+        "inject forge {origin} {incarnation} 1000000000 decoy"
+    ));
+    assert_eq!(forged["ok"], "inject", "{forged}");
+    eventually(DEADLINE, || {
+        (c.stat("duplicates") + c.stat("gaps") > 0).then_some(())
+    })
+    .expect("c never saw the forged envelope");
+
+    // a's real next invalidation carries a far lower sequence number.
+    let committed = Instant::now();
+    put(a, "key", "v2");
+    let served = eventually(DEADLINE, || {
+        (c.value("key").as_deref() == Some("v2")).then(Instant::now)
+    });
+    let served = served.expect("c kept serving the old value: a's invalidation was dropped");
+    let delay = served - committed;
+    println!(
+        "after a forged sequence number, a's write was served by c {delay:?} after its commit"
+    );
+    assert!(
+        delay <= LEASE,
+        "served {delay:?} after the commit, past the lease"
+    );
+    assert!(
+        c.stat("duplicates") >= 1,
+        "the real invalidation was not seen as a duplicate"
+    );
+}
+
+/// Publishes under 300 made-up names: none enters the peer table (each would be echoed in
+/// every heartbeat, and ~150 000 of them made heartbeats too large to encode), none triggers a
+/// repair, and nothing they say is applied.
+#[test]
+fn made_up_origins_are_dropped_and_cost_nothing() {
+    let cluster = Cluster::new();
+    let specs = cluster.mesh_specs(&["a", "b"]);
+    let mut nodes = cluster.start_mesh(&specs);
+    let (a, rest) = nodes.split_first_mut().unwrap();
+    let b = &mut rest[0];
+    put(a, "key", "v1");
+    assert_eq!(b.value("key").as_deref(), Some("v1"));
+    assert_eq!(b.value("key").as_deref(), Some("v1"));
+    let repairs = b.stat("repairs");
+    for i in 0..300 {
+        let forged = a.ask(&format!("inject forge ghost{i}@10.0.0.1 7 5 key"));
+        assert_eq!(forged["ok"], "inject", "{forged}");
+    }
+    // A real write after them, on the same path: once b serves it, b has taken them all.
+    put(a, "other", "w");
+    eventually(DEADLINE, || {
+        (b.value("other").as_deref() == Some("w")).then_some(())
+    })
+    .expect("b never saw the real write");
+    assert_eq!(
+        b.stat("repairs"),
+        repairs,
+        "a made-up origin caused a repair"
+    );
+    let read = b.ask("get key");
+    assert_eq!(
+        read["hit"], true,
+        "a made-up origin's invalidation was applied: {read}"
+    );
+    assert!(
+        b.stat("unknown_origins") >= 300,
+        "the made-up origins were not all dropped"
+    );
+    assert_eq!(b.ask("stats")["health"], "healthy");
+}

@@ -62,9 +62,12 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         let last_seq = self.outbox.last_seq();
         for peer in overflowing {
-            bump(&self.shared.counters.backlog_overflows);
-            crate::sessions::close_session(&peer, "backlog overflow");
-            self.peers.forgive(&peer, last_seq);
+            // Forgiven only once its session is really being closed: what ractor_cluster
+            // queued for it goes with the session, and it repairs when it hears from us again.
+            if crate::sessions::close_session(&peer, "backlog overflow") {
+                bump(&self.shared.counters.backlog_overflows);
+                self.peers.forgive(&peer, last_seq);
+            }
         }
     }
 

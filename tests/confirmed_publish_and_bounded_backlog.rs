@@ -4,7 +4,7 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
-use cluster::{signal, wait_for_health, wait_for_value, Cluster, NodeProcess};
+use cluster::{signal, wait_for_health, wait_for_stat, wait_for_value, Cluster, NodeProcess};
 use nix::sys::signal::Signal;
 
 fn names(reply: &serde_json::Value, field: &str) -> Vec<String> {
@@ -32,6 +32,36 @@ fn a_confirmed_put_names_the_peers_that_applied_it() {
     assert_eq!(names(&reply, "applied"), ["b@127.0.0.1"], "{reply}");
     assert_eq!(names(&reply, "missing"), ["c@127.0.0.1"]);
     wait_for_value(&mut nodes[2], "k", "v2");
+}
+
+/// A member of the topic this node has not heard from (forgotten while its session stays
+/// open, as a stopped process's does until the peer timeout) is missing until it says it
+/// applied the message, not left out.
+#[test]
+fn a_member_not_heard_from_counts_as_missing() {
+    let cluster = Cluster::new();
+    let mut specs = cluster.mesh_specs(&["a", "b", "c"]);
+    specs[0] = specs[0]
+        .clone()
+        .arg("--lease-ms")
+        .arg("300")
+        .arg("--heartbeat-ms")
+        .arg("50")
+        .arg("--forget-after-ms")
+        .arg("400");
+    let mut nodes = cluster.start_mesh(&specs);
+    signal(&nodes[2], Signal::SIGSTOP);
+    // a forgets c after 400 ms; c's session stays open until the 3 s peer timeout.
+    wait_for_stat(&mut nodes[0], "peers_forgotten", 1);
+    let reply = nodes[0].ask("put-confirmed k v1");
+    signal(&nodes[2], Signal::SIGCONT);
+    assert_eq!(names(&reply, "applied"), ["b@127.0.0.1"], "{reply}");
+    assert_eq!(
+        names(&reply, "missing"),
+        ["c@127.0.0.1"],
+        "a member not heard from was left out: {reply}"
+    );
+    wait_for_value(&mut nodes[2], "k", "v1");
 }
 
 fn rss_kib(node: &NodeProcess) -> u64 {

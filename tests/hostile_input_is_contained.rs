@@ -104,7 +104,10 @@ fn a_rogue_peer_with_valid_credentials_is_contained() {
     assert!(d.is_running(), "d crashed");
     let verdict = history.check(LEASE);
     verdict.report_and_assert("reads during the attack");
-    assert!(verdict.reads > 50 && verdict.puts > 5, "too little traffic to tell");
+    assert!(
+        verdict.reads > 50 && verdict.puts > 5,
+        "too little traffic to tell"
+    );
 
     // Nothing poisoned: b serves only what the source of truth holds.
     assert_eq!(b.value("fact").as_deref(), Some("truth"));

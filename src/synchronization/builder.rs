@@ -142,9 +142,12 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             idempotent: self.idempotent,
         };
         let actor = SynchronizationActor::new();
+        // Named after this node: peers read the name off their stub of this actor, to tell
+        // which node a member of the group is before they ever hear from it.
+        let name = Some(super::outbox::actor_name(node_name, self.topic.name()));
         let spawned = match supervisor {
-            Some(supervisor) => Actor::spawn_linked(None, actor, arguments, supervisor).await,
-            None => Actor::spawn(None, actor, arguments).await,
+            Some(supervisor) => Actor::spawn_linked(name, actor, arguments, supervisor).await,
+            None => Actor::spawn(name, actor, arguments).await,
         };
         let (actor, _) = spawned.map_err(|e| Error::spawn("synchronization actor", e))?;
         Ok(Synchronization {

@@ -204,6 +204,24 @@ impl<M: TopicMessage> Outbox<M> {
 }
 
 /// The topic's members on other nodes.
+/// A Synchronization actor's name: `NODE/TOPIC` (node names hold no `/`).
+pub(crate) fn actor_name(node: &str, topic: &str) -> String {
+    format!("{node}/{topic}")
+}
+
+/// The nodes the topic's remote members say they run on (their stubs carry the actors'
+/// names); members without such a name (another build, a foreign actor) are left out.
+pub(crate) fn remote_member_nodes(group: &str) -> Vec<String> {
+    remote_members(group)
+        .iter()
+        .filter_map(|cell| {
+            let name = cell.get_name()?;
+            let (node, topic) = name.split_once('/')?;
+            (topic == group).then(|| node.to_owned())
+        })
+        .collect()
+}
+
 pub(crate) fn remote_members(group: &str) -> Vec<ractor::ActorCell> {
     let mut members = pg::get_scoped_members(&PG_SCOPE.to_owned(), &group.to_owned());
     members.retain(|c| !c.get_id().is_local());

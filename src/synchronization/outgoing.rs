@@ -19,7 +19,14 @@ impl<M: TopicMessage> SynchronizationState<M> {
         let Some(seq) = self.outbox.publish(payload) else {
             return; // closed: the reply port drops and the caller hears the actor stopped
         };
-        let peers = self.peers.peers().map(|(name, _)| name.clone()).collect();
+        // Every peer heard from, and every member of the group not heard from yet: those count
+        // as missing until their heartbeats say they applied it.
+        let mut peers: Vec<String> = self.peers.peers().map(|(name, _)| name.clone()).collect();
+        for node in super::outbox::remote_member_nodes(&self.group) {
+            if !peers.contains(&node) {
+                peers.push(node);
+            }
+        }
         let deadline = now_us() + timeout.as_micros() as u64;
         self.waiters.push(Waiter {
             seq,

@@ -18,6 +18,65 @@ pub(crate) fn at_most_30_days(what: &str, setting: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Time since boot including time suspended (`CLOCK_BOOTTIME`), in µs; `None` where the
+/// system has no such clock. Only compared with itself, to notice that [`now_us`] missed time.
+pub(crate) fn boottime_us() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+        let us = (now.tv_sec() as u64) * 1_000_000 + (now.tv_nsec() as u64) / 1_000;
+        Some(us + injected_sleep_us())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Time a test says the system slept (fault injection): added to [`boottime_us`] only.
+#[cfg(feature = "fault-injection")]
+static INJECTED_SLEEP_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(feature = "fault-injection")]
+fn injected_sleep_us() -> u64 {
+    INJECTED_SLEEP_US.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn injected_sleep_us() -> u64 {
+    0
+}
+
+/// Makes [`boottime_us`] jump by `sleep` as a suspension of the system would, while
+/// [`now_us`] does not (fault injection).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn inject_sleep(sleep: Duration) {
+    let us = u64::try_from(sleep.as_micros()).unwrap_or(u64::MAX);
+    INJECTED_SLEEP_US.fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Notices that [`now_us`] missed time: between two readings, the clock that counts
+/// suspended time advanced more than it by over `threshold` µs. Fed explicit readings, so
+/// that it is tested with any clock.
+#[derive(Debug, Default)]
+pub(crate) struct SuspendDetector {
+    last: Option<(u64, u64)>,
+}
+
+impl SuspendDetector {
+    /// Takes one pair of readings (`now_us`, `boottime_us`); returns how long the process
+    /// was suspended since the previous pair, if it was by more than `threshold`.
+    pub(crate) fn observe(&mut self, mono: u64, boot: u64, threshold: u64) -> Option<u64> {
+        let jumped = self.last.and_then(|(last_mono, last_boot)| {
+            let mono = mono.saturating_sub(last_mono);
+            let boot = boot.saturating_sub(last_boot);
+            (boot > mono.saturating_add(threshold)).then(|| boot - mono)
+        });
+        self.last = Some((mono, boot));
+        jumped
+    }
+}
+
 /// Microseconds since this process first asked; never 0, so 0 can mean "never".
 ///
 /// A cache hit reads it (the lease check, expiry), so it must not stall the pipeline: the
@@ -45,4 +104,32 @@ pub(crate) fn now_us() -> u64 {
     static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
     epoch.elapsed().as_micros() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jump_of_the_boot_clock_past_the_monotonic_one_is_a_suspension() {
+        let mut detector = SuspendDetector::default();
+        assert_eq!(detector.observe(1_000, 50_000, 100), None, "first reading");
+        // Both advance alike (a little jitter): no suspension.
+        assert_eq!(detector.observe(201_000, 250_050, 100), None);
+        // The boot clock moves an hour more than the monotonic one.
+        let hour = 3_600_000_000;
+        assert_eq!(detector.observe(401_000, 450_050 + hour, 100), Some(hour));
+        // And then alike again.
+        assert_eq!(detector.observe(601_000, 650_050 + hour, 100), None);
+        // A clock that stepped back is no suspension.
+        assert_eq!(detector.observe(801_000, 10, 100), None);
+    }
+
+    #[test]
+    fn the_boot_clock_reads_on_this_system() {
+        if cfg!(target_os = "linux") {
+            let (a, b) = (boottime_us().unwrap(), boottime_us().unwrap());
+            assert!(b >= a);
+        }
+    }
 }

@@ -51,6 +51,8 @@ pub struct Node {
     tasks: Vec<JoinHandle<()>>,
     liveness: Synchronization<()>,
     declared_down: Arc<AtomicU64>,
+    /// Times the system was found to have been suspended (see [`Node::suspensions`]).
+    suspensions: Arc<AtomicU64>,
     /// Sessions closed because their handshake did not finish in time.
     timed_out: Arc<AtomicU64>,
     /// Whether every known member has a session with this node: caches check it.
@@ -161,6 +163,7 @@ impl Node {
             .lease(heartbeat * 3)
             .forget_after(Duration::from_secs(24 * 3600).max(heartbeat * 3));
         let declared_down = Arc::new(AtomicU64::new(0));
+        let suspensions = Arc::new(AtomicU64::new(0));
         let timed_out = Arc::new(AtomicU64::new(0));
         let dialing = Dialing {
             server: server.clone(),
@@ -212,6 +215,7 @@ impl Node {
             declared_down: declared_down.clone(),
             timed_out: timed_out.clone(),
             membership: membership.clone(),
+            suspensions: suspensions.clone(),
         };
         tasks.push(tokio::spawn(watchdog.run()));
         Ok(Self {
@@ -222,6 +226,7 @@ impl Node {
             tasks,
             liveness,
             declared_down,
+            suspensions,
             timed_out,
             members: membership.gate(),
             membership,
@@ -296,6 +301,21 @@ impl Node {
         tokio::time::timeout(timeout, wait)
             .await
             .unwrap_or(Err(Error::Timeout(timeout)))
+    }
+
+    /// How many times this node found that the system had been suspended (the clock that
+    /// counts suspended time moved more than 50 ms past the one leases use): each time every
+    /// lease gate closed until heartbeats sent after the wake-up renewed it, and every cache
+    /// checked its entries again.
+    pub fn suspensions(&self) -> u64 {
+        self.suspensions.load(Ordering::Relaxed)
+    }
+
+    /// Makes the clock that counts suspended time jump by `sleep`, as a suspension of the
+    /// system would (fault injection): the node reacts at its next heartbeat.
+    #[cfg(feature = "fault-injection")]
+    pub fn simulate_suspension(&self, sleep: Duration) {
+        crate::clock::inject_sleep(sleep);
     }
 
     /// How many times a silent peer was declared down (its session closed) since start.

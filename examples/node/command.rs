@@ -27,6 +27,9 @@ pub enum Command {
     Inject(Injection),
     /// Kill the cache's Synchronization actor (the cache actor restarts it).
     KillSync,
+    /// Make the clock that counts suspended time jump by this many milliseconds, as a
+    /// suspension of the system would (fault injection).
+    SimulateSuspend(u64),
     Quit,
 }
 
@@ -77,6 +80,10 @@ impl Command {
             "peers" => Ok(Self::Peers),
             "members" => Ok(Self::Members),
             "kill-sync" => Ok(Self::KillSync),
+            "simulate-suspend" => match rest.parse::<u64>() {
+                Ok(ms) if ms <= 86_400_000 => Ok(Self::SimulateSuspend(ms)),
+                _ => Err("usage: simulate-suspend MILLISECONDS (at most a day)".into()),
+            },
             "stats" => Ok(Self::Stats),
             "quit" => Ok(Self::Quit),
             "inject" if rest == "foreign" => Ok(Self::Inject(Injection::Foreign)),

@@ -10,6 +10,7 @@
 //! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `members`, `stats`,
 //! `burst N`, `inject HEX|foreign`, `kill-sync`, `quit`.
 //! See `examples/README.md` for the reply formats.
+#![recursion_limit = "256"] // the `stats` reply is one `json!` object with many keys
 
 mod command;
 mod database;
@@ -296,6 +297,10 @@ impl NodeProcess {
             Command::Stats => Ok(self.stats()),
             Command::Members => Ok(self.members()),
             Command::Inject(injection) => self.inject(injection),
+            Command::SimulateSuspend(ms) => {
+                self.node.simulate_suspension(Duration::from_millis(ms));
+                Ok(json!({ "ok": "simulate-suspend" }))
+            }
             Command::KillSync => match self.cache.synchronization_actor() {
                 Some(actor) => {
                     actor.kill();
@@ -403,6 +408,7 @@ impl NodeProcess {
             "incarnation": self.cache.synchronization_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),
+            "suspensions": self.node.suspensions(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
             "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })

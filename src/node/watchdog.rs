@@ -38,7 +38,13 @@ pub(crate) struct Watchdog {
     pub(crate) timed_out: Arc<AtomicU64>,
     /// Forgets unreachable members and dials the others, once per heartbeat.
     pub(crate) membership: Arc<Membership>,
+    /// Counts the times the clock was found to have missed time (a suspension).
+    pub(crate) suspensions: Arc<AtomicU64>,
 }
+
+/// A suspension shorter than this is not acted on: far under any lease, and over the jitter
+/// between two clock readings on a loaded machine.
+const SUSPENSION_THRESHOLD_US: u64 = 50_000;
 
 impl Watchdog {
     /// Runs until the node shuts down (the task is aborted then).
@@ -47,9 +53,22 @@ impl Watchdog {
         let mut closed: HashSet<ActorId> = HashSet::new();
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sleep = crate::clock::SuspendDetector::default();
         loop {
             ticks.tick().await;
             let now = now_us();
+            let slept = crate::clock::boottime_us()
+                .and_then(|boot| sleep.observe(now, boot, SUSPENSION_THRESHOLD_US));
+            if let Some(slept) = slept {
+                // Leases are kept on a clock that did not count the sleep: a lease taken before
+                // it would look valid for as long again after it.
+                tracing::warn!(
+                    slept_ms = slept / 1000,
+                    "the system was suspended: closing every lease gate and repairing"
+                );
+                self.suspensions.fetch_add(1, Ordering::Relaxed);
+                crate::synchronization::slept();
+            }
             let handshake = self.handshake_timeout.as_micros() as u64;
             self.membership.tick();
             let stuck = self

@@ -73,6 +73,9 @@ pub(crate) struct LeaseParams {
 pub(crate) struct PeerTable {
     params: LeaseParams,
     peers: HashMap<String, Peer>,
+    /// Echoes of our stamps older than this (our clock) renew nothing: the clock was found to
+    /// have missed time (a suspension) after they were sent.
+    echo_floor: u64,
 }
 
 impl PeerTable {
@@ -80,6 +83,7 @@ impl PeerTable {
         Self {
             params,
             peers: HashMap::new(),
+            echo_floor: 0,
         }
     }
 
@@ -143,7 +147,9 @@ impl PeerTable {
         peer.last_heard = now;
         peer.their_stamp = peer.their_stamp.max(beat.stamp);
         if let Some(echo) = beat.echo.filter(|&t| t > 0 && t <= now) {
-            peer.lease_until = peer.lease_until.max(echo + lease);
+            if echo >= self.echo_floor {
+                peer.lease_until = peer.lease_until.max(echo + lease);
+            }
         }
         peer.acked = peer.acked.max(beat.acked.unwrap_or(0));
         cause
@@ -250,6 +256,17 @@ impl PeerTable {
         self.peers.iter()
     }
 
+    /// This node's clock missed time (the system was suspended) up to `now`: every lease
+    /// ends, and only echoes of stamps sent from now on renew one — a heartbeat queued while
+    /// this node slept echoes a stamp whose time, on a clock that did not count the sleep,
+    /// looks far more recent than it was.
+    pub(crate) fn expire_leases(&mut self, now: u64) {
+        self.echo_floor = self.echo_floor.max(now);
+        for peer in self.peers.values_mut() {
+            peer.lease_until = 0;
+        }
+    }
+
     /// Whether `peer` is in the table.
     pub(crate) fn knows(&self, peer: &str) -> bool {
         self.peers.contains_key(peer)
@@ -320,6 +337,26 @@ mod tests {
             unvouched(&with_d[2..], "p", "me", sessions).is_none(),
             "not ready: not vouched"
         );
+    }
+
+    #[test]
+    fn after_a_suspension_only_echoes_of_later_stamps_renew_a_lease() {
+        let mut t = table();
+        t.on_beat("p", beat(0, Some(100)), 200);
+        assert_eq!(t.valid_until(1), 100 + LEASE);
+        // The clock missed time up to 300: the lease ends at once...
+        t.expire_leases(300);
+        assert!(t.valid_until(1) <= 300, "the lease survived the suspension");
+        // ...a heartbeat queued during the sleep, echoing a stamp from before it, renews
+        // nothing...
+        t.on_beat("p", beat(0, Some(250)), 400);
+        assert!(
+            t.valid_until(1) <= 400,
+            "an echo from before the sleep renewed the lease"
+        );
+        // ...and one echoing a stamp sent after it does.
+        t.on_beat("p", beat(0, Some(350)), 450);
+        assert_eq!(t.valid_until(1), 350 + LEASE);
     }
 
     #[test]

@@ -97,6 +97,18 @@ pub(crate) trait BeatSink: Send + Sync {
     /// Takes the encoded topic heartbeat now if it announces nothing this topic has yet to
     /// apply; `false` (nothing done) to have it queued to the topic's actor instead.
     fn offer(&self, envelope: &[u8]) -> bool;
+    /// This node's clock missed time (the system was suspended): close the lease gate until
+    /// heartbeats sent after now renew it, and repair.
+    fn slept(&self);
+}
+
+/// Tells every topic of this process that the clock missed time.
+pub(crate) fn slept() {
+    let sinks: Vec<Arc<dyn BeatSink>> =
+        with_sinks(|all| all.values().filter_map(Weak::upgrade).collect());
+    for sink in sinks {
+        sink.slept();
+    }
 }
 
 type Sinks = HashMap<String, Weak<dyn BeatSink>>;

@@ -230,6 +230,15 @@ impl<M: TopicMessage> SynchronizationState<M> {
 }
 
 impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
+    fn slept(&self) {
+        let mut state = lock(self);
+        state.peers.expire_leases(now_us());
+        state.refresh_gate();
+        // Entries checked just before the sleep look recently checked on a clock that did
+        // not count it: check them again.
+        state.possibly_missed(MissCause::Restarted);
+    }
+
     fn offer(&self, bytes: &[u8]) -> bool {
         let Ok(envelope) = Envelope::decode(bytes) else {
             return false; // the actor counts it and repairs

@@ -112,16 +112,13 @@ impl Node {
         config.validate()?;
         let listen = config.listen_addr();
         let tls = config.tls_setup()?.map(Arc::new);
-        // With TLS our own accept loop owns the listen address; ractor_cluster's listener (whose
-        // handshakes have no timeout) is parked on an ephemeral loopback port, TLS-only too.
-        let (port, ip, encryption) = match &tls {
-            Some(tls) => (
-                0,
-                std::net::IpAddr::from([127, 0, 0, 1]),
-                Some(IncomingEncryptionMode::Tls(tls.acceptor.clone())),
-            ),
-            None => (listen.port(), listen.ip(), None),
-        };
+        // Our own accept loop owns the listen address; ractor_cluster's listener (no handshake
+        // deadline, no backoff when file descriptors run out) is parked on an ephemeral
+        // loopback port, TLS-only too with TLS.
+        let encryption = tls
+            .as_ref()
+            .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone()));
+        let (port, ip) = (0, std::net::IpAddr::from([127, 0, 0, 1]));
         let server = NodeServer::new(
             port,
             config.cookie().to_owned(),
@@ -136,19 +133,14 @@ impl Node {
             None => Actor::spawn(None, server, ()).await,
         };
         let (server, _) = spawned.map_err(|e| Error::spawn("node server", e))?;
-        let listener = match &tls {
-            Some(_) => {
-                Some(
-                    tokio::net::TcpListener::bind(listen)
-                        .await
-                        .map_err(|e| Error::Spawn {
-                            what: "TLS listener",
-                            cause: Arc::new(e),
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::Spawn {
+                what: "listener",
+                cause: Arc::new(e),
+            })?;
+        // Port 0 asks for any free port: advertise the one bound.
+        let listen = listener.local_addr().unwrap_or(listen);
         let (events, sessions, handshakes) = PeerEvents::new(tls.is_some());
         server
             .cast(NodeServerMessage::SubscribeToEvents {
@@ -201,10 +193,14 @@ impl Node {
             let discovery = Discovery::new(name, every, listen, dialing.clone(), &membership);
             tasks.push(tokio::spawn(discovery.run()));
         }
-        if let (Some(listener), Some(tls)) = (listener, &tls) {
-            let accept = acceptor::run(listener, tls.clone(), server.clone(), config.handshake());
-            tasks.push(tokio::spawn(accept));
-        }
+        let accept = acceptor::run(
+            listener,
+            tls.clone(),
+            server.clone(),
+            config.handshake(),
+            handshakes.clone(),
+        );
+        tasks.push(tokio::spawn(accept));
         let watchdog = Watchdog {
             liveness: liveness.clone(),
             sessions: sessions.clone(),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::scenario::{read_loop, write_loop, History};
-use cluster::{put, start, wait_for_peers, wait_for_stat, wait_for_value, Cluster};
+use cluster::{eventually, put, start, wait_for_peers, wait_for_stat, wait_for_value, Cluster};
 
 const LEASE: Duration = Duration::from_secs(1);
 
@@ -113,4 +113,98 @@ fn a_rogue_peer_with_valid_credentials_is_contained() {
     assert_eq!(b.value("fact").as_deref(), Some("truth"));
     put(rogue, "fact", "still-flowing");
     wait_for_value(b, "fact", "still-flowing");
+}
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start past the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12) // utime, stime (fields 14 and 15 of the whole line)
+}
+
+/// Idle sockets keep arriving at a node whose open-files limit is 1 024, past that limit and
+/// on: it neither spins (accept errors back off) nor keeps a legitimate peer out (the oldest
+/// unauthenticated sessions are shed past 256).
+#[test]
+fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // This test holds thousands of sockets itself.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(16_384), hard).unwrap();
+
+    let cluster = Cluster::new();
+    let spec = cluster.spec("a");
+    let command = spec
+        .command_under(["prlimit", "--nofile=1024:1024", "--"])
+        .unwrap();
+    let mut a = cluster::NodeProcess::spawn(spec, command).expect("a starts under prlimit");
+    let target = a.spec.listen;
+    let stop = AtomicBool::new(false);
+    let opened = std::sync::atomic::AtomicUsize::new(0);
+    let (joined, spun) = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            let mut held = Vec::new();
+            // 1 100 at once, then 20 more every 10 ms until the peer is in (at most 6 000).
+            for _ in 0..1_100 {
+                if let Ok(socket) = TcpStream::connect(target) {
+                    held.push(socket);
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            while !stop.load(Ordering::Relaxed) && held.len() < 6_000 {
+                for _ in 0..20 {
+                    if let Ok(socket) = TcpStream::connect(target) {
+                        held.push(socket);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            held.len()
+        });
+        // Let the flood pass the limit first, then measure over 1.5 s of it.
+        eventually(cluster::DEADLINE, || {
+            (opened.load(Ordering::Relaxed) >= 1_100).then_some(())
+        })
+        .expect("the flood never got 1 100 sockets in");
+        let (ticks, started) = (cpu_ticks(a.pid()), Instant::now());
+        let mut b = start(&cluster.spec("b").peer(&a.spec));
+        wait_for_peers(&mut b, 1);
+        let joined = started.elapsed();
+        std::thread::sleep(Duration::from_millis(1_500).saturating_sub(joined));
+        let window = started.elapsed().as_secs_f64();
+        let spun = (cpu_ticks(a.pid()) - ticks) as f64 / 100.0 / window;
+        stop.store(true, Ordering::Relaxed);
+        let held = flood.join().unwrap();
+        println!(
+            "legitimate peer joined {joined:?} into a flood of {held} idle sockets against a 1 024-file limit; the node used {:.0} % of a core meanwhile",
+            spun * 100.0
+        );
+        put(&mut a, "k", "v");
+        assert_eq!(b.value("k").as_deref(), Some("v"));
+        // ractor_cluster's own listener stops accepting at the limit (it retries `accept`
+        // without pause): the flood stalls at ~1 140 sockets, the kernel's backlog full.
+        assert!(
+            held >= 2_048,
+            "connections stopped being accepted past the open-files limit: {held} got in"
+        );
+        (joined, spun)
+    });
+    assert!(a.is_running(), "a died");
+    assert!(joined < cluster::DEADLINE);
+    // A spinning accept loop takes a whole core (measured: 103 %).
+    assert!(
+        spun < 0.9,
+        "the node spun at {:.0} % of a core",
+        spun * 100.0
+    );
 }

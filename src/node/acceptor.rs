@@ -1,35 +1,45 @@
-//! The TLS accept loop. ractor_cluster's own TLS listener runs each handshake inline, with no
-//! timeout: one idle socket blocks every other peer. This loop runs each handshake in its own
-//! task under a deadline, caps how many are pending, backs off on accept errors (such as running
-//! out of file descriptors), checks the client's certificate against the allow-list, and hands
-//! finished TLS streams to the NodeServer.
+//! The accept loop, for plaintext and TLS listeners alike. ractor_cluster's own listener has no
+//! handshake deadline and retries `accept` without pause when the process runs out of file
+//! descriptors (a node spins at a full core and no peer gets in); its TLS listener also runs
+//! each TLS handshake inline, so one idle socket blocks every other peer. This loop backs off
+//! on accept errors, runs each TLS handshake in its own task under a deadline (at most
+//! [`MAX_PENDING_HANDSHAKES`] at once, the oldest dropped past it), checks the client's certificate against the
+//! allow-list, and hands the streams to the NodeServer. Sessions that have not authenticated
+//! are shed oldest first past [`MAX_UNREADY`] (the watchdog closes any left after the
+//! handshake timeout), so idle or slow sockets arriving without end cannot keep a legitimate
+//! peer, whose handshake takes milliseconds, from joining.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
 use ractor_cluster::{NetworkStream, NodeServerMessage};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
+use super::peers::Handshakes;
 use super::tls::Tls;
 use crate::sessions;
 
-/// Most TLS handshakes in progress at once; further connections wait to be accepted.
+/// Most TLS handshakes in progress at once; past it the oldest is dropped.
 const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Most inbound sessions not authenticated yet; past it the oldest is closed.
+pub(crate) const MAX_UNREADY: usize = 256;
 
 pub(crate) async fn run(
     listener: TcpListener,
-    tls: Arc<Tls>,
+    tls: Option<Arc<Tls>>,
     server: ActorRef<NodeServerMessage>,
     timeout: Duration,
+    unready: Handshakes,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    // TLS handshakes in progress, oldest first: past the cap the oldest is dropped rather than
+    // the loop waiting for one to finish (idle sockets would hold every slot for the timeout).
+    let mut pending: VecDeque<AbortHandle> = VecDeque::new();
     let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok(permit) = pending.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -40,12 +50,38 @@ pub(crate) async fn run(
             }
         };
         backoff = Duration::from_millis(10);
-        let (tls, server) = (tls.clone(), server.clone());
-        tokio::spawn(async move {
-            handshake(stream, tls, server, timeout).await;
-            drop(permit);
-        });
+        unready.shed_inbound_beyond(MAX_UNREADY);
+        let Some(tls) = tls.clone() else {
+            plain(stream, &server);
+            continue;
+        };
+        pending.retain(|task| !task.is_finished());
+        while pending.len() >= MAX_PENDING_HANDSHAKES {
+            if let Some(oldest) = pending.pop_front() {
+                oldest.abort();
+            }
+        }
+        let server = server.clone();
+        let task = tokio::spawn(async move { handshake(stream, tls, server, timeout).await });
+        pending.push_back(task.abort_handle());
     }
+}
+
+/// Hands a plaintext connection to the NodeServer, which authenticates it (the cookie).
+fn plain(stream: TcpStream, server: &ActorRef<NodeServerMessage>) {
+    let (Ok(peer_addr), Ok(local_addr)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let stream = NetworkStream::Raw {
+        peer_addr,
+        local_addr,
+        stream,
+    };
+    let _ = server.cast(NodeServerMessage::ConnectionOpened {
+        stream: Box::new(stream),
+        is_server: true,
+    });
 }
 
 async fn handshake(

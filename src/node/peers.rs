@@ -59,6 +59,34 @@ impl Handshakes {
         )
     }
 
+    /// Closes the oldest inbound sessions not ready yet while there are more than `cap`;
+    /// returns how many.
+    pub(crate) fn shed_inbound_beyond(&self, cap: usize) -> usize {
+        let shed: Vec<Unready> = self.with(|all| {
+            let mut inbound: Vec<(u64, ActorId)> = all
+                .iter()
+                .filter(|(_, u)| !u.outbound)
+                .map(|(id, u)| (u.opened_at, *id))
+                .collect();
+            if inbound.len() <= cap {
+                return Vec::new();
+            }
+            inbound.sort_unstable();
+            let excess = inbound.len() - cap;
+            inbound[..excess]
+                .iter()
+                .filter_map(|(_, id)| all.remove(id))
+                .collect()
+        });
+        for unready in &shed {
+            tracing::debug!(addr = %unready.peer_addr, "shedding the oldest unauthenticated session");
+            unready
+                .actor
+                .stop(Some("too many unauthenticated sessions".to_owned()));
+        }
+        shed.len()
+    }
+
     /// Closes the sessions we dialled to `addr` (or one of the addresses it resolved to) that
     /// are not ready: a dial whose handshake timed out; returns how many.
     pub(crate) fn close_dialled(&self, addr: &str, resolved: &[std::net::SocketAddr]) -> usize {

@@ -91,11 +91,19 @@ fn publish_cache<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Cache<K,
             "ractor_cache_sync_envelopes_received_total",
             s.sync.received,
         ),
+        ("ractor_cache_sync_evictions_total", s.evictions),
+        ("ractor_cache_sync_expirations_total", s.expirations),
+        (
+            "ractor_cache_sync_unknown_origins_total",
+            s.sync.unknown_origins,
+        ),
     ];
     for (name, value) in counters {
         counter!(name, "topic" => topic.to_owned()).absolute(value);
     }
     gauge!("ractor_cache_sync_entries", "topic" => topic.to_owned()).set(s.entries as f64);
+    gauge!("ractor_cache_sync_weighted_size", "topic" => topic.to_owned())
+        .set(s.weighted_size as f64);
     let health = match cache.health() {
         Health::Healthy => 0.0,
         Health::Repairing => 1.0,

@@ -11,7 +11,6 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, Weak};
 
-use super::actor::CacheKey;
 use super::Inner;
 
 /// Most keys waiting to be reloaded.
@@ -77,11 +76,11 @@ impl<K: Hash + Eq + Clone> ReloadQueue<K> {
 
 /// Runs until the cache is dropped: reloads queued keys, `chunk` per bulk load, at most
 /// `calls` bulk loads at a time.
-pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
-    cache: Weak<Inner<K, V>>,
-    chunk: usize,
-    calls: usize,
-) {
+pub(crate) async fn run<K, V>(cache: Weak<Inner<K, V>>, chunk: usize, calls: usize)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     let Some(wake) = cache.upgrade().map(|c| c.store.reloads.wake.clone()) else {
         return;
     };

@@ -4,6 +4,7 @@ mod acceptor;
 mod config;
 mod dialer;
 mod discovery;
+mod liveness;
 mod membership;
 mod peers;
 mod tls;
@@ -26,10 +27,9 @@ use self::membership::Membership;
 pub use self::membership::{MemberInfo, MemberState};
 use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
-use self::watchdog::{Watchdog, LIVENESS_TOPIC};
+use self::watchdog::Watchdog;
 use crate::error::{Error, Result};
-use crate::synchronization::{SyncConfig, Synchronization};
-use crate::topic::Topic;
+use crate::synchronization::SyncConfig;
 
 const EVENTS_ID: &str = "ractor_cache_sync::peers";
 
@@ -49,7 +49,7 @@ pub struct Node {
     sessions: watch::Receiver<Sessions>,
     handshakes: Handshakes,
     tasks: Vec<JoinHandle<()>>,
-    liveness: Synchronization<()>,
+    liveness: Arc<liveness::Liveness>,
     declared_down: Arc<AtomicU64>,
     /// Times the system was found to have been suspended (see [`Node::suspensions`]).
     suspensions: Arc<AtomicU64>,
@@ -174,13 +174,7 @@ impl Node {
             dialing.clone(),
             config.forget_members(),
         ));
-        let topic = Topic::new(LIVENESS_TOPIC);
-        let liveness = Synchronization::builder(topic)
-            .config(sync)
-            .gossip(membership.clone())
-            .spawn(name.as_str())
-            .await?;
-        membership.set_incarnation(liveness.incarnation());
+        let liveness = liveness::start(name.clone(), sync, membership.clone()).await?;
         // The gate is right from the start: open alone, closed until a given peer is reached.
         membership.tick();
         let mut tasks: Vec<JoinHandle<()>> = config
@@ -299,6 +293,21 @@ impl Node {
             .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
+    /// How many times the node-level actor (heartbeats, gossip) failed and was spawned again
+    /// by its supervisor.
+    pub fn liveness_restarts(&self) -> u64 {
+        self.liveness.restarts()
+    }
+
+    /// Kills the node-level actor, as a bug in it would (fault injection): its supervisor
+    /// spawns it again.
+    #[cfg(feature = "fault-injection")]
+    pub fn kill_liveness(&self) {
+        if let Some(current) = self.liveness.current() {
+            current.actor().kill();
+        }
+    }
+
     /// How many times this node found that the system had been suspended (the clock that
     /// counts suspended time moved more than 50 ms past the one leases use): each time every
     /// lease gate closed until heartbeats sent after the wake-up renewed it, and every cache
@@ -352,8 +361,7 @@ impl Node {
         for task in &self.tasks {
             task.abort();
         }
-        let timeout = Some(Duration::from_secs(1));
-        let _ = self.liveness.actor().stop_and_wait(None, timeout).await;
+        self.liveness.stop().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         self.server.stop(None);
     }

@@ -27,6 +27,8 @@ pub enum Command {
     Inject(Injection),
     /// Kill the cache's Synchronization actor (the cache actor restarts it).
     KillSync,
+    /// Kill the node-level actor (its supervisor spawns it again).
+    KillLiveness,
     /// Make the clock that counts suspended time jump by this many milliseconds, as a
     /// suspension of the system would (fault injection).
     SimulateSuspend(u64),
@@ -74,12 +76,14 @@ impl Command {
                 key: rest.to_owned(),
             }),
             "get" => Err("usage: get KEY".into()),
-            "peers" | "members" | "stats" | "quit" | "kill-sync" if !rest.is_empty() => {
+            "peers" | "members" | "stats" | "quit" | "kill-sync" | "kill-liveness"
+                if !rest.is_empty() => {
                 Err(format!("{verb} takes no arguments"))
             }
             "peers" => Ok(Self::Peers),
             "members" => Ok(Self::Members),
             "kill-sync" => Ok(Self::KillSync),
+            "kill-liveness" => Ok(Self::KillLiveness),
             "simulate-suspend" => match rest.parse::<u64>() {
                 Ok(ms) if ms <= 86_400_000 => Ok(Self::SimulateSuspend(ms)),
                 _ => Err("usage: simulate-suspend MILLISECONDS (at most a day)".into()),

@@ -297,6 +297,10 @@ impl NodeProcess {
             Command::Stats => Ok(self.stats()),
             Command::Members => Ok(self.members()),
             Command::Inject(injection) => self.inject(injection),
+            Command::KillLiveness => {
+                self.node.kill_liveness();
+                Ok(json!({ "ok": "kill-liveness" }))
+            }
             Command::SimulateSuspend(ms) => {
                 self.node.simulate_suspension(Duration::from_millis(ms));
                 Ok(json!({ "ok": "simulate-suspend" }))
@@ -408,7 +412,7 @@ impl NodeProcess {
             "incarnation": self.cache.synchronization_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),
-            "suspensions": self.node.suspensions(),
+            "suspensions": self.node.suspensions(), "liveness_restarts": self.node.liveness_restarts(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
             "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })

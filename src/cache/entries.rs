@@ -377,9 +377,9 @@ where
         let expiry = &self.bounds.expiry;
         let now = crate::clock::now_us();
         let old = self.map.peek_with(key, |_, e| {
-            (e.weight, e.value.clone(), e.expired(now, expiry))
+            (e.weight, e.value.clone(), e.expired(now, expiry), e.id)
         });
-        if let Some((_, Some(value), expired)) = &old {
+        if let Some((_, Some(value), expired, _)) = &old {
             if listener {
                 let cause = if *expired {
                     RemovalCause::Expired
@@ -389,7 +389,7 @@ where
                 removed.push((key.clone(), value.clone(), cause));
             }
         }
-        if let Some((_, _, true)) = old {
+        if let Some((_, _, true, _)) = old {
             bump(&self.counters.expirations);
         }
         let id = match policy.as_mut() {
@@ -399,7 +399,7 @@ where
                     listener,
                     evicted: Vec::new(),
                 });
-                let replacing = old.as_ref().map(|(w, _, _)| *w);
+                let replacing = old.as_ref().map(|(w, _, _, id)| (*w, *id));
                 let mut evictions = 0;
                 let id = policy.admit(key, weight, replacing, &view, |_| evictions += 1);
                 add(&self.counters.evictions, evictions);
@@ -575,9 +575,17 @@ where
         self.lock().map_or(0, |policy| policy.weight)
     }
 
-    /// Entries in the map itself, counted (for tests of the bound).
+    /// How many of `keys` the map holds, counted under the policy's lock (every change to a
+    /// bounded map holds it, so the count is of one moment), for tests of the bound. (The map's
+    /// own `len` may count an entry twice while its table grows.)
     #[cfg(test)]
-    pub(crate) fn map_len(&self) -> usize {
-        self.map.len()
+    pub(crate) fn held<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> usize
+    where
+        K: 'k,
+    {
+        let _policy = self.lock();
+        keys.into_iter()
+            .filter(|key| self.map.contains(*key))
+            .count()
     }
 }

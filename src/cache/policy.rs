@@ -97,6 +97,8 @@ pub(crate) struct Policy<K> {
     /// Live entries and their weight: what the limits bound.
     pub(crate) entries: u64,
     pub(crate) weight: u64,
+    /// The entry an admission is replacing (counted out already): its slot is dead.
+    replaced: Option<u64>,
 }
 
 impl<K: Hash + Eq + Clone> Policy<K> {
@@ -117,6 +119,7 @@ impl<K: Hash + Eq + Clone> Policy<K> {
             next_id: 0,
             entries: 0,
             weight: 0,
+            replaced: None,
         }
     }
 
@@ -128,19 +131,21 @@ impl<K: Hash + Eq + Clone> Policy<K> {
 
     /// Makes room for a new entry of `weight` for `key`, evicting as needed (`evicted` is
     /// called with each key evicted), and returns the new entry's id. `replacing` is the
-    /// weight of the entry the new one replaces, if any. The caller inserts the entry before
-    /// it releases the lock.
+    /// weight and id of the entry the new one replaces, if any: already counted out, so its
+    /// slot is passed over as dead (evicting it would count it out twice). The caller inserts
+    /// the entry before it releases the lock.
     pub(crate) fn admit(
         &mut self,
         key: &K,
         weight: u32,
-        replacing: Option<u32>,
+        replacing: Option<(u32, u64)>,
         map: &impl Resident<K>,
         mut evicted: impl FnMut(&K),
     ) -> u64 {
         let mut gone = Vec::new();
-        if let Some(old) = replacing {
+        if let Some((old, id)) = replacing {
             self.removed(old);
+            self.replaced = Some(id);
         }
         while self
             .limits
@@ -179,6 +184,7 @@ impl<K: Hash + Eq + Clone> Policy<K> {
         }
         self.entries += 1;
         self.weight += u64::from(weight);
+        self.replaced = None;
         self.compact(map);
         for key in &gone {
             evicted(key);
@@ -212,6 +218,9 @@ impl<K: Hash + Eq + Clone> Policy<K> {
         };
         let units = self.limits.units(slot.weight);
         self.cold_units -= units;
+        if self.replaced == Some(slot.id) {
+            return true;
+        }
         let used = map.uses(&slot.key, slot.id, |uses| {
             let used = uses.load(Relaxed);
             if used > 0 {
@@ -242,22 +251,30 @@ impl<K: Hash + Eq + Clone> Policy<K> {
     }
 
     /// One step of the hot clock: entries read since they were last passed over lose one use
-    /// and go round again; the first that has none left is evicted (to `gone`). `false` if
+    /// and go round again; the first that has none left is evicted (to `gone`). Readers raise
+    /// uses while this runs, without the lock: past `MAX_USES + 1` turns of the whole clock the
+    /// next live entry is evicted regardless, so the bound holds whatever they do. `false` if
     /// the clock is empty.
     fn advance_hot(&mut self, map: &impl Resident<K>, gone: &mut Vec<K>) -> bool {
-        // Every entry has at most MAX_USES uses: after that many turns one has none left.
         let turns = self.hot.len() * (usize::from(MAX_USES) + 1);
-        for _ in 0..=turns {
+        let mut turn = 0;
+        loop {
             let Some(slot) = self.hot.pop_front() else {
                 return false;
             };
             let units = self.limits.units(slot.weight);
+            let out_of_turns = turn >= turns;
+            turn += 1;
+            if self.replaced == Some(slot.id) {
+                self.hot_units -= units;
+                return true;
+            }
             let used = map.uses(&slot.key, slot.id, |uses| {
                 let used = uses.load(Relaxed).min(MAX_USES);
-                if used > 0 {
+                if used > 0 && !out_of_turns {
                     uses.store(used - 1, Relaxed);
                 }
-                used > 0
+                used > 0 && !out_of_turns
             });
             match used {
                 None => {
@@ -275,7 +292,6 @@ impl<K: Hash + Eq + Clone> Policy<K> {
                 }
             }
         }
-        false
     }
 
     fn remember(&mut self, hash: u64) {
@@ -431,7 +447,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any mix of reads (of any weight), removals by others and clears: the map never
+        /// Any mix of reads (of any weight), reloads, removals by others and clears: the map never
         /// holds more than the limits, the policy's accounts match the map exactly, and the
         /// queues never hold more than about twice the live entries.
         #[test]
@@ -453,6 +469,16 @@ mod tests {
                     1..=3 => {
                         if map.0.lock().unwrap().remove(&key).is_some() {
                             policy.removed(weights.remove(&key).unwrap());
+                        }
+                    }
+                    // A reload of a held key replaces its entry (as a load after an
+                    // invalidation that found it cached again, or a refresh).
+                    4..=5 if policy.fits(w) => {
+                        let old = map.0.lock().unwrap().get(&key).map(|(id, _)| *id);
+                        if let (Some(old_id), Some(old_w)) = (old, weights.get(&key).copied()) {
+                            let id = policy.admit(&key, w, Some((old_w, old_id)), &map, |_| {});
+                            map.0.lock().unwrap().insert(key, (id, AtomicU8::new(0)));
+                            weights.insert(key, w);
                         }
                     }
                     _ => {

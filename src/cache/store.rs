@@ -1029,11 +1029,13 @@ mod tests {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sampler = tokio::spawn({
             let (store, done) = (store.clone(), done.clone());
+            let keys: Vec<u32> = (0..500).collect();
             async move {
                 let mut most = 0;
                 while !done.load(Ordering::SeqCst) {
-                    most = most.max(store.entries.map_len());
-                    tokio::task::yield_now().await;
+                    most = most.max(store.entries.held(&keys));
+                    // A sample every millisecond: often, without starving the workers.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 most
             }
@@ -1073,9 +1075,10 @@ mod tests {
         let most = sampler.await.unwrap();
         assert!(most <= 50, "held {most} entries with a capacity of 50");
         assert!(store.stats_evictions() > 0, "nothing was ever evicted");
+        let keys: Vec<u32> = (0..500).collect();
         assert_eq!(
             store.entry_count(),
-            store.entries.map_len(),
+            store.entries.held(&keys),
             "the policy's count drifted from the map"
         );
     }

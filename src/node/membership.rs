@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::dialer::{Dialer, DialerTask};
@@ -119,7 +119,8 @@ pub(crate) struct Membership {
     me: String,
     my_addr: String,
     /// This node's node-level incarnation, once its heartbeat actor is up.
-    my_incarnation: OnceLock<u64>,
+    /// 0 until the node-level actor is up; a new one after it was spawned again.
+    my_incarnation: std::sync::atomic::AtomicU64,
     /// Addresses dialled anyway (configured peers): no second dialer for them.
     configured: Vec<String>,
     /// Whether members learnt from gossip are dialled at all.
@@ -176,7 +177,7 @@ impl Membership {
         Self {
             me,
             my_addr,
-            my_incarnation: OnceLock::new(),
+            my_incarnation: std::sync::atomic::AtomicU64::new(0),
             configured,
             dial,
             dialing,
@@ -243,7 +244,8 @@ impl Membership {
     }
 
     pub(crate) fn set_incarnation(&self, incarnation: u64) {
-        let _ = self.my_incarnation.set(incarnation);
+        self.my_incarnation
+            .store(incarnation, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -252,10 +254,11 @@ impl Gossip for Membership {
     /// What this node's next heartbeat says: itself, then every member it knows.
     fn members(&self) -> Vec<Member> {
         let ready = self.ready_names();
-        let mut members: Vec<Member> = self
+        let incarnation = self
             .my_incarnation
-            .get()
-            .map(|&incarnation| Member {
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut members: Vec<Member> = (incarnation != 0)
+            .then(|| Member {
                 name: self.me.clone(),
                 incarnation,
                 addr: self.my_addr.clone(),

@@ -19,13 +19,12 @@ use tokio::sync::watch;
 use super::membership::Membership;
 use super::peers::{Handshakes, Sessions};
 use crate::clock::now_us;
-use crate::synchronization::Synchronization;
 
 /// The internal topic every node heartbeats on.
 pub(crate) const LIVENESS_TOPIC: &str = "ractor_cache_sync::nodes";
 
 pub(crate) struct Watchdog {
-    pub(crate) liveness: Synchronization<()>,
+    pub(crate) liveness: Arc<super::liveness::Liveness>,
     pub(crate) sessions: watch::Receiver<Sessions>,
     /// Sessions that opened and are not ready yet.
     pub(crate) handshakes: Handshakes,
@@ -75,7 +74,11 @@ impl Watchdog {
                 .handshakes
                 .close_older_than(now.saturating_sub(handshake));
             self.timed_out.fetch_add(stuck as u64, Ordering::Relaxed);
-            let heard = self.liveness.last_heard();
+            let heard = self
+                .liveness
+                .current()
+                .map(|liveness| liveness.last_heard())
+                .unwrap_or_default();
             let sessions = self.sessions.borrow().clone();
             let declared = self.declared_down.load(Ordering::Relaxed);
             let timed_out = self.timed_out.load(Ordering::Relaxed);

@@ -236,6 +236,20 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
     }
 
+    /// Makes the cache's Synchronization actor forge a heartbeat under `origin`'s name and
+    /// `incarnation` after each of its own (fault injection; see
+    /// [`Synchronization::impersonate`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if no Synchronization actor is running.
+    #[cfg(feature = "fault-injection")]
+    pub fn impersonate(&self, origin: &str, incarnation: u64) -> Result<()> {
+        self.inner
+            .with_sync(|sync| sync.impersonate(origin, incarnation))
+            .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
+    }
+
     /// The current Synchronization actor's incarnation (fault injection: what a forger needs).
     #[cfg(feature = "fault-injection")]
     pub fn synchronization_incarnation(&self) -> Option<u64> {

@@ -59,6 +59,8 @@ pub struct Node {
     members: Arc<MemberGate>,
     /// Who this node knows of (gossip, configuration, discovery).
     membership: Arc<Membership>,
+    /// The TLS configuration in use, read again when its files change.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// Changes of a node's membership, from [`Node::member_changes`].
@@ -117,7 +119,7 @@ impl Node {
         // loopback port, TLS-only too with TLS.
         let encryption = tls
             .as_ref()
-            .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone()));
+            .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor()));
         let (port, ip) = (0, std::net::IpAddr::from([127, 0, 0, 1]));
         let server = NodeServer::new(
             port,
@@ -208,6 +210,9 @@ impl Node {
             suspensions: suspensions.clone(),
         };
         tasks.push(tokio::spawn(watchdog.run()));
+        if let Some(tls) = &tls {
+            tasks.push(tokio::spawn(tls::watch(tls.clone(), config.tls_reload())));
+        }
         Ok(Self {
             name,
             server,
@@ -220,6 +225,7 @@ impl Node {
             timed_out,
             members: membership.gate(),
             membership,
+            tls,
         })
     }
 
@@ -308,6 +314,22 @@ impl Node {
         }
     }
 
+    /// The node-level actor's incarnation, as its heartbeats carry it (fault injection: what a
+    /// forger needs).
+    #[cfg(feature = "fault-injection")]
+    pub fn liveness_incarnation(&self) -> Option<u64> {
+        self.liveness.current().map(|l| l.wire_incarnation())
+    }
+
+    /// Makes the node-level actor forge a clean leave under another node's name and node-level
+    /// incarnation, as a peer posing as it would (fault injection).
+    #[cfg(feature = "fault-injection")]
+    pub fn forge_leave(&self, origin: &str, incarnation: u64) {
+        if let Some(current) = self.liveness.current() {
+            let _ = current.forge_leave(origin, incarnation);
+        }
+    }
+
     /// How many times this node found that the system had been suspended (the clock that
     /// counts suspended time moved more than 50 ms past the one leases use): each time every
     /// lease gate closed until heartbeats sent after the wake-up renewed it, and every cache
@@ -321,6 +343,17 @@ impl Node {
     #[cfg(feature = "fault-injection")]
     pub fn simulate_suspension(&self, sleep: Duration) {
         crate::clock::inject_sleep(sleep);
+    }
+
+    /// With TLS, how many times changed certificate files were read and put in use since start.
+    pub fn tls_reloads(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |tls| tls.reloads())
+    }
+
+    /// With TLS, how many times changed certificate files were refused since start (they did
+    /// not load, or the certificate names another node); the ones in use were kept.
+    pub fn tls_reload_failures(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |tls| tls.reload_failures())
     }
 
     /// How many times a silent peer was declared down (its session closed) since start.

@@ -2,14 +2,35 @@
 //! close the session of a peer that stopped acknowledging (bounded backlog), and can tell which
 //! members this node has a session with (what its heartbeats vouch for, and what it checks of
 //! a peer's). Process-wide like `ractor::pg` itself: there is one `Node` per process.
+//!
+//! It also keeps each session's secret. A cast carries no trace of the session it came on, so
+//! an envelope's origin is the sender's word; but every cast also carries ractor's optional
+//! metadata bytes, point to point. On each session this node picks a random 128-bit secret and
+//! sends it in the metadata of every cast over that session; the peer sends it back in the
+//! metadata of every cast of its own, with its secret for us. A node holding the cookie or a
+//! certificate of the cluster sees only the secrets meant for it: an envelope naming origin `a`
+//! whose metadata does not echo the secret this node sent over its session with `a` did not
+//! come from `a` (see [`verify`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use ractor::{ActorId, ActorRef};
-use ractor_cluster::NodeSessionMessage;
+use ractor::{ActorCell, ActorId, ActorRef};
+use ractor_cluster::{NodeId, NodeSessionMessage};
 
-type Registry = HashMap<String, ActorRef<NodeSessionMessage>>;
+/// One ready session and its secrets.
+struct Session {
+    actor: ActorCell,
+    node_id: NodeId,
+    /// Ours, random per session: the peer must echo it.
+    ours: u128,
+    /// The peer's, as it sent it (0 until then).
+    theirs: u128,
+}
+
+/// Sessions by peer name: normally one, two while ractor_cluster settles a duplicate
+/// connection (each keeps its own secrets).
+type Registry = HashMap<String, Vec<Session>>;
 
 fn registry() -> &'static Mutex<Registry> {
     static SESSIONS: OnceLock<Mutex<Registry>> = OnceLock::new();
@@ -20,12 +41,87 @@ fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(&mut registry().lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-pub(crate) fn register(peer: &str, session: ActorRef<NodeSessionMessage>) {
-    with(|r| r.insert(peer.to_owned(), session));
+pub(crate) fn register(peer: &str, actor: ActorRef<NodeSessionMessage>, node_id: NodeId) {
+    let session = Session {
+        actor: actor.get_cell(),
+        node_id,
+        ours: secret(),
+        theirs: 0,
+    };
+    with(|r| r.entry(peer.to_owned()).or_default().push(session));
 }
 
 pub(crate) fn unregister(session: ActorId) {
-    with(|r| r.retain(|_, s| s.get_id() != session));
+    with(|r| {
+        r.retain(|_, sessions| {
+            sessions.retain(|s| s.actor.get_id() != session);
+            !sessions.is_empty()
+        })
+    });
+}
+
+/// The metadata of a cast: the sender's secret for the receiver, and the receiver's secret
+/// for the sender as the sender last received it (0 if not yet).
+const TOKEN_BYTES: usize = 32;
+
+/// What to put in the metadata of a cast to each of `nodes` (the session ids of remote actors'
+/// stubs), in the same order; `None` for a node with no ready session.
+pub(crate) fn tokens_for(nodes: impl Iterator<Item = NodeId>) -> Vec<Option<Vec<u8>>> {
+    with(|r| {
+        nodes
+            .map(|node| {
+                let session = r.values().flatten().find(|s| s.node_id == node)?;
+                let mut token = Vec::with_capacity(TOKEN_BYTES);
+                token.extend_from_slice(&session.ours.to_le_bytes());
+                token.extend_from_slice(&session.theirs.to_le_bytes());
+                Some(token)
+            })
+            .collect()
+    })
+}
+
+/// Whether a cast whose envelope names `origin` came from the peer of this node's session with
+/// `origin`: its metadata echoes the secret this node sends over that session, which no other
+/// node sees. The peer's own secret is kept from a verified cast (or from the first one, before
+/// the peer has had a cast of ours to echo), so a forger cannot replace it later.
+pub(crate) fn verify(origin: &str, token: Option<&[u8]>) -> bool {
+    let Some(token) = token.filter(|t| t.len() == TOKEN_BYTES) else {
+        return false;
+    };
+    let (theirs, echoed) = token.split_at(16);
+    let theirs = u128::from_le_bytes(theirs.try_into().expect("16 bytes"));
+    let echoed = u128::from_le_bytes(echoed.try_into().expect("16 bytes"));
+    with(|r| {
+        let Some(sessions) = r.get_mut(origin) else {
+            return false;
+        };
+        if let Some(session) = sessions.iter_mut().find(|s| s.ours == echoed) {
+            if theirs != 0 {
+                session.theirs = theirs;
+            }
+            return true;
+        }
+        for session in sessions.iter_mut().filter(|s| s.theirs == 0) {
+            session.theirs = theirs;
+        }
+        false
+    })
+}
+
+/// A random nonzero secret. Without entropy from the OS it falls back to std's randomly
+/// keyed hasher (its keys differ per call) over the wall clock.
+fn secret() -> u128 {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for half in bytes.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            hasher.write_u128(now.map_or(0, |d| d.as_nanos()));
+            half.copy_from_slice(&hasher.finish().to_le_bytes());
+        }
+    }
+    u128::from_le_bytes(bytes).max(1)
 }
 
 /// Whether this node has a ready session with `peer`.
@@ -41,11 +137,13 @@ pub(crate) fn peer_names() -> Vec<String> {
 /// Closes the session with `peer`, if there is one; its members leave at once and it is
 /// dialled again with backoff.
 pub(crate) fn close_session(peer: &str, reason: &str) -> bool {
-    let Some(session) = with(|r| r.remove(peer)) else {
+    let Some(sessions) = with(|r| r.remove(peer)) else {
         return false;
     };
     tracing::warn!(%peer, %reason, "closing the session with a peer");
-    session.stop(Some(reason.to_owned()));
+    for session in sessions {
+        session.actor.stop(Some(reason.to_owned()));
+    }
     true
 }
 
@@ -107,6 +205,82 @@ pub(crate) fn identity(peer_addr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(theirs: u128, echoed: u128) -> Vec<u8> {
+        [theirs.to_le_bytes(), echoed.to_le_bytes()].concat()
+    }
+
+    fn ours(peer: &str) -> u128 {
+        with(|r| r[peer][0].ours)
+    }
+
+    fn theirs(peer: &str) -> u128 {
+        with(|r| r[peer][0].theirs)
+    }
+
+    /// A stand-in for a session's actor: only its id is read here.
+    struct Idle;
+
+    impl ractor::Actor for Idle {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<()>,
+            _args: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    async fn session_of(node_id: NodeId) -> Session {
+        let (actor, _handle) = ractor::Actor::spawn(None, Idle, ()).await.expect("spawns");
+        Session {
+            actor: actor.get_cell(),
+            node_id,
+            ours: secret(),
+            theirs: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_cast_echoing_the_secret_sent_over_the_origin_s_session_is_verified() {
+        // Process-wide registry: names of this test's own.
+        let (a, b) = ("token-a@test", "token-b@test");
+        let (session_a, session_b) = (session_of(9001).await, session_of(9002).await);
+        with(|r| {
+            r.insert(a.into(), vec![session_a]);
+            r.insert(b.into(), vec![session_b]);
+        });
+        let (for_a, for_b) = (ours(a), ours(b));
+        assert_ne!(for_a, for_b);
+
+        // a's first cast, before it had one of ours to echo: not verified, its secret kept.
+        assert!(!verify(a, Some(&token(11, 0))));
+        assert_eq!(theirs(a), 11);
+        // b poses as a, echoing the secret it was sent: not verified, and a's secret stays.
+        assert!(!verify(a, Some(&token(66, for_b))));
+        assert_eq!(theirs(a), 11, "a forger replaced a's secret");
+        // No metadata, or the wrong length: not verified.
+        assert!(!verify(a, None));
+        assert!(!verify(a, Some(&[1, 2, 3])));
+        // a echoing ours is; what it sends then is its secret.
+        assert!(verify(a, Some(&token(12, for_a))));
+        assert_eq!(theirs(a), 12);
+        // Nobody is verified as a node this node has no session with.
+        assert!(!verify("token-c@test", Some(&token(1, for_a))));
+
+        // What goes out to a's stubs: our secret for a, and a's as last verified.
+        let out = tokens_for([9001, 4242].into_iter());
+        assert_eq!(out[0].as_deref(), Some(&*token(for_a, 12)));
+        assert_eq!(out[1], None, "a node with no session was given a token");
+        with(|r| {
+            r.remove(a);
+            r.remove(b);
+        });
+    }
 
     #[test]
     fn past_the_cap_only_the_oldest_identities_are_dropped() {

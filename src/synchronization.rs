@@ -214,6 +214,36 @@ impl<M: TopicMessage> Synchronization<M> {
         Ok(())
     }
 
+    /// From now on, after each of its heartbeats, the actor forges one under `origin`'s name
+    /// and `incarnation`, echoing what it knows of its peers: a fault-injection tool to check
+    /// that a peer posing as another cannot keep that node's leases alive; not for normal use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the actor has stopped.
+    #[cfg(feature = "fault-injection")]
+    pub fn impersonate(&self, origin: &str, incarnation: u64) -> Result<()> {
+        self.send(SyncMessage::Impersonate(origin.to_owned(), incarnation))
+    }
+
+    /// Makes the actor forge a clean leave under `origin`'s name and `incarnation` (fault
+    /// injection; see [`impersonate`](Self::impersonate)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the actor has stopped.
+    #[cfg(feature = "fault-injection")]
+    pub fn forge_leave(&self, origin: &str, incarnation: u64) -> Result<()> {
+        self.send(SyncMessage::ForgeLeave(origin.to_owned(), incarnation))
+    }
+
+    /// This actor's incarnation (random per start), as its envelopes carry it (fault
+    /// injection: what a forger needs).
+    #[cfg(feature = "fault-injection")]
+    pub fn wire_incarnation(&self) -> u64 {
+        self.incarnation()
+    }
+
     /// Counters since the actor (or the cache owning it) was spawned.
     pub fn stats(&self) -> SyncStats {
         self.shared.counters.snapshot()

@@ -87,6 +87,7 @@ fn a_rolling_restart_keeps_the_survivors_entries() {
     for restarted in [0, 1] {
         let spec = specs[if restarted == 0 { 0 } else { 2 }].clone();
         let (calls, repairs) = (b.stat("source_calls"), b.stat("repairs"));
+        let down = Instant::now();
         nodes.remove(0).kill();
         let mut again = start(&spec);
         wait_for_peers(&mut again, 2);
@@ -94,8 +95,10 @@ fn a_rolling_restart_keeps_the_survivors_entries() {
         // The new incarnation is a possible loss: b checks its entries and keeps them.
         wait_for_stat(&mut b, "repairs", repairs + 1);
         wait_for_health(&mut b, "healthy");
+        let gated = down.elapsed();
         let (reads, hits, _) = read_hot_keys(&mut b, Duration::from_millis(300));
         let calls = b.stat("source_calls") - calls;
+        let repairs = b.stat("repairs") - repairs;
         println!(
             "restart of {}: {calls} source calls on b, {hits} hits of {reads} reads",
             spec.name
@@ -106,10 +109,12 @@ fn a_rolling_restart_keeps_the_survivors_entries() {
             "b dropped entries: {stats}"
         );
         // A flush would cost a load per key (100 calls); checking costs one call per pass (a
-        // pass per repair, and one per half lease while the node was down).
+        // pass per repair, and one per half lease while the gate was closed: how long that
+        // is depends on how fast the machine restarts a process).
+        let passes = gated.as_millis() as u64 / (LEASE.as_millis() as u64 / 2) + 1 + repairs;
         assert!(
-            calls <= HOT_KEYS as u64 / 4,
-            "{calls} source calls for one restart"
+            calls <= passes + 3 && calls < HOT_KEYS as u64,
+            "{calls} source calls for one restart ({repairs} repairs, gate closed for {gated:?})"
         );
         nodes.push(again);
     }

@@ -48,6 +48,12 @@ pub enum Injection {
     /// A publish of this topic under another node's name: `(origin, incarnation, seq, key)`,
     /// invalidating `key`.
     Forge(String, u64, u64, String),
+    /// From now on, after each heartbeat, one forged under another node's name:
+    /// `(origin, incarnation)`.
+    Impersonate(String, u64),
+    /// A node-level clean leave forged under another node's name: `(origin, node-level
+    /// incarnation)`.
+    Leave(String, u64),
 }
 
 impl Command {
@@ -113,6 +119,26 @@ impl Command {
                         _ => Err("usage: inject forge ORIGIN INCARNATION SEQ KEY".into()),
                     },
                     _ => Err("usage: inject forge ORIGIN INCARNATION SEQ KEY".into()),
+                }
+            }
+            "inject" if rest.starts_with("impersonate ") => {
+                let usage = "usage: inject impersonate ORIGIN INCARNATION";
+                match rest.split_whitespace().collect::<Vec<_>>()[..] {
+                    [_, origin, incarnation] => incarnation
+                        .parse()
+                        .map(|inc| Self::Inject(Injection::Impersonate(origin.to_owned(), inc)))
+                        .map_err(|_| usage.to_owned()),
+                    _ => Err(usage.into()),
+                }
+            }
+            "inject" if rest.starts_with("leave ") => {
+                let usage = "usage: inject leave ORIGIN NODE_INCARNATION";
+                match rest.split_whitespace().collect::<Vec<_>>()[..] {
+                    [_, origin, incarnation] => incarnation
+                        .parse()
+                        .map(|inc| Self::Inject(Injection::Leave(origin.to_owned(), inc)))
+                        .map_err(|_| usage.to_owned()),
+                    _ => Err(usage.into()),
                 }
             }
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),

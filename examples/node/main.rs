@@ -125,6 +125,10 @@ struct Args {
     /// node certified by the CA).
     #[arg(long = "tls-allow")]
     tls_allow: Vec<String>,
+    /// With TLS, check the certificate, key and CA files for changes every this many
+    /// milliseconds; changed files are read again (a bad set is refused, the old one kept).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=2_592_000_000))]
+    tls_reload_ms: u64,
     /// Allow listening on a non-loopback address without encryption (trusted networks only).
     #[arg(long)]
     insecure: bool,
@@ -192,7 +196,9 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
     let source = Database::open(&args.db).await?;
     let mut config = NodeConfig::new(&args.name, &args.cookie);
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
-        config = config.tls(ractor_cache_sync::TlsFiles::new(cert, key, ca));
+        config = config
+            .tls(ractor_cache_sync::TlsFiles::new(cert, key, ca))
+            .tls_reload_every(Duration::from_millis(args.tls_reload_ms));
     }
     let config = args.peers.iter().fold(config, |c, p| c.peer(p));
     let config = match &args.advertise {
@@ -402,7 +408,7 @@ impl NodeProcess {
             "invalidations_received": s.invalidations_received,
             "invalidations_ignored": s.invalidations_ignored,
             "decode_failures": s.sync.decode_failures, "gaps": s.sync.gaps,
-            "duplicates": s.sync.duplicates, "unknown_origins": s.sync.unknown_origins, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
+            "duplicates": s.sync.duplicates, "unknown_origins": s.sync.unknown_origins, "unverified": s.sync.unverified, "peer_restarts": s.sync.peer_restarts, "peer_joins": s.sync.peer_joins,
             "repairs": s.repairs, "reloads": s.reloads, "sync_restarts": s.sync_restarts,
             "source_calls": s.source_calls, "revalidations": s.revalidations,
             "revalidated_keys": s.revalidated_keys, "revalidation_drops": s.revalidation_drops,
@@ -410,10 +416,12 @@ impl NodeProcess {
             "evictions": s.evictions, "expirations": s.expirations, "weighted_size": s.weighted_size,
             "entries": s.entries, "peers": self.node.peers().len(), "name": self.node.name(),
             "incarnation": self.cache.synchronization_incarnation(),
+            "node_incarnation": self.node.liveness_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),
             "suspensions": self.node.suspensions(), "liveness_restarts": self.node.liveness_restarts(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
+            "tls_reloads": self.node.tls_reloads(), "tls_reload_failures": self.node.tls_reload_failures(),
             "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
@@ -458,6 +466,16 @@ impl NodeProcess {
                 let len = envelope.len();
                 self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
                 json!(len)
+            }
+            Injection::Impersonate(origin, incarnation) => {
+                self.cache
+                    .impersonate(&origin, incarnation)
+                    .map_err(|e| e.to_string())?;
+                json!(0)
+            }
+            Injection::Leave(origin, incarnation) => {
+                self.node.forge_leave(&origin, incarnation);
+                json!(0)
             }
             Injection::Foreign => {
                 let group = self.cache_topic_members();

@@ -97,6 +97,7 @@ fn publish_cache<K: CacheKey, V: Clone + Send + Sync + 'static>(cache: &Cache<K,
             "ractor_cache_sync_unknown_origins_total",
             s.sync.unknown_origins,
         ),
+        ("ractor_cache_sync_unverified_total", s.sync.unverified),
     ];
     for (name, value) in counters {
         counter!(name, "topic" => topic.to_owned()).absolute(value);

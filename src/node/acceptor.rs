@@ -94,7 +94,7 @@ async fn handshake(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+    let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return tracing::info!(%peer_addr, %error, "TLS handshake failed"),
         Err(_) => return tracing::info!(%peer_addr, "TLS handshake timed out"),
@@ -132,7 +132,7 @@ pub(crate) async fn dial(
         stream.peer_addr().map_err(|e| e.to_string())?,
         stream.local_addr().map_err(|e| e.to_string())?,
     );
-    let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+    let handshake = tls.connector().connect(tls.server_name.clone(), stream);
     let stream = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| "TLS handshake timed out")?

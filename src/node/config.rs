@@ -34,6 +34,7 @@ pub struct NodeConfig {
     peer_timeout: Duration,
     insecure: bool,
     tls: Option<super::tls::TlsFiles>,
+    tls_reload_every: Duration,
     allowed_peers: Vec<String>,
 }
 
@@ -58,6 +59,7 @@ impl NodeConfig {
             peer_timeout: Duration::from_secs(3),
             insecure: false,
             tls: None,
+            tls_reload_every: Duration::from_secs(10),
             allowed_peers: Vec::new(),
         }
     }
@@ -167,6 +169,17 @@ impl NodeConfig {
         self
     }
 
+    /// With TLS, how often the certificate, key and CA files are checked for changes. Changed
+    /// files are read again, and connections made after that use them (short-lived
+    /// certificates renewed in place); a new set that does not load, or whose certificate names
+    /// another node, is refused with a log line and counted
+    /// ([`Node::tls_reload_failures`](crate::Node::tls_reload_failures)), and the one in use is
+    /// kept. Default 10 s; at least 10 ms.
+    pub fn tls_reload_every(mut self, every: Duration) -> Self {
+        self.tls_reload_every = every;
+        self
+    }
+
     /// With TLS, admits only peers whose certificate names one of these nodes (repeatable).
     /// Default: every node with a certificate from the cluster CA. Either way a peer must claim
     /// the node name its certificate carries.
@@ -228,6 +241,10 @@ impl NodeConfig {
         super::tls::Tls::load(files, self.allowed_peers.clone()).map(Some)
     }
 
+    pub(crate) fn tls_reload(&self) -> Duration {
+        self.tls_reload_every
+    }
+
     pub(crate) fn liveness(&self) -> (Duration, Duration) {
         (self.heartbeat, self.peer_timeout)
     }
@@ -241,6 +258,7 @@ impl NodeConfig {
             ("forget_members_after", self.forget_members_after),
             ("discover_every", self.discover_every),
             ("handshake timeout", self.handshake_timeout),
+            ("tls_reload_every", self.tls_reload_every),
         ] {
             at_most_30_days(what, setting)?;
         }
@@ -264,6 +282,9 @@ impl NodeConfig {
         }
         if self.handshake_timeout < Duration::from_millis(10) {
             return bad("handshake timeout must be at least 10 ms");
+        }
+        if self.tls_reload_every < Duration::from_millis(10) {
+            return bad("tls_reload_every must be at least 10 ms");
         }
         if !self.listen.ip().is_loopback() && !self.insecure && self.tls.is_none() {
             return bad("refusing to listen on a non-loopback address without encryption; allow it explicitly (allow_insecure / --insecure) on a trusted network only");

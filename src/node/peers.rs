@@ -185,7 +185,7 @@ impl NodeEventSubscription for PeerEvents {
             actor: ses.actor.clone(),
             ready_at: now_us(),
         };
-        crate::sessions::register(&session.name, ses.actor.clone());
+        crate::sessions::register(&session.name, ses.actor.clone(), ses.node_id);
         self.sessions.send_modify(|s| {
             s.insert(ses.actor.get_id(), session);
         });

@@ -5,7 +5,9 @@
 //! and, once the cookie handshake says which node it claims to be, against that claim.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -37,18 +39,126 @@ impl TlsFiles {
     }
 }
 
-/// Everything a node needs to accept and dial over TLS.
+/// Everything a node needs to accept and dial over TLS. The files are read again when they
+/// change (see [`reload_if_changed`](Self::reload_if_changed)): connections made after that
+/// use the new ones, sessions already up keep theirs.
 pub(crate) struct Tls {
-    pub(crate) acceptor: TlsAcceptor,
-    pub(crate) connector: TlsConnector,
+    files: TlsFiles,
     pub(crate) server_name: ServerName<'static>,
     allowed: Vec<String>,
+    current: RwLock<Configs>,
+    /// The files as last read (modification time and length): a change is read again.
+    seen: Mutex<Fingerprint>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
 }
+
+/// One reading of the files.
+#[derive(Clone)]
+struct Configs {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    /// The node name this node's certificate carries.
+    node: Option<String>,
+}
+
+type Fingerprint = [Option<(SystemTime, u64)>; 3];
 
 impl Tls {
     pub(crate) fn load(files: &TlsFiles, allowed: Vec<String>) -> Result<Self> {
+        let seen = fingerprint(files);
+        let configs = Configs::read(files)?;
+        Ok(Self {
+            files: files.clone(),
+            server_name: ServerName::try_from(TLS_CLUSTER_NAME).expect("a valid DNS name"),
+            allowed,
+            current: RwLock::new(configs),
+            seen: Mutex::new(seen),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// What accepts connections now.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        self.read().acceptor.clone()
+    }
+
+    /// What dials now.
+    pub(crate) fn connector(&self) -> TlsConnector {
+        self.read().connector.clone()
+    }
+
+    /// Reads the certificate, key and CA files again if any changed since they were last
+    /// read: `None` if none did. A new set that does not load (unreadable, not PEM, a key
+    /// that does not match the certificate, a certificate for another node) is refused and
+    /// the one in use kept; it is tried again when the files change again.
+    pub(crate) fn reload_if_changed(&self) -> Option<Result<()>> {
+        let now = fingerprint(&self.files);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == now {
+                return None;
+            }
+            *seen = now;
+        }
+        let result = Configs::read(&self.files).and_then(|new| {
+            let old = self.read().node.clone();
+            if new.node != old {
+                return Err(Error::Config(format!(
+                    "{}: the new certificate names node {:?}, the one in use {:?}",
+                    self.files.cert.display(),
+                    new.node,
+                    old
+                )));
+            }
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
+            Ok(())
+        });
+        let counter = match result {
+            Ok(()) => &self.reloads,
+            Err(_) => &self.reload_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(result)
+    }
+
+    /// New certificate files read and in use since start.
+    pub(crate) fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Changed certificate files refused since start (the ones in use were kept).
+    pub(crate) fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Configs> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node name in the peer's certificate, if it has one and the allow-list admits it.
+    pub(crate) fn admit(
+        &self,
+        peer_certs: Option<&[CertificateDer<'_>]>,
+    ) -> std::result::Result<String, String> {
+        let leaf = peer_certs
+            .and_then(|c| c.first())
+            .ok_or("no client certificate")?;
+        let name = node_name(leaf).ok_or("the certificate names no node")?;
+        if self.allowed.is_empty() || self.allowed.contains(&name) {
+            Ok(name)
+        } else {
+            Err(format!("node {name:?} is not on the allow-list"))
+        }
+    }
+}
+
+impl Configs {
+    fn read(files: &TlsFiles) -> Result<Self> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let certs = read_certs(&files.cert)?;
+        let node = node_name(&certs[0]);
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, e))?;
         let mut roots = RootCertStore::empty();
         for ca in read_certs(&files.ca)? {
@@ -76,26 +186,42 @@ impl Tls {
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
-            server_name: ServerName::try_from(TLS_CLUSTER_NAME).expect("a valid DNS name"),
-            allowed,
+            node,
         })
     }
+}
 
-    /// The node name in the peer's certificate, if it has one and the allow-list admits it.
-    pub(crate) fn admit(
-        &self,
-        peer_certs: Option<&[CertificateDer<'_>]>,
-    ) -> std::result::Result<String, String> {
-        let leaf = peer_certs
-            .and_then(|c| c.first())
-            .ok_or("no client certificate")?;
-        let name = node_name(leaf).ok_or("the certificate names no node")?;
-        if self.allowed.is_empty() || self.allowed.contains(&name) {
-            Ok(name)
-        } else {
-            Err(format!("node {name:?} is not on the allow-list"))
+/// Checks the files every `every` and reads them again when they change, until the node shuts
+/// down (the task is aborted then).
+pub(crate) async fn watch(tls: Arc<Tls>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        // Reading PEM files and building the configurations blocks: off the runtime's workers.
+        let checking = tls.clone();
+        let outcome = tokio::task::spawn_blocking(move || checking.reload_if_changed()).await;
+        match outcome {
+            Ok(Some(Ok(()))) => {
+                tracing::info!("TLS certificate files changed: new connections use them")
+            }
+            Ok(Some(Err(error))) => {
+                tracing::warn!(%error, "changed TLS certificate files refused: keeping the ones in use")
+            }
+            Ok(None) | Err(_) => {}
         }
+        metrics::counter!("ractor_cache_sync_tls_reloads_total").absolute(tls.reloads());
+        metrics::counter!("ractor_cache_sync_tls_reload_failures_total")
+            .absolute(tls.reload_failures());
     }
+}
+
+/// Modification time and length of each file (`None` for one that cannot be read).
+fn fingerprint(files: &TlsFiles) -> Fingerprint {
+    [&files.cert, &files.key, &files.ca].map(|path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    })
 }
 
 /// The first DNS name of the certificate that is not the cluster name.

@@ -13,6 +13,9 @@ pub(crate) enum Arrival {
     Gap { missed: u64 },
     /// The origin restarted (a new incarnation): whatever it sent in between may be lost.
     NewIncarnation,
+    /// The cast did not prove it came from the origin it names: delivered, but it says nothing
+    /// about the origin's sequence (the peer table is left alone).
+    Unverified,
 }
 
 impl Arrival {

@@ -282,6 +282,14 @@ impl PeerTable {
     }
 }
 
+impl Peer {
+    /// The highest sequence number applied (or covered by a repair).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied
+    }
+}
+
 fn fresh(incarnation: u64, applied: u64, now: u64) -> Peer {
     Peer {
         incarnation,

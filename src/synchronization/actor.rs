@@ -71,6 +71,10 @@ pub(crate) struct SynchronizationState<M> {
     /// applying one twice changes nothing, and a forged sequence number then cannot hide a
     /// peer's later ones).
     pub(super) idempotent: bool,
+    /// Fault injection: the origin (name, incarnation) to forge a heartbeat for after each of
+    /// this node's own, as a peer posing as another would.
+    #[cfg(feature = "fault-injection")]
+    pub(super) impersonating: Option<(String, u64)>,
 }
 
 /// The actor's state, shared with the node-level actor: a topic heartbeat that arrives inside
@@ -132,6 +136,8 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             heartbeat_us: heartbeat,
             waiters: Vec::new(),
             idempotent: args.idempotent,
+            #[cfg(feature = "fault-injection")]
+            impersonating: None,
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
@@ -182,11 +188,11 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         // so the publish path skips the recomputation.
         let leases_may_change = matches!(
             message,
-            SyncMessage::Wire(_) | SyncMessage::Foreign(_) | SyncMessage::Tick
+            SyncMessage::Wire(..) | SyncMessage::Foreign(_) | SyncMessage::Tick
         );
         match message {
             SyncMessage::CheckBacklog => state.shed_overflowing_peers(),
-            SyncMessage::Wire(bytes) => state.receive(&bytes),
+            SyncMessage::Wire(bytes, token) => state.receive(&bytes, token.as_deref()),
             SyncMessage::Foreign(variant) => {
                 state.undecodable(format!("foreign message {variant:?}"))
             }
@@ -200,6 +206,12 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
                 timeout,
                 reply,
             } => state.publish_confirmed(payload, timeout, reply),
+            #[cfg(feature = "fault-injection")]
+            SyncMessage::Impersonate(origin, incarnation) => {
+                state.impersonating = Some((origin, incarnation));
+            }
+            #[cfg(feature = "fault-injection")]
+            SyncMessage::ForgeLeave(origin, incarnation) => state.forge_leave(&origin, incarnation),
         }
         if leases_may_change {
             state.refresh_gate();

@@ -16,9 +16,10 @@ use crate::protocol::peer_table::{unvouched, Beat};
 use crate::topic::PG_SCOPE;
 
 impl<M: TopicMessage> SynchronizationState<M> {
-    pub(super) fn receive(&mut self, bytes: &[u8]) {
+    /// Bytes from a peer, with the token of the cast that carried them.
+    pub(super) fn receive(&mut self, bytes: &[u8], token: Option<&[u8]>) {
         match Envelope::decode(bytes) {
-            Ok(envelope) => self.receive_envelope(envelope),
+            Ok(envelope) => self.receive_envelope(envelope, token),
             Err(error) => self.undecodable(error.to_string()),
         }
     }
@@ -37,7 +38,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 .caught_up(&envelope.origin, envelope.incarnation, last_seq)
     }
 
-    pub(super) fn receive_envelope(&mut self, envelope: Envelope) {
+    pub(super) fn receive_envelope(&mut self, envelope: Envelope, token: Option<&[u8]>) {
         if envelope.topic != self.group {
             return self.undecodable(format!("envelope for unknown topic {:?}", envelope.topic));
         }
@@ -51,6 +52,13 @@ impl<M: TopicMessage> SynchronizationState<M> {
             bump(&self.shared.counters.unknown_origins);
             tracing::debug!(topic = %self.group, origin = %envelope.origin, "envelope from an origin with no session: dropped");
             return;
+        }
+        // Whether the cast proves it came from the origin it names (it echoes the secret this
+        // node sends over its session with that origin). Anything else may be a peer posing as
+        // another: its invalidations are applied (they are idempotent, and carry no values),
+        // but it renews no lease, moves no sequence number, and reports no members or leave.
+        if !crate::sessions::verify(&envelope.origin, token) {
+            return self.receive_unverified(envelope);
         }
         let now = now_us();
         let (origin, incarnation) = (envelope.origin, envelope.incarnation);
@@ -69,7 +77,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 let vouched = match &self.gossip {
                     Some(gossip) => {
                         gossip.heard(&origin, incarnation, &members);
-                        hand_over(bundled);
+                        hand_over(bundled, token);
                         true
                     }
                     None => self.knows_every(&origin, &members),
@@ -102,6 +110,16 @@ impl<M: TopicMessage> SynchronizationState<M> {
                     self.possibly_missed(cause);
                 }
             }
+        }
+    }
+
+    /// An envelope that does not prove its origin: a peer's first casts before it had one of
+    /// ours to echo (a few per session start), or a forgery.
+    fn receive_unverified(&mut self, envelope: Envelope) {
+        bump(&self.shared.counters.unverified);
+        tracing::debug!(topic = %self.group, origin = %envelope.origin, "envelope that does not prove its origin");
+        if let Body::Publish { payload, .. } = envelope.body {
+            self.receive_publish(envelope.origin, Arrival::Unverified, &payload);
         }
     }
 
@@ -149,7 +167,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 self.count_cause(&cause);
                 self.possibly_missed(cause);
             }
-            Arrival::FirstContact | Arrival::InOrder => {}
+            Arrival::FirstContact | Arrival::InOrder | Arrival::Unverified => {}
         }
         // The whole payload must be one `M`: bytes left over mean another type was published
         // under this topic's name (or a newer build's), never a message to deliver.
@@ -239,7 +257,7 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
         state.possibly_missed(MissCause::Restarted);
     }
 
-    fn offer(&self, bytes: &[u8]) -> bool {
+    fn offer(&self, bytes: &[u8], token: Option<&[u8]>) -> bool {
         let Ok(envelope) = Envelope::decode(bytes) else {
             return false; // the actor counts it and repairs
         };
@@ -247,7 +265,7 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
         if !state.announces_nothing_new(&envelope) {
             return false;
         }
-        state.receive_envelope(envelope);
+        state.receive_envelope(envelope, token);
         state.refresh_gate();
         true
     }
@@ -255,11 +273,12 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
 
 /// Hands each topic heartbeat a node-level heartbeat carried to this node's actor of that
 /// topic: taken at once when it announces nothing new, else queued to the actor as if it had
-/// come on its own (topics this node does not serve are skipped).
-fn hand_over(bundled: Vec<(String, Vec<u8>)>) {
+/// come on its own (topics this node does not serve are skipped). Each goes with the token of
+/// the cast that carried it: a topic heartbeat proves its origin as the node-level one did.
+fn hand_over(bundled: Vec<(String, Vec<u8>)>, token: Option<&[u8]>) {
     let sinks = super::bundle::sinks_of(bundled.iter().map(|(topic, _)| topic.as_str()));
     for ((topic, envelope), sink) in bundled.into_iter().zip(sinks) {
-        if sink.is_some_and(|sink| sink.offer(&envelope)) {
+        if sink.is_some_and(|sink| sink.offer(&envelope, token)) {
             continue;
         }
         let local = ractor::pg::get_scoped_local_members(&PG_SCOPE.to_owned(), &topic);
@@ -268,7 +287,7 @@ fn hand_over(bundled: Vec<(String, Vec<u8>)>) {
             let wire = ractor::message::SerializedMessage::Cast {
                 variant: WIRE_VARIANT.to_owned(),
                 args,
-                metadata: None,
+                metadata: token.map(<[u8]>::to_vec),
             };
             let _ = cell.send_serialized(wire);
         }

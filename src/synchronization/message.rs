@@ -39,8 +39,10 @@ pub(crate) trait Gossip: Send + Sync {
 
 /// Messages of the Synchronization actor.
 pub(crate) enum SyncMessage<M> {
-    /// Envelope bytes from a peer (or injected locally for fault testing).
-    Wire(Vec<u8>),
+    /// Envelope bytes from a peer (or injected locally for fault testing), with the cast's
+    /// metadata: the session token that tells whether it came from the origin it names
+    /// (see `sessions::verify`).
+    Wire(Vec<u8>, Option<Vec<u8>>),
     /// A remote message that is not one of ours: the name of its variant.
     Foreign(String),
     /// Publish an already-encoded payload and hand `local` to the local subscribers.
@@ -51,6 +53,12 @@ pub(crate) enum SyncMessage<M> {
     Tick,
     /// Many publishes went out since the backlog bound was last checked.
     CheckBacklog,
+    /// Fault injection: after each heartbeat, forge one from this origin (name, incarnation).
+    #[cfg(feature = "fault-injection")]
+    Impersonate(String, u64),
+    /// Fault injection: forge a clean leave from this origin (name, incarnation).
+    #[cfg(feature = "fault-injection")]
+    ForgeLeave(String, u64),
     /// Publish, then report which peers applied it within `timeout`.
     PublishConfirmed {
         payload: Vec<u8>,
@@ -66,10 +74,10 @@ impl<M: Send + 'static> ractor::Message for SyncMessage<M> {
 
     fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
         match self {
-            Self::Wire(args) => Ok(SerializedMessage::Cast {
+            Self::Wire(args, metadata) => Ok(SerializedMessage::Cast {
                 variant: WIRE_VARIANT.to_owned(),
                 args,
-                metadata: None,
+                metadata,
             }),
             _ => Err(BoxedDowncastErr),
         }
@@ -77,9 +85,11 @@ impl<M: Send + 'static> ractor::Message for SyncMessage<M> {
 
     fn deserialize(message: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
         Ok(match message {
-            SerializedMessage::Cast { variant, args, .. } if variant == WIRE_VARIANT => {
-                Self::Wire(args)
-            }
+            SerializedMessage::Cast {
+                variant,
+                args,
+                metadata,
+            } if variant == WIRE_VARIANT => Self::Wire(args, metadata),
             SerializedMessage::Cast { variant, .. } => Self::Foreign(variant),
             SerializedMessage::Call { variant, .. } => Self::Foreign(format!("call {variant}")),
             SerializedMessage::CallReply(..) => Self::Foreign("call reply".to_owned()),
@@ -94,10 +104,13 @@ mod tests {
 
     #[test]
     fn envelope_bytes_round_trip_through_ractor_serialization() {
-        let wire = SyncMessage::<u8>::Wire(vec![1, 2, 3]).serialize().unwrap();
-        assert!(
-            matches!(SyncMessage::<u8>::deserialize(wire), Ok(SyncMessage::Wire(b)) if b == [1, 2, 3])
-        );
+        let wire = SyncMessage::<u8>::Wire(vec![1, 2, 3], Some(vec![4; 32]))
+            .serialize()
+            .unwrap();
+        assert!(matches!(
+            SyncMessage::<u8>::deserialize(wire),
+            Ok(SyncMessage::Wire(b, Some(t))) if b == [1, 2, 3] && t == [4; 32]
+        ));
     }
 
     #[test]

@@ -186,13 +186,15 @@ impl<M: TopicMessage> Outbox<M> {
     /// Remote `ActorRef`s are never cached: stub ids change when a session is re-established,
     /// so pg is read on every send. ractor_cluster takes an owned buffer per remote actor: all
     /// members but one get a copy of the one encoding.
+    /// Each cast carries the token of the session it goes over (`sessions::tokens_for`).
     pub(crate) fn cast_to_remote_members(&self, bytes: Vec<u8>) {
         let members = remote_members(&self.group);
+        let tokens = crate::sessions::tokens_for(members.iter().map(|c| c.get_id().node()));
         let buffers = crate::protocol::envelope::per_peer(bytes, members.len());
-        for (cell, buffer) in members.into_iter().zip(buffers) {
+        for ((cell, buffer), token) in members.into_iter().zip(buffers).zip(tokens) {
             let member: ActorRef<SyncMessage<M>> = cell.into();
             // A stub whose session just died refuses the cast; that peer repairs on rejoin.
-            if member.cast(SyncMessage::Wire(buffer)).is_ok() {
+            if member.cast(SyncMessage::Wire(buffer, token)).is_ok() {
                 bump(&self.shared.counters.envelopes_sent);
             }
         }

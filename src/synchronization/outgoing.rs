@@ -155,5 +155,52 @@ impl<M: TopicMessage> SynchronizationState<M> {
                     .heartbeat(self.peers.echoes(), members, Vec::new())
             }
         }
+        #[cfg(feature = "fault-injection")]
+        self.forge_heartbeat();
+    }
+
+    /// Fault injection: a clean leave under another node's name and incarnation, announcing
+    /// what this node applied of it.
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn forge_leave(&self, origin: &str, incarnation: u64) {
+        let last_seq = self.applied_of(origin);
+        let body = crate::protocol::envelope::Body::Leave { last_seq };
+        match crate::protocol::envelope::encode(&self.group, origin, incarnation, &body) {
+            Ok(bytes) => self.outbox.cast_to_remote_members(bytes),
+            Err(error) => tracing::error!(%error, "forged leave not encoded"),
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn applied_of(&self, origin: &str) -> u64 {
+        self.peers
+            .peers()
+            .find(|(name, _)| *name == origin)
+            .map_or(0, |(_, p)| p.applied())
+    }
+
+    /// Fault injection: a heartbeat under another node's name and incarnation, echoing what
+    /// this node knows of its peers (their latest stamps included) and naming no members: what
+    /// a peer with the cluster's credentials can send to keep a partitioned node's leases
+    /// alive. Its casts carry this node's own session tokens.
+    #[cfg(feature = "fault-injection")]
+    fn forge_heartbeat(&self) {
+        let Some((origin, incarnation)) = &self.impersonating else {
+            return;
+        };
+        let last_seq = self.applied_of(origin);
+        let mut echoes = self.peers.echoes();
+        echoes.retain(|e| &e.peer != origin);
+        let body = crate::protocol::envelope::Body::Heartbeat {
+            stamp: now_us(),
+            last_seq,
+            echoes,
+            members: Vec::new(),
+            bundled: Vec::new(),
+        };
+        match crate::protocol::envelope::encode(&self.group, origin, *incarnation, &body) {
+            Ok(bytes) => self.outbox.cast_to_remote_members(bytes),
+            Err(error) => tracing::error!(%error, "forged heartbeat not encoded"),
+        }
     }
 }

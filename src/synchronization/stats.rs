@@ -39,6 +39,11 @@ pub struct SyncStats {
     /// nor in its peer table (forged, or from a peer whose session already closed): the peer
     /// table only ever holds origins that had a session.
     pub unknown_origins: u64,
+    /// Envelopes whose cast did not prove it came from the origin it names (it did not echo
+    /// the secret this node sends over its session with that origin): a peer's first casts
+    /// of each session, before it has had one of ours, and forgeries. Their invalidations are
+    /// applied; they renew no lease and move no sequence number.
+    pub unverified: u64,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +62,7 @@ pub(crate) struct SyncCounters {
     pub(crate) backlog_overflows: AtomicU64,
     pub(crate) possibly_missed: AtomicU64,
     pub(crate) unknown_origins: AtomicU64,
+    pub(crate) unverified: AtomicU64,
 }
 
 impl SyncCounters {
@@ -76,6 +82,7 @@ impl SyncCounters {
             backlog_overflows: self.backlog_overflows.load(Relaxed),
             possibly_missed: self.possibly_missed.load(Relaxed),
             unknown_origins: self.unknown_origins.load(Relaxed),
+            unverified: self.unverified.load(Relaxed),
         }
     }
 }

@@ -396,6 +396,12 @@ impl Node {
         }
         self.liveness.stop().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
+        // Session ids are only unique within one NodeServer: a node started later in this
+        // process must not find these.
+        let closing: Vec<ractor::ActorId> = self.sessions.borrow().keys().copied().collect();
+        for session in closing {
+            crate::sessions::unregister(session);
+        }
         self.server.stop(None);
     }
 }

@@ -5,15 +5,21 @@
 //!
 //! It also keeps each session's secret. A cast carries no trace of the session it came on, so
 //! an envelope's origin is the sender's word; but every cast also carries ractor's optional
-//! metadata bytes, point to point. On each session this node picks a random 128-bit secret and
-//! sends it in the metadata of every cast over that session; the peer sends it back in the
-//! metadata of every cast of its own, with its secret for us. A node holding the cookie or a
-//! certificate of the cluster sees only the secrets meant for it: an envelope naming origin `a`
-//! whose metadata does not echo the secret this node sent over its session with `a` did not
-//! come from `a` (see [`verify`]).
+//! metadata bytes, point to point. Each node sends, in the metadata of every cast over a
+//! session, its secret for that session and the peer's secret as it last received it; a node
+//! holding the cookie or a certificate of the cluster sees only the secrets of its own
+//! sessions, so an envelope naming origin `a` whose metadata does not echo the secret this
+//! node sends over its session with `a` did not come from `a` (see [`verify`]).
+//!
+//! With TLS both ends derive the session's secret from the connection's keying material
+//! (RFC 5705 exporter): it is the same on both sides from the first cast, and nobody else can
+//! know it. Without TLS each node picks a random one and the peer learns it from the first
+//! casts: until a cast proves itself, the latest claim is kept (so a stale cast or a forgery
+//! can delay the first proof, never block it), and after that only proven casts change it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ractor::{ActorCell, ActorId, ActorRef};
 use ractor_cluster::{NodeId, NodeSessionMessage};
@@ -22,15 +28,34 @@ use ractor_cluster::{NodeId, NodeSessionMessage};
 struct Session {
     actor: ActorCell,
     node_id: NodeId,
-    /// Ours, random per session: the peer must echo it.
+    /// Ours: the peer must echo it.
     ours: u128,
     /// The peer's, as it sent it (0 until then).
     theirs: u128,
+    /// Whether `theirs` came with a cast that proved itself (or from the TLS connection).
+    confirmed: bool,
 }
+
+/// A closed session's secret, still accepted for a while: envelopes the peer sent before the
+/// session closed (its clean leave among them) may be handled after the close is.
+struct Retired {
+    peer: String,
+    ours: u128,
+    until: Instant,
+}
+
+/// How long a closed session's secret is still accepted.
+const RETIRED_FOR: Duration = Duration::from_secs(10);
+/// Most closed sessions' secrets kept (the oldest goes first).
+const MAX_RETIRED: usize = 256;
 
 /// Sessions by peer name: normally one, two while ractor_cluster settles a duplicate
 /// connection (each keeps its own secrets).
-type Registry = HashMap<String, Vec<Session>>;
+#[derive(Default)]
+struct Registry {
+    live: HashMap<String, Vec<Session>>,
+    retired: VecDeque<Retired>,
+}
 
 fn registry() -> &'static Mutex<Registry> {
     static SESSIONS: OnceLock<Mutex<Registry>> = OnceLock::new();
@@ -41,23 +66,68 @@ fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(&mut registry().lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-pub(crate) fn register(peer: &str, actor: ActorRef<NodeSessionMessage>, node_id: NodeId) {
-    let session = Session {
-        actor: actor.get_cell(),
-        node_id,
-        ours: secret(),
-        theirs: 0,
+/// A session became ready. `peer_addr` finds the secret of its TLS connection, if it has one.
+pub(crate) fn register(
+    peer: &str,
+    actor: ActorRef<NodeSessionMessage>,
+    node_id: NodeId,
+    peer_addr: &str,
+) {
+    let tls = with_identities(|ids| ids.names.get(peer_addr).and_then(|i| i.secret));
+    let session = match tls {
+        Some(secret) => Session {
+            actor: actor.get_cell(),
+            node_id,
+            ours: secret,
+            theirs: secret,
+            confirmed: true,
+        },
+        None => Session {
+            actor: actor.get_cell(),
+            node_id,
+            ours: secret(),
+            theirs: 0,
+            confirmed: false,
+        },
     };
-    with(|r| r.entry(peer.to_owned()).or_default().push(session));
+    with(|r| r.live.entry(peer.to_owned()).or_default().push(session));
 }
 
 pub(crate) fn unregister(session: ActorId) {
     with(|r| {
-        r.retain(|_, sessions| {
-            sessions.retain(|s| s.actor.get_id() != session);
+        let mut closed = Vec::new();
+        r.live.retain(|peer, sessions| {
+            sessions.retain(|s| {
+                let keep = s.actor.get_id() != session;
+                if !keep {
+                    closed.push((peer.clone(), s.ours));
+                }
+                keep
+            });
             !sessions.is_empty()
-        })
+        });
+        for (peer, ours) in closed {
+            r.retire(peer, ours);
+        }
     });
+}
+
+impl Registry {
+    fn retire(&mut self, peer: String, ours: u128) {
+        let until = Instant::now() + RETIRED_FOR;
+        self.retired.push_back(Retired { peer, ours, until });
+        while self.retired.len() > MAX_RETIRED {
+            self.retired.pop_front();
+        }
+    }
+
+    fn retired_accepts(&mut self, peer: &str, echoed: u128) -> bool {
+        let now = Instant::now();
+        self.retired.retain(|r| r.until > now);
+        self.retired
+            .iter()
+            .any(|r| r.peer == peer && r.ours == echoed)
+    }
 }
 
 /// The metadata of a cast: the sender's secret for the receiver, and the receiver's secret
@@ -70,7 +140,7 @@ pub(crate) fn tokens_for(nodes: impl Iterator<Item = NodeId>) -> Vec<Option<Vec<
     with(|r| {
         nodes
             .map(|node| {
-                let session = r.values().flatten().find(|s| s.node_id == node)?;
+                let session = r.live.values().flatten().find(|s| s.node_id == node)?;
                 let mut token = Vec::with_capacity(TOKEN_BYTES);
                 token.extend_from_slice(&session.ours.to_le_bytes());
                 token.extend_from_slice(&session.theirs.to_le_bytes());
@@ -81,9 +151,9 @@ pub(crate) fn tokens_for(nodes: impl Iterator<Item = NodeId>) -> Vec<Option<Vec<
 }
 
 /// Whether a cast whose envelope names `origin` came from the peer of this node's session with
-/// `origin`: its metadata echoes the secret this node sends over that session, which no other
-/// node sees. The peer's own secret is kept from a verified cast (or from the first one, before
-/// the peer has had a cast of ours to echo), so a forger cannot replace it later.
+/// `origin` (or of one closed moments ago): its metadata echoes the secret this node sends over
+/// that session, which no other node sees. The peer's own secret is taken from a cast that
+/// proves itself; until one has, from the latest cast claiming to be the peer.
 pub(crate) fn verify(origin: &str, token: Option<&[u8]>) -> bool {
     let Some(token) = token.filter(|t| t.len() == TOKEN_BYTES) else {
         return false;
@@ -92,19 +162,19 @@ pub(crate) fn verify(origin: &str, token: Option<&[u8]>) -> bool {
     let theirs = u128::from_le_bytes(theirs.try_into().expect("16 bytes"));
     let echoed = u128::from_le_bytes(echoed.try_into().expect("16 bytes"));
     with(|r| {
-        let Some(sessions) = r.get_mut(origin) else {
-            return false;
-        };
-        if let Some(session) = sessions.iter_mut().find(|s| s.ours == echoed) {
-            if theirs != 0 {
+        if let Some(sessions) = r.live.get_mut(origin) {
+            if let Some(session) = sessions.iter_mut().find(|s| s.ours == echoed) {
+                if theirs != 0 {
+                    session.theirs = theirs;
+                    session.confirmed = true;
+                }
+                return true;
+            }
+            for session in sessions.iter_mut().filter(|s| !s.confirmed) {
                 session.theirs = theirs;
             }
-            return true;
         }
-        for session in sessions.iter_mut().filter(|s| s.theirs == 0) {
-            session.theirs = theirs;
-        }
-        false
+        r.retired_accepts(origin, echoed)
     })
 }
 
@@ -126,18 +196,24 @@ fn secret() -> u128 {
 
 /// Whether this node has a ready session with `peer`.
 pub(crate) fn has_session(peer: &str) -> bool {
-    with(|r| r.contains_key(peer))
+    with(|r| r.live.contains_key(peer))
 }
 
 /// Names of the peers this node has a ready session with.
 pub(crate) fn peer_names() -> Vec<String> {
-    with(|r| r.keys().cloned().collect())
+    with(|r| r.live.keys().cloned().collect())
 }
 
 /// Closes the session with `peer`, if there is one; its members leave at once and it is
 /// dialled again with backoff.
 pub(crate) fn close_session(peer: &str, reason: &str) -> bool {
-    let Some(sessions) = with(|r| r.remove(peer)) else {
+    let Some(sessions) = with(|r| {
+        let sessions = r.live.remove(peer)?;
+        for session in &sessions {
+            r.retire(peer.to_owned(), session.ours);
+        }
+        Some(sessions)
+    }) else {
         return false;
     };
     tracing::warn!(%peer, %reason, "closing the session with a peer");
@@ -152,12 +228,19 @@ pub(crate) fn close_session(peer: &str, reason: &str) -> bool {
 /// checked by then).
 const MAX_IDENTITIES: usize = 4096;
 
-/// Certificate node names of TLS connections by the peer's socket address, with the order
-/// they were recorded in.
+/// What a TLS connection established: the certificate's node name, and the session secret
+/// both ends derived from the connection's keying material.
+struct Identity {
+    name: String,
+    secret: Option<u128>,
+}
+
+/// Identities of TLS connections by the peer's socket address, with the order they were
+/// recorded in.
 #[derive(Default)]
 struct Identities {
-    names: HashMap<String, String>,
-    order: std::collections::VecDeque<String>,
+    names: HashMap<String, Identity>,
+    order: VecDeque<String>,
 }
 
 fn identities() -> &'static Mutex<Identities> {
@@ -169,13 +252,15 @@ fn with_identities<T>(f: impl FnOnce(&mut Identities) -> T) -> T {
     f(&mut identities().lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-pub(crate) fn record_identity(peer_addr: &str, name: &str) {
+/// Records what the TLS connection from `peer_addr` established: the certificate's node
+/// name and, if the connection could export one, the secret of the session that will run on it.
+pub(crate) fn record_identity(peer_addr: &str, name: &str, secret: Option<u128>) {
+    let identity = Identity {
+        name: name.to_owned(),
+        secret: secret.filter(|&s| s != 0),
+    };
     with_identities(|ids| {
-        if ids
-            .names
-            .insert(peer_addr.to_owned(), name.to_owned())
-            .is_none()
-        {
+        if ids.names.insert(peer_addr.to_owned(), identity).is_none() {
             ids.order.push_back(peer_addr.to_owned());
         }
         while ids.names.len() > MAX_IDENTITIES {
@@ -199,7 +284,7 @@ pub(crate) fn forget_identity(peer_addr: &str) {
 
 /// The certificate node name of the TLS connection from `peer_addr`, if there was one.
 pub(crate) fn identity(peer_addr: &str) -> Option<String> {
-    with_identities(|ids| ids.names.get(peer_addr).cloned())
+    with_identities(|ids| ids.names.get(peer_addr).map(|i| i.name.clone()))
 }
 
 #[cfg(test)]
@@ -211,11 +296,11 @@ mod tests {
     }
 
     fn ours(peer: &str) -> u128 {
-        with(|r| r[peer][0].ours)
+        with(|r| r.live[peer][0].ours)
     }
 
     fn theirs(peer: &str) -> u128 {
-        with(|r| r[peer][0].theirs)
+        with(|r| r.live[peer][0].theirs)
     }
 
     /// A stand-in for a session's actor: only its id is read here.
@@ -242,6 +327,7 @@ mod tests {
             node_id,
             ours: secret(),
             theirs: 0,
+            confirmed: false,
         }
     }
 
@@ -250,25 +336,29 @@ mod tests {
         // Process-wide registry: names of this test's own.
         let (a, b) = ("token-a@test", "token-b@test");
         let (session_a, session_b) = (session_of(9001).await, session_of(9002).await);
+        let a_id = session_a.actor.get_id();
         with(|r| {
-            r.insert(a.into(), vec![session_a]);
-            r.insert(b.into(), vec![session_b]);
+            r.live.insert(a.into(), vec![session_a]);
+            r.live.insert(b.into(), vec![session_b]);
         });
         let (for_a, for_b) = (ours(a), ours(b));
         assert_ne!(for_a, for_b);
 
-        // a's first cast, before it had one of ours to echo: not verified, its secret kept.
-        assert!(!verify(a, Some(&token(11, 0))));
-        assert_eq!(theirs(a), 11);
-        // b poses as a, echoing the secret it was sent: not verified, and a's secret stays.
+        // b poses as a before a's first cast, echoing the secret it was sent: not verified.
         assert!(!verify(a, Some(&token(66, for_b))));
-        assert_eq!(theirs(a), 11, "a forger replaced a's secret");
+        assert_eq!(theirs(a), 66);
+        // a's first cast, before it had one of ours to echo: not verified, and until a cast
+        // proves itself the latest claim is what goes back (so b's could not stick).
+        assert!(!verify(a, Some(&token(11, 0))));
+        assert_eq!(theirs(a), 11, "a forged claim outlived the real one");
         // No metadata, or the wrong length: not verified.
         assert!(!verify(a, None));
         assert!(!verify(a, Some(&[1, 2, 3])));
-        // a echoing ours is; what it sends then is its secret.
+        // a echoing ours is; what it sends then is its secret, and stays.
         assert!(verify(a, Some(&token(12, for_a))));
         assert_eq!(theirs(a), 12);
+        assert!(!verify(a, Some(&token(67, for_b))));
+        assert_eq!(theirs(a), 12, "a forger replaced a proven secret");
         // Nobody is verified as a node this node has no session with.
         assert!(!verify("token-c@test", Some(&token(1, for_a))));
 
@@ -276,9 +366,15 @@ mod tests {
         let out = tokens_for([9001, 4242].into_iter());
         assert_eq!(out[0].as_deref(), Some(&*token(for_a, 12)));
         assert_eq!(out[1], None, "a node with no session was given a token");
+
+        // Once a's session closes, what a sent before (its leave) still proves itself for a
+        // while; nothing new goes out to it.
+        unregister(a_id);
+        assert!(verify(a, Some(&token(12, for_a))));
+        assert_eq!(tokens_for([9001].into_iter())[0], None);
         with(|r| {
-            r.remove(a);
-            r.remove(b);
+            r.live.remove(b);
+            r.retired.retain(|s| s.peer != a);
         });
     }
 
@@ -287,7 +383,7 @@ mod tests {
         // Process-wide map: addresses of this test's own.
         let addr = |i: usize| format!("192.0.2.1:{i}");
         for i in 0..MAX_IDENTITIES + 100 {
-            record_identity(&addr(i), &format!("n{i}@host"));
+            record_identity(&addr(i), &format!("n{i}@host"), None);
         }
         assert_eq!(identity(&addr(0)), None, "the oldest was kept past the cap");
         let last = MAX_IDENTITIES + 99;

@@ -3,9 +3,10 @@
 //! after each of its own heartbeats one of the node's, echoing the stamps of the victim's
 //! heartbeats it receives itself. Taken on trust, those forgeries keep the partitioned node's
 //! lease alive at the victim, which then serves that node's writes stale for as long as the
-//! forger keeps going. A cast proves its origin only by echoing the
-//! secret the victim sends over its session with that origin, which the forger never sees:
-//! the lease runs out, and the victim serves the partitioned node's writes within the lease.
+//! forger keeps going. A cast proves its origin only by echoing the secret the victim sends
+//! over its session with that origin, which the forger never sees: the lease runs out, and the
+//! victim serves the partitioned node's writes within the lease, both while its session with
+//! that node is still up and after it closed.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -57,16 +58,28 @@ fn a_peer_posing_as_a_partitioned_node_keeps_none_of_its_leases_alive() {
     assert_eq!(forging["ok"], "inject", "{forging}");
     to_b.partition();
     to_c.partition();
-    // c's session with a closes (no pings); b says a left, and keeps forging its heartbeats.
-    wait_for_peers_at_most(&mut c, 1);
-    let leave = b.ask(&format!("inject leave {origin} {node_incarnation}"));
-    assert_eq!(leave["ok"], "inject", "{leave}");
 
-    // a keeps writing to the shared database; none of its invalidations reach c.
+    // While c's session with a is still up (for the peer timeout, 3 s), a keeps writing to
+    // the shared database; none of its invalidations reach c.
     put(&mut a, "key", "v2");
     let committed = Instant::now();
     let took = served_within(&mut c, "key", "v2", committed, LEASE);
-    println!("with b posing as a, c served a's write {took:?} after its commit");
+    println!("with b posing as a, session up: c served a's write {took:?} after its commit");
+    assert!(
+        c.peers().iter().any(|p| p == &origin),
+        "c's session with a closed before the write was served: the forgeries were checked \
+         against no session"
+    );
+
+    // Once that session is closed, b also says a left the cluster (so membership stops
+    // expecting a session with it), and keeps forging its heartbeats.
+    wait_for_peers_at_most(&mut c, 1);
+    let leave = b.ask(&format!("inject leave {origin} {node_incarnation}"));
+    assert_eq!(leave["ok"], "inject", "{leave}");
+    put(&mut a, "key", "v3");
+    let committed = Instant::now();
+    let took = served_within(&mut c, "key", "v3", committed, LEASE);
+    println!("with b posing as a, session closed: c served a's write {took:?} after its commit");
     let refused = c.stat("unverified") - refused;
     println!("c refused {refused} envelopes that did not prove their origin");
     assert!(refused > 0, "c never saw b's forgeries");

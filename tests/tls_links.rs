@@ -59,6 +59,16 @@ fn a_tls_cluster_forms_and_invalidations_flow() {
     for node in &mut nodes[..2] {
         wait_for_value(node, "k", "v2");
     }
+    // Both ends of a TLS session derive its secret from the connection: every envelope proved
+    // its origin from the first one.
+    for node in &mut nodes {
+        assert_eq!(
+            node.stat("unverified"),
+            0,
+            "{} doubted a peer",
+            node.spec.name
+        );
+    }
 }
 
 #[test]
@@ -174,6 +184,11 @@ fn renewed_certificate_files_are_read_again_and_a_bad_set_is_refused() {
     let mut d = start(&d_spec);
     wait_for_session_with(&mut d, "a");
     wait_for_session_with(&mut b, "a");
+    assert_eq!(
+        a.stat("tls_reload_failures"),
+        1,
+        "writing the key, then the certificate, was read half-way"
+    );
     println!(
         "a: {} reloads, {} refused",
         a.stat("tls_reloads"),

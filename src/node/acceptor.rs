@@ -100,7 +100,10 @@ async fn handshake(
         Err(_) => return tracing::info!(%peer_addr, "TLS handshake timed out"),
     };
     match tls.admit(stream.get_ref().1.peer_certificates()) {
-        Ok(name) => sessions::record_identity(&peer_addr.to_string(), &name),
+        Ok(name) => {
+            let secret = session_secret(stream.get_ref().1);
+            sessions::record_identity(&peer_addr.to_string(), &name, secret)
+        }
         Err(reason) => return tracing::warn!(%peer_addr, %reason, "peer refused"),
     }
     let stream = NetworkStream::TlsServer {
@@ -138,7 +141,8 @@ pub(crate) async fn dial(
         .map_err(|_| "TLS handshake timed out")?
         .map_err(|e| e.to_string())?;
     let name = tls.admit(stream.get_ref().1.peer_certificates())?;
-    sessions::record_identity(&peer_addr.to_string(), &name);
+    let secret = session_secret(stream.get_ref().1);
+    sessions::record_identity(&peer_addr.to_string(), &name, secret);
     let stream = NetworkStream::TlsClient {
         stream,
         peer_addr,
@@ -150,4 +154,13 @@ pub(crate) async fn dial(
             is_server: false,
         })
         .map_err(|e| e.to_string())
+}
+
+/// The secret both ends of a TLS connection derive from its keying material (RFC 5705): what
+/// proves the origin of every envelope on the session that runs over it (`sessions::verify`).
+fn session_secret<D>(connection: &tokio_rustls::rustls::ConnectionCommon<D>) -> Option<u128> {
+    let secret = connection
+        .export_keying_material([0u8; 16], b"ractor_cache_sync session secret", None)
+        .ok()?;
+    Some(u128::from_le_bytes(secret))
 }

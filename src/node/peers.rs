@@ -185,7 +185,12 @@ impl NodeEventSubscription for PeerEvents {
             actor: ses.actor.clone(),
             ready_at: now_us(),
         };
-        crate::sessions::register(&session.name, ses.actor.clone(), ses.node_id);
+        crate::sessions::register(
+            &session.name,
+            ses.actor.clone(),
+            ses.node_id,
+            &ses.peer_addr,
+        );
         self.sessions.send_modify(|s| {
             s.insert(ses.actor.get_id(), session);
         });

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -47,8 +46,9 @@ pub(crate) struct Tls {
     pub(crate) server_name: ServerName<'static>,
     allowed: Vec<String>,
     current: RwLock<Configs>,
-    /// The files as last read (modification time and length): a change is read again.
-    seen: Mutex<Fingerprint>,
+    /// The files as last read, and as found at the last check: a change is read once it has
+    /// stayed put for one check (a renewal writes the key and the certificate one by one).
+    seen: Mutex<(Fingerprint, Fingerprint)>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
 }
@@ -62,7 +62,8 @@ struct Configs {
     node: Option<String>,
 }
 
-type Fingerprint = [Option<(SystemTime, u64)>; 3];
+/// A hash of each file's content (`None` for one that cannot be read).
+type Fingerprint = [Option<u64>; 3];
 
 impl Tls {
     pub(crate) fn load(files: &TlsFiles, allowed: Vec<String>) -> Result<Self> {
@@ -73,7 +74,7 @@ impl Tls {
             server_name: ServerName::try_from(TLS_CLUSTER_NAME).expect("a valid DNS name"),
             allowed,
             current: RwLock::new(configs),
-            seen: Mutex::new(seen),
+            seen: Mutex::new((seen, seen)),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
         })
@@ -89,18 +90,22 @@ impl Tls {
         self.read().connector.clone()
     }
 
-    /// Reads the certificate, key and CA files again if any changed since they were last
-    /// read: `None` if none did. A new set that does not load (unreadable, not PEM, a key
-    /// that does not match the certificate, a certificate for another node) is refused and
-    /// the one in use kept; it is tried again when the files change again.
+    /// Reads the certificate, key and CA files again if their content changed since they were
+    /// last read and has stayed the same since the previous check: `None` if not. A new set
+    /// that does not load (unreadable, not PEM, a key that does not match the certificate, a
+    /// certificate for another node) is refused and the one in use kept; it is tried again
+    /// when the files change again.
     pub(crate) fn reload_if_changed(&self) -> Option<Result<()>> {
         let now = fingerprint(&self.files);
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
+            let (read, last_check) = &mut *seen;
+            let settled = now == *last_check;
+            *last_check = now;
+            if now == *read || !settled {
                 return None;
             }
-            *seen = now;
+            *read = now;
         }
         let result = Configs::read(&self.files).and_then(|new| {
             let old = self.read().node.clone();
@@ -216,11 +221,15 @@ pub(crate) async fn watch(tls: Arc<Tls>, every: std::time::Duration) {
     }
 }
 
-/// Modification time and length of each file (`None` for one that cannot be read).
+/// A hash of each file's content: certificate files are a few KiB, and their modification
+/// time and length may well survive a renewal (`cp -p`, a key of the same size).
 fn fingerprint(files: &TlsFiles) -> Fingerprint {
+    use std::hash::{Hash, Hasher};
     [&files.cert, &files.key, &files.ca].map(|path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
+        let content = std::fs::read(path).ok()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        content.hash(&mut hasher);
+        Some(hasher.finish())
     })
 }
 

@@ -1,13 +1,26 @@
-//! A model test of the protocol core: one writer W and one reader R exchange publishes and
-//! heartbeats over a simulated network that drops, duplicates, reorders and delays messages,
-//! partitions, and crashes and restarts W. R caches one key and serves it only while its lease
-//! from W is valid. Invariant, checked at every read: R never serves a version older than one
-//! committed at least one lease earlier.
+//! A model test of the protocol core: one to three writers W and one reader R exchange
+//! publishes and heartbeats over a simulated network that drops, duplicates, reorders and
+//! delays messages, partitions each writer, and crashes and restarts writers. Every writer
+//! writes the same key in a shared source; R caches it and serves it only while its leases from
+//! every member are valid. Invariant, checked at every read: R never serves a version older
+//! than one committed at least one lease before the read.
 //!
-//! Besides the table, R repairs when an incarnation of W it has never heard of first reaches
-//! it: in the real system that is the process-group join of W's new actor, which ractor hands to
-//! R's Synchronization actor before any message of that actor (the join travels on the session
-//! ahead of the actor's casts, and supervision events are handled before messages).
+//! What the model covers besides the table:
+//! - **coalescing**: a writer may hold an accepted invalidation in its batch and publish it
+//!   later; every heartbeat publishes the batch first (the rule the bound rests on);
+//! - **loads that take time**: a miss starts a load that reads the source when it starts and
+//!   installs when it finishes, unless an invalidation or a repair came in between; a read
+//!   joins a load only if it started less than a lease ago;
+//! - **forgetting**: a writer silent for `forget_after` is forgotten (a repair);
+//! - **forgeries**: a peer posing as a writer sends heartbeats echoing R's latest stamp (it
+//!   receives R's heartbeats too) and publishes with absurd sequence numbers. They do not prove
+//!   their origin (see `sessions::verify`), so R applies their invalidations and feeds nothing
+//!   of them to the table, as the Synchronization actor does.
+//!
+//! R also repairs when an incarnation of a writer it has never heard of first reaches it: in
+//! the real system that is the process-group join of the writer's new actor, which ractor hands
+//! to R's Synchronization actor before any message of that actor (the join travels on the
+//! session ahead of the actor's casts, and supervision events are handled before messages).
 
 use proptest::prelude::*;
 
@@ -15,9 +28,11 @@ use super::{Beat, LeaseParams, PeerTable};
 use crate::protocol::arrival::Arrival;
 
 const LEASE: u64 = 1_000;
+const FORGET_AFTER: u64 = 3 * LEASE;
+const MAX_WRITERS: usize = 3;
 
 #[derive(Debug, Clone)]
-enum Msg {
+enum Body {
     Publish {
         inc: u64,
         seq: u64,
@@ -32,9 +47,23 @@ enum Msg {
 }
 
 #[derive(Debug, Clone)]
+struct Msg {
+    from: usize,
+    /// Whether the cast proves it came from `from` (false for forgeries).
+    verified: bool,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
 enum Step {
-    Write,
-    WriterBeat,
+    /// A writer commits a new version; `batch`: its invalidation waits in the batch.
+    Write {
+        writer: usize,
+        batch: bool,
+    },
+    /// The coalescing window ends: the batch is published.
+    Flush(usize),
+    WriterBeat(usize),
     ReaderBeat,
     Deliver {
         to_reader: bool,
@@ -47,22 +76,44 @@ enum Step {
     },
     Advance(u64),
     Read,
-    CrashWriter,
-    Partition(bool),
+    FinishLoad(usize),
+    /// The reader's actor ticks: silent peers are forgotten.
+    Tick,
+    CrashWriter(usize),
+    Partition {
+        writer: usize,
+        on: bool,
+    },
+    ForgeBeat {
+        writer: usize,
+        last_seq: u64,
+    },
+    ForgePublish {
+        writer: usize,
+        seq: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    let w = 0..MAX_WRITERS;
     prop_oneof![
-        3 => Just(Step::Write),
-        3 => Just(Step::WriterBeat),
+        3 => (w.clone(), any::<bool>()).prop_map(|(writer, batch)| Step::Write { writer, batch }),
+        2 => w.clone().prop_map(Step::Flush),
+        4 => w.clone().prop_map(Step::WriterBeat),
         3 => Just(Step::ReaderBeat),
-        8 => (any::<bool>(), 0usize..8, prop::bool::weighted(0.1))
+        10 => (any::<bool>(), 0usize..8, prop::bool::weighted(0.1))
             .prop_map(|(to_reader, pick, duplicate)| Step::Deliver { to_reader, pick, duplicate }),
         2 => (any::<bool>(), 0usize..8).prop_map(|(to_reader, pick)| Step::Drop { to_reader, pick }),
         4 => (1u64..400).prop_map(Step::Advance),
         6 => Just(Step::Read),
-        1 => Just(Step::CrashWriter),
-        1 => any::<bool>().prop_map(Step::Partition),
+        3 => (0usize..4).prop_map(Step::FinishLoad),
+        1 => Just(Step::Tick),
+        1 => w.clone().prop_map(Step::CrashWriter),
+        1 => (w.clone(), any::<bool>()).prop_map(|(writer, on)| Step::Partition { writer, on }),
+        1 => (w.clone(), prop_oneof![Just(0u64), Just(1u64), Just(1_000_000_000)])
+            .prop_map(|(writer, last_seq)| Step::ForgeBeat { writer, last_seq }),
+        1 => (w, prop_oneof![Just(1u64), Just(1_000_000_000)])
+            .prop_map(|(writer, seq)| Step::ForgePublish { writer, seq }),
     ]
 }
 
@@ -72,39 +123,59 @@ struct Writer {
     seq: u64,
     /// The highest heartbeat stamp received from the reader (the reader's clock).
     reader_stamp: Option<u64>,
+    /// Versions whose invalidation waits in the batch.
+    batch: Vec<u64>,
+    to_writer: Vec<u64>, // reader heartbeat stamps on their way to this writer
+    partitioned: bool,
+}
+
+/// A load in flight on the reader.
+struct Load {
+    started: u64,
+    /// What the source held when the load read it.
+    version: u64,
+    /// An invalidation or a repair came in after it started: it must not install.
+    overtaken: bool,
 }
 
 struct World {
     now: u64,
     committed: Vec<(u64, u64)>, // (commit time, version)
-    writer: Writer,
+    writers: Vec<Writer>,
     table: PeerTable,
     cached: Option<u64>,
+    loads: Vec<Load>,
     to_reader: Vec<Msg>,
-    to_writer: Vec<u64>, // reader heartbeat stamps
-    partitioned: bool,
-    /// Incarnations of W whose join R has seen.
-    joined: Vec<u64>,
+    /// The reader's latest heartbeat stamp, which a forger receives like every peer.
+    reader_stamp: Option<u64>,
+    /// (writer, incarnation) pairs whose join R has seen.
+    joined: Vec<(usize, u64)>,
+}
+
+fn name(writer: usize) -> String {
+    format!("w{writer}")
 }
 
 impl World {
-    fn new() -> Self {
+    fn new(writers: usize) -> Self {
         let params = LeaseParams {
             lease: LEASE,
-            forget_after: 1_000_000,
+            forget_after: FORGET_AFTER,
         };
         Self {
             now: 1,
             committed: vec![(0, 0)],
-            writer: Writer {
-                inc: 1,
-                ..Writer::default()
-            },
+            writers: (0..writers)
+                .map(|_| Writer {
+                    inc: 1,
+                    ..Writer::default()
+                })
+                .collect(),
             table: PeerTable::new(params),
             cached: None,
+            loads: Vec::new(),
             to_reader: Vec::new(),
-            to_writer: Vec::new(),
-            partitioned: false,
+            reader_stamp: None,
             joined: Vec::new(),
         }
     }
@@ -114,26 +185,38 @@ impl World {
     }
 
     fn run(&mut self, step: Step) -> Result<(), TestCaseError> {
+        let n = self.writers.len();
         match step {
-            Step::Write => {
+            Step::Write { writer, batch } => {
+                let w = writer % n;
                 let version = self.current_version() + 1;
                 self.committed.push((self.now, version));
-                self.writer.seq += 1;
-                let (inc, seq) = (self.writer.inc, self.writer.seq);
-                self.send_to_reader(Msg::Publish { inc, seq, version });
+                if batch {
+                    self.writers[w].batch.push(version);
+                } else {
+                    self.publish(w, version);
+                }
             }
-            Step::WriterBeat => {
-                let w = &self.writer;
-                let (inc, last_seq, echo) = (w.inc, w.seq, w.reader_stamp);
-                let stamp = self.now;
-                self.send_to_reader(Msg::Beat {
-                    inc,
-                    stamp,
-                    last_seq,
-                    echo,
-                });
+            Step::Flush(w) => self.flush(w % n),
+            Step::WriterBeat(w) => {
+                let w = w % n;
+                // Every heartbeat covers every invalidation accepted before it.
+                self.flush(w);
+                let writer = &self.writers[w];
+                let body = Body::Beat {
+                    inc: writer.inc,
+                    stamp: self.now,
+                    last_seq: writer.seq,
+                    echo: writer.reader_stamp,
+                };
+                self.send(w, body);
             }
-            Step::ReaderBeat if !self.partitioned => self.to_writer.push(self.now),
+            Step::ReaderBeat => {
+                self.reader_stamp = Some(self.now);
+                for writer in self.writers.iter_mut().filter(|w| !w.partitioned) {
+                    writer.to_writer.push(self.now);
+                }
+            }
             Step::Deliver {
                 to_reader: true,
                 pick,
@@ -151,10 +234,12 @@ impl World {
                 to_reader: false,
                 pick,
                 ..
-            } if !self.to_writer.is_empty() => {
-                let stamp = self.to_writer.remove(pick % self.to_writer.len());
-                let w = &mut self.writer;
-                w.reader_stamp = Some(w.reader_stamp.map_or(stamp, |s| s.max(stamp)));
+            } => {
+                let writer = &mut self.writers[pick % n];
+                if !writer.to_writer.is_empty() {
+                    let stamp = writer.to_writer.remove(pick % writer.to_writer.len());
+                    writer.reader_stamp = Some(writer.reader_stamp.map_or(stamp, |s| s.max(stamp)));
+                }
             }
             Step::Drop {
                 to_reader: true,
@@ -166,49 +251,138 @@ impl World {
             Step::Drop {
                 to_reader: false,
                 pick,
-            } if !self.to_writer.is_empty() => {
-                let at = pick % self.to_writer.len();
-                self.to_writer.remove(at);
+            } => {
+                let writer = &mut self.writers[pick % n];
+                if !writer.to_writer.is_empty() {
+                    let at = pick % writer.to_writer.len();
+                    writer.to_writer.remove(at);
+                }
             }
             Step::Advance(by) => self.now += by,
             Step::Read => return self.read(),
-            Step::CrashWriter => {
-                self.writer = Writer {
-                    inc: self.writer.inc + 1,
+            Step::FinishLoad(pick) if !self.loads.is_empty() => {
+                let load = self.loads.remove(pick % self.loads.len());
+                if !load.overtaken {
+                    self.cached = Some(load.version);
+                }
+            }
+            Step::Tick if !self.table.forget_silent(self.now).is_empty() => self.repair(),
+            Step::CrashWriter(w) => {
+                let w = w % n;
+                // Its session dies with whatever it had not sent, its batch included.
+                self.writers[w] = Writer {
+                    inc: self.writers[w].inc + 1,
+                    partitioned: self.writers[w].partitioned,
                     ..Writer::default()
                 };
-                self.to_reader.clear();
-                self.to_writer.clear();
+                self.to_reader.retain(|m| m.from != w || !m.verified);
             }
-            Step::Partition(on) => self.partitioned = on,
+            Step::Partition { writer, on } => self.writers[writer % n].partitioned = on,
+            Step::ForgeBeat { writer, last_seq } => {
+                let w = writer % n;
+                let body = Body::Beat {
+                    inc: self.writers[w].inc,
+                    stamp: self.now,
+                    last_seq,
+                    echo: self.reader_stamp,
+                };
+                self.forge(w, body);
+            }
+            Step::ForgePublish { writer, seq } => {
+                let w = writer % n;
+                let body = Body::Publish {
+                    inc: self.writers[w].inc,
+                    seq,
+                    version: self.current_version(),
+                };
+                self.forge(w, body);
+            }
             _ => {}
         }
         Ok(())
     }
 
-    fn send_to_reader(&mut self, msg: Msg) {
-        if !self.partitioned {
-            self.to_reader.push(msg);
+    fn publish(&mut self, w: usize, version: u64) {
+        let writer = &mut self.writers[w];
+        writer.seq += 1;
+        let body = Body::Publish {
+            inc: writer.inc,
+            seq: writer.seq,
+            version,
+        };
+        self.send(w, body);
+    }
+
+    /// One envelope for the whole batch, as the cache's coalescing sends it.
+    fn flush(&mut self, w: usize) {
+        if let Some(&version) = self.writers[w].batch.iter().max() {
+            self.writers[w].batch.clear();
+            self.publish(w, version);
+        }
+    }
+
+    fn send(&mut self, from: usize, body: Body) {
+        if !self.writers[from].partitioned {
+            self.to_reader.push(Msg {
+                from,
+                verified: true,
+                body,
+            });
+        }
+    }
+
+    /// A forger is never partitioned from the reader.
+    fn forge(&mut self, from: usize, body: Body) {
+        self.to_reader.push(Msg {
+            from,
+            verified: false,
+            body,
+        });
+    }
+
+    /// Everything cached, and every load in flight, may be older than a lost invalidation.
+    fn repair(&mut self) {
+        self.cached = None;
+        for load in &mut self.loads {
+            load.overtaken = true;
+        }
+    }
+
+    /// An invalidation of the key at `version`.
+    fn invalidate(&mut self, version: u64) {
+        if self.cached.is_some_and(|c| c < version) {
+            self.cached = None;
+        }
+        for load in self.loads.iter_mut().filter(|l| l.version < version) {
+            load.overtaken = true;
         }
     }
 
     fn receive(&mut self, msg: Msg) {
-        let (Msg::Publish { inc, .. } | Msg::Beat { inc, .. }) = msg;
-        if !self.joined.contains(&inc) {
-            self.joined.push(inc);
-            self.cached = None; // the join's repair (PeerJoined)
-        }
-        match msg {
-            Msg::Publish { inc, seq, version } => {
-                let arrival = self.table.on_publish("w", inc, seq, self.now);
-                if matches!(arrival, Arrival::Gap { .. } | Arrival::NewIncarnation) {
-                    self.cached = None; // repair
-                }
-                if arrival != Arrival::Duplicate && self.cached.is_some_and(|c| c < version) {
-                    self.cached = None;
-                }
+        let origin = name(msg.from);
+        if !msg.verified {
+            // What the Synchronization actor does with an envelope that does not prove its
+            // origin: its invalidation is applied, and nothing of it reaches the table.
+            if let Body::Publish { version, .. } = msg.body {
+                self.invalidate(version);
             }
-            Msg::Beat {
+            return;
+        }
+        let (Body::Publish { inc, .. } | Body::Beat { inc, .. }) = msg.body;
+        if !self.joined.contains(&(msg.from, inc)) {
+            self.joined.push((msg.from, inc));
+            self.repair(); // the join's repair (PeerJoined)
+        }
+        match msg.body {
+            Body::Publish { inc, seq, version } => {
+                let arrival = self.table.on_publish(&origin, inc, seq, self.now);
+                if matches!(arrival, Arrival::Gap { .. } | Arrival::NewIncarnation) {
+                    self.repair();
+                }
+                // A cache applies what the sequence numbers call a duplicate too.
+                self.invalidate(version);
+            }
+            Body::Beat {
                 inc,
                 stamp,
                 last_seq,
@@ -221,20 +395,40 @@ impl World {
                     echo,
                     acked: None,
                 };
-                if self.table.on_beat("w", beat, self.now).is_some() {
-                    self.cached = None; // repair
+                if self.table.on_beat(&origin, beat, self.now).is_some() {
+                    self.repair();
                 }
             }
         }
     }
 
     fn read(&mut self) -> Result<(), TestCaseError> {
+        let members = self.writers.len();
         let served = match self.cached {
-            Some(version) if self.now < self.table.valid_until(1) => version,
+            Some(version) if self.now < self.table.valid_until(members) => version,
+            // A miss (or a bypass): join a load that started less than a lease ago, or start
+            // one. Either answers with what the source held at its start, which is no older
+            // than a lease before this read.
             _ => {
-                let version = self.current_version();
-                self.cached = Some(version);
-                version
+                let recent = self.now.saturating_sub(LEASE);
+                let joined = self
+                    .loads
+                    .iter()
+                    .filter(|l| l.started > recent)
+                    .map(|l| l.version)
+                    .max();
+                match joined {
+                    Some(version) => version,
+                    None => {
+                        let version = self.current_version();
+                        self.loads.push(Load {
+                            started: self.now,
+                            version,
+                            overtaken: false,
+                        });
+                        version
+                    }
+                }
             }
         };
         let required = self
@@ -258,11 +452,157 @@ proptest! {
 
     #[test]
     fn a_reader_never_serves_a_value_older_than_one_lease(
+        writers in 1..=MAX_WRITERS,
         steps in prop::collection::vec(step(), 1..300)
     ) {
-        let mut world = World::new();
+        let mut world = World::new(writers);
         for step in steps {
             world.run(step)?;
         }
     }
+}
+
+/// Runs a hand-written schedule; the error names the read that broke the bound.
+fn run_schedule(writers: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut world = World::new(writers);
+    if let Some(&Step::Partition { writer, on: true }) = steps.first() {
+        world.writers[writer].partitioned = true; // from the start: never heard from
+    }
+    steps.into_iter().try_for_each(|step| world.run(step))
+}
+
+const TO_READER: Step = Step::Deliver {
+    to_reader: true,
+    pick: 0,
+    duplicate: false,
+};
+
+/// Delivers the oldest reader heartbeat to writer `w`.
+fn to_writer(w: usize) -> Step {
+    Step::Deliver {
+        to_reader: false,
+        pick: w,
+        duplicate: false,
+    }
+}
+
+/// The first steps of every schedule: the writers' leases set up (each heard, and each
+/// echoing a reader heartbeat), the key cached at v0, and time at 1.
+fn established(writers: usize) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for w in 0..writers {
+        steps.extend([Step::WriterBeat(w), TO_READER]);
+    }
+    steps.push(Step::ReaderBeat);
+    for w in 0..writers {
+        steps.extend([to_writer(w), Step::WriterBeat(w), TO_READER]);
+    }
+    steps.extend([Step::Read, Step::FinishLoad(0)]);
+    steps
+}
+
+/// The overtaking schedule: an invalidation waits in the writer's batch while a reader
+/// heartbeat reaches the writer, and the writer's next heartbeat echoes it. Were that
+/// heartbeat sent without publishing the batch first, it would renew the lease past the
+/// invalidation it does not cover, and the reader would serve v0 more than a lease after v1.
+#[test]
+fn a_heartbeat_never_renews_a_lease_past_an_invalidation_still_in_the_batch() {
+    let mut steps = established(1);
+    steps.extend([
+        Step::Advance(10),
+        Step::Write {
+            writer: 0,
+            batch: true,
+        },
+        Step::Advance(10),
+        Step::ReaderBeat,
+        to_writer(0),
+        Step::WriterBeat(0),
+        TO_READER,
+        TO_READER,
+        // Past v1's commit by a lease, before the lease that heartbeat would give ends.
+        Step::Advance(995),
+        Step::Read,
+    ]);
+    run_schedule(1, steps).unwrap();
+}
+
+/// A member never heard from (partitioned from the start) keeps the gate closed, however
+/// valid the other members' leases are.
+#[test]
+fn a_member_never_heard_from_keeps_the_gate_closed() {
+    let mut steps = vec![Step::Partition {
+        writer: 1,
+        on: true,
+    }];
+    steps.extend(established(1));
+    steps.extend([
+        Step::Write {
+            writer: 1,
+            batch: false,
+        },
+        Step::Advance(LEASE),
+        Step::ReaderBeat,
+        to_writer(0),
+        Step::WriterBeat(0),
+        TO_READER,
+        Step::Read,
+    ]);
+    run_schedule(2, steps).unwrap();
+}
+
+/// A peer posing as a partitioned writer echoes the reader's latest stamps in heartbeats of
+/// its own: they renew nothing, and the writer's lease runs out.
+#[test]
+fn forged_heartbeats_renew_no_lease() {
+    let mut steps = established(1);
+    steps.extend([
+        Step::Partition {
+            writer: 0,
+            on: true,
+        },
+        Step::Write {
+            writer: 0,
+            batch: false,
+        },
+    ]);
+    for _ in 0..3 {
+        steps.extend([
+            Step::Advance(400),
+            Step::ReaderBeat,
+            Step::ForgeBeat {
+                writer: 0,
+                last_seq: 0,
+            },
+            TO_READER,
+        ]);
+    }
+    steps.push(Step::Read);
+    run_schedule(1, steps).unwrap();
+}
+
+/// A writer restarts before any message of its first incarnation reached the reader, and its
+/// new incarnation has published nothing yet: its heartbeats speak for the new incarnation
+/// only, so only the repair of its process-group join keeps the reader from serving v0 past
+/// the lease after v1 (committed by the first incarnation, whose invalidation died with it).
+#[test]
+fn a_restart_before_the_first_message_arrived_is_caught_by_the_join() {
+    let steps = vec![
+        Step::Read,
+        Step::FinishLoad(0),
+        Step::Advance(10),
+        Step::Write {
+            writer: 0,
+            batch: false,
+        },
+        Step::CrashWriter(0),
+        Step::Advance(10),
+        Step::ReaderBeat,
+        to_writer(0),
+        Step::WriterBeat(0),
+        TO_READER,
+        Step::Advance(995),
+        Step::Read,
+    ];
+    run_schedule(1, steps).unwrap();
 }

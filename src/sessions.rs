@@ -194,6 +194,17 @@ fn secret() -> u128 {
     u128::from_le_bytes(bytes).max(1)
 }
 
+/// The name of the peer of the ready session with id `node` (as remote actors' stubs carry
+/// it).
+pub(crate) fn name_of(node: NodeId) -> Option<String> {
+    with(|r| {
+        r.live
+            .iter()
+            .find(|(_, sessions)| sessions.iter().any(|s| s.node_id == node))
+            .map(|(name, _)| name.clone())
+    })
+}
+
 /// Whether this node has a ready session with `peer`.
 pub(crate) fn has_session(peer: &str) -> bool {
     with(|r| r.live.contains_key(peer))

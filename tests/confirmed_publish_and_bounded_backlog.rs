@@ -64,6 +64,37 @@ fn a_member_not_heard_from_counts_as_missing() {
     wait_for_value(&mut nodes[2], "k", "v1");
 }
 
+/// The backlog bound covers a member this node has not heard from too (forgotten while its
+/// stopped process's session stays open until the peer timeout): a burst at it closes its
+/// session once the bound is passed.
+#[test]
+fn a_burst_at_a_member_not_heard_from_is_bounded_too() {
+    let cluster = Cluster::new();
+    let mut specs = cluster.mesh_specs(&["a", "b"]);
+    specs[0] = specs[0]
+        .clone()
+        .arg("--lease-ms")
+        .arg("300")
+        .arg("--heartbeat-ms")
+        .arg("50")
+        .arg("--forget-after-ms")
+        .arg("400")
+        .arg("--peer-timeout-ms")
+        .arg("20000")
+        .arg("--max-backlog-bytes")
+        .arg("65536");
+    let mut nodes = cluster.start_mesh(&specs);
+    signal(&nodes[1], Signal::SIGSTOP);
+    // a forgets b after 400 ms; b's session stays open (the peer timeout is 20 s).
+    wait_for_stat(&mut nodes[0], "peers_forgotten", 1);
+    let burst = nodes[0].ask("burst 100000");
+    assert_eq!(burst["ok"], "burst", "{burst}");
+    wait_for_stat(&mut nodes[0], "backlog_overflows", 1);
+    let down = nodes[0].stat("peers_declared_down");
+    signal(&nodes[1], Signal::SIGCONT);
+    assert_eq!(down, 0, "the watchdog, not the bound, closed b's session");
+}
+
 fn rss_kib(node: &NodeProcess) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();

@@ -71,6 +71,9 @@ pub(crate) struct SynchronizationState<M> {
     /// applying one twice changes nothing, and a forged sequence number then cannot hide a
     /// peer's later ones).
     pub(super) idempotent: bool,
+    /// Remote members not heard from (by session id), with the last sequence number published
+    /// when this actor first saw each: what bounds their backlog.
+    pub(super) unheard: std::collections::HashMap<u64, u64>,
     /// Fault injection: the origin (name, incarnation) to forge a heartbeat for after each of
     /// this node's own, as a peer posing as another would.
     #[cfg(feature = "fault-injection")]
@@ -136,6 +139,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             heartbeat_us: heartbeat,
             waiters: Vec::new(),
             idempotent: args.idempotent,
+            unheard: std::collections::HashMap::new(),
             #[cfg(feature = "fault-injection")]
             impersonating: None,
         };

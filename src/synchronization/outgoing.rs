@@ -59,6 +59,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
     /// Closes the session of every peer that left more than `max_backlog` of our messages
     /// unacknowledged, dropping what ractor_cluster queued for it.
     pub(super) fn shed_overflowing_peers(&mut self) {
+        self.shed_overflowing_unheard();
         let limit = self.max_backlog;
         let peers = &self.peers;
         let overflowing = self
@@ -75,6 +76,41 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 bump(&self.shared.counters.backlog_overflows);
                 self.peers.forgive(&peer, last_seq);
             }
+        }
+    }
+
+    /// The same bound for members of the topic this node has not heard from (just joined,
+    /// forgotten while their session stays open, or never proving their origin): everything
+    /// published since this actor first saw one is unacknowledged.
+    fn shed_overflowing_unheard(&mut self) {
+        let last_seq = self.outbox.last_seq();
+        let mut present = Vec::new();
+        for cell in super::outbox::remote_members(&self.group) {
+            let node = cell.get_id().node();
+            let Some(name) = crate::sessions::name_of(node) else {
+                continue; // its session is gone: nothing more is queued for it
+            };
+            if !self.peers.knows(&name) {
+                self.unheard.entry(node).or_insert(last_seq);
+                present.push((node, name));
+            }
+        }
+        self.unheard
+            .retain(|node, _| present.iter().any(|(n, _)| n == node));
+        let limit = self.max_backlog;
+        let unheard = &self.unheard;
+        let overflowing: Vec<(u64, String)> = self.outbox.unacked(|unacked_since| {
+            present
+                .into_iter()
+                .filter(|(node, _)| unheard.get(node).is_some_and(|&s| unacked_since(s) > limit))
+                .collect()
+        });
+        for (node, name) in overflowing {
+            if crate::sessions::close_session(&name, "backlog overflow of a member not heard from")
+            {
+                bump(&self.shared.counters.backlog_overflows);
+            }
+            self.unheard.remove(&node);
         }
     }
 

@@ -266,11 +266,20 @@ fn with_identities<T>(f: impl FnOnce(&mut Identities) -> T) -> T {
 /// Records what the TLS connection from `peer_addr` established: the certificate's node
 /// name and, if the connection could export one, the secret of the session that will run on it.
 pub(crate) fn record_identity(peer_addr: &str, name: &str, secret: Option<u128>) {
-    let identity = Identity {
+    let mut identity = Identity {
         name: name.to_owned(),
         secret: secret.filter(|&s| s != 0),
     };
     with_identities(|ids| {
+        // Two connections dialled to one address at once share its key here: which secret
+        // belongs to which session is unknown, so neither gets one (a session without it
+        // falls back to random secrets, which the peers settle in a round trip).
+        if let Some(earlier) = ids.names.get_mut(peer_addr) {
+            if earlier.secret != identity.secret {
+                earlier.secret = None;
+                identity.secret = None;
+            }
+        }
         if ids.names.insert(peer_addr.to_owned(), identity).is_none() {
             ids.order.push_back(peer_addr.to_owned());
         }
@@ -390,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn past_the_cap_only_the_oldest_identities_are_dropped() {
+    fn identities_go_oldest_first_past_the_cap_and_a_shared_address_gets_no_secret() {
         // Process-wide map: addresses of this test's own.
         let addr = |i: usize| format!("192.0.2.1:{i}");
         for i in 0..MAX_IDENTITIES + 100 {
@@ -409,5 +418,18 @@ mod tests {
         );
         forget_identity(&addr(last));
         assert_eq!(identity(&addr(last)), None);
+
+        // One process-wide map, so in the same test: a second connection dialled to an address
+        // before the first closed leaves neither with the connection's secret.
+        let secret = |addr: &str| with_identities(|ids| ids.names.get(addr).map(|i| i.secret));
+        record_identity("192.0.2.9:1", "a", Some(7));
+        assert_eq!(secret("192.0.2.9:1"), Some(Some(7)));
+        record_identity("192.0.2.9:1", "a", Some(8));
+        assert_eq!(
+            secret("192.0.2.9:1"),
+            Some(None),
+            "a session could take the other's secret"
+        );
+        forget_identity("192.0.2.9:1");
     }
 }

@@ -192,9 +192,11 @@ fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
         put(&mut a, "k", "v");
         assert_eq!(b.value("k").as_deref(), Some("v"));
         // ractor_cluster's own listener stops accepting at the limit (it retries `accept`
-        // without pause): the flood stalls at ~1 140 sockets, the kernel's backlog full.
+        // without pause): the flood stalls at ~1 140 sockets, the kernel's backlog full. How
+        // far past that a flood gets in 1.5 s depends on the machine's load (3 720 idle, 2 020
+        // with the whole test suite running): a few hundred past the stall tells them apart.
         assert!(
-            held >= 2_048,
+            held >= 1_500,
             "connections stopped being accepted past the open-files limit: {held} got in"
         );
         (joined, spun)

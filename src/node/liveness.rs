@@ -9,10 +9,12 @@ use std::sync::{Arc, OnceLock, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::membership::Membership;
-use super::watchdog::LIVENESS_TOPIC;
 use crate::error::{Error, Result};
 use crate::synchronization::{SyncConfig, Synchronization};
 use crate::topic::Topic;
+
+/// The internal topic every node heartbeats on.
+pub(crate) const LIVENESS_TOPIC: &str = "ractor_cache_sync::nodes";
 
 /// The current node-level actor, as the node and its watchdog reach it.
 pub(crate) struct Liveness {

@@ -20,9 +20,6 @@ use super::membership::Membership;
 use super::peers::{Handshakes, Sessions};
 use crate::clock::now_us;
 
-/// The internal topic every node heartbeats on.
-pub(crate) const LIVENESS_TOPIC: &str = "ractor_cache_sync::nodes";
-
 pub(crate) struct Watchdog {
     pub(crate) liveness: Arc<super::liveness::Liveness>,
     pub(crate) sessions: watch::Receiver<Sessions>,

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `members`, `stats`,
-//! `burst N`, `inject HEX|foreign`, `kill-sync`, `quit`.
+//! `burst N`, `inject ...` (fault injection), `kill-sync`, `kill-liveness`, `simulate-suspend MS`,
+//! `quit`.
 //! See `examples/README.md` for the reply formats.
 #![recursion_limit = "256"] // the `stats` reply is one `json!` object with many keys
 

@@ -116,25 +116,30 @@ fn ours(trace: &[u64], capacity: u64) -> f64 {
 
 fn quick(trace: &[u64], capacity: u64) -> f64 {
     let cache = quick_cache::sync::Cache::<u64, u64>::new(capacity as usize);
-    let mut hits = 0;
-    for &key in trace {
-        if cache.get(&key).is_some() {
-            hits += 1;
-        } else {
-            cache.insert(key, key);
-        }
-    }
-    percent(hits, trace.len())
+    replay(
+        trace,
+        |key| cache.get(&key).is_some(),
+        |key| cache.insert(key, key),
+    )
 }
 
 fn moka(trace: &[u64], capacity: u64) -> f64 {
     let cache = moka::sync::Cache::<u64, u64>::new(capacity);
+    replay(
+        trace,
+        |key| cache.get(&key).is_some(),
+        |key| cache.insert(key, key),
+    )
+}
+
+/// The hit ratio of a plain cache over `trace`: a miss inserts the key.
+fn replay(trace: &[u64], hit: impl Fn(u64) -> bool, insert: impl Fn(u64)) -> f64 {
     let mut hits = 0;
     for &key in trace {
-        if cache.get(&key).is_some() {
+        if hit(key) {
             hits += 1;
         } else {
-            cache.insert(key, key);
+            insert(key);
         }
     }
     percent(hits, trace.len())

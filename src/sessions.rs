@@ -121,6 +121,14 @@ impl Registry {
         }
     }
 
+    /// The ready session with id `node` (as remote actors' stubs carry it), and its peer's
+    /// name.
+    fn by_node(&self, node: NodeId) -> Option<(&String, &Session)> {
+        self.live
+            .iter()
+            .find_map(|(name, sessions)| Some((name, sessions.iter().find(|s| s.node_id == node)?)))
+    }
+
     fn retired_accepts(&mut self, peer: &str, echoed: u128) -> bool {
         let now = Instant::now();
         self.retired.retain(|r| r.until > now);
@@ -140,7 +148,7 @@ pub(crate) fn tokens_for(nodes: impl Iterator<Item = NodeId>) -> Vec<Option<Vec<
     with(|r| {
         nodes
             .map(|node| {
-                let session = r.live.values().flatten().find(|s| s.node_id == node)?;
+                let (_, session) = r.by_node(node)?;
                 let mut token = Vec::with_capacity(TOKEN_BYTES);
                 token.extend_from_slice(&session.ours.to_le_bytes());
                 token.extend_from_slice(&session.theirs.to_le_bytes());
@@ -197,12 +205,7 @@ fn secret() -> u128 {
 /// The name of the peer of the ready session with id `node` (as remote actors' stubs carry
 /// it).
 pub(crate) fn name_of(node: NodeId) -> Option<String> {
-    with(|r| {
-        r.live
-            .iter()
-            .find(|(_, sessions)| sessions.iter().any(|s| s.node_id == node))
-            .map(|(name, _)| name.clone())
-    })
+    with(|r| r.by_node(node).map(|(name, _)| name.clone()))
 }
 
 /// Whether this node has a ready session with `peer`.

@@ -4,6 +4,7 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
+use cluster::NodeSpec;
 use cluster::{signal, wait_for_health, wait_for_stat, wait_for_value, Cluster, NodeProcess};
 use nix::sys::signal::Signal;
 
@@ -34,6 +35,16 @@ fn a_confirmed_put_names_the_peers_that_applied_it() {
     wait_for_value(&mut nodes[2], "k", "v2");
 }
 
+/// A node that forgets a silent peer after 400 ms (heartbeats every 50 ms, a 300 ms lease).
+fn forgets_fast(spec: NodeSpec) -> NodeSpec {
+    spec.arg("--lease-ms")
+        .arg("300")
+        .arg("--heartbeat-ms")
+        .arg("50")
+        .arg("--forget-after-ms")
+        .arg("400")
+}
+
 /// A member of the topic this node has not heard from (forgotten while its session stays
 /// open, as a stopped process's does until the peer timeout) is missing until it says it
 /// applied the message, not left out.
@@ -41,14 +52,7 @@ fn a_confirmed_put_names_the_peers_that_applied_it() {
 fn a_member_not_heard_from_counts_as_missing() {
     let cluster = Cluster::new();
     let mut specs = cluster.mesh_specs(&["a", "b", "c"]);
-    specs[0] = specs[0]
-        .clone()
-        .arg("--lease-ms")
-        .arg("300")
-        .arg("--heartbeat-ms")
-        .arg("50")
-        .arg("--forget-after-ms")
-        .arg("400");
+    specs[0] = forgets_fast(specs[0].clone());
     let mut nodes = cluster.start_mesh(&specs);
     signal(&nodes[2], Signal::SIGSTOP);
     // a forgets c after 400 ms; c's session stays open until the 3 s peer timeout.
@@ -71,14 +75,7 @@ fn a_member_not_heard_from_counts_as_missing() {
 fn a_burst_at_a_member_not_heard_from_is_bounded_too() {
     let cluster = Cluster::new();
     let mut specs = cluster.mesh_specs(&["a", "b"]);
-    specs[0] = specs[0]
-        .clone()
-        .arg("--lease-ms")
-        .arg("300")
-        .arg("--heartbeat-ms")
-        .arg("50")
-        .arg("--forget-after-ms")
-        .arg("400")
+    specs[0] = forgets_fast(specs[0].clone())
         .arg("--peer-timeout-ms")
         .arg("20000")
         .arg("--max-backlog-bytes")

@@ -122,24 +122,12 @@ impl Command {
                 }
             }
             "inject" if rest.starts_with("impersonate ") => {
-                let usage = "usage: inject impersonate ORIGIN INCARNATION";
-                match rest.split_whitespace().collect::<Vec<_>>()[..] {
-                    [_, origin, incarnation] => incarnation
-                        .parse()
-                        .map(|inc| Self::Inject(Injection::Impersonate(origin.to_owned(), inc)))
-                        .map_err(|_| usage.to_owned()),
-                    _ => Err(usage.into()),
-                }
+                origin_and_incarnation(rest, "usage: inject impersonate ORIGIN INCARNATION")
+                    .map(|(origin, inc)| Self::Inject(Injection::Impersonate(origin, inc)))
             }
             "inject" if rest.starts_with("leave ") => {
-                let usage = "usage: inject leave ORIGIN NODE_INCARNATION";
-                match rest.split_whitespace().collect::<Vec<_>>()[..] {
-                    [_, origin, incarnation] => incarnation
-                        .parse()
-                        .map(|inc| Self::Inject(Injection::Leave(origin.to_owned(), inc)))
-                        .map_err(|_| usage.to_owned()),
-                    _ => Err(usage.into()),
-                }
+                origin_and_incarnation(rest, "usage: inject leave ORIGIN NODE_INCARNATION")
+                    .map(|(origin, inc)| Self::Inject(Injection::Leave(origin, inc)))
             }
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
@@ -147,6 +135,17 @@ impl Command {
                 "unknown command {other:?} (expected put, put-confirmed, get, peers, stats, burst, inject, kill-sync or quit)"
             )),
         }
+    }
+}
+
+/// `WORD ORIGIN INCARNATION`: the origin and the incarnation, or `usage`.
+fn origin_and_incarnation(rest: &str, usage: &str) -> Result<(String, u64), String> {
+    match rest.split_whitespace().collect::<Vec<_>>()[..] {
+        [_, origin, incarnation] => incarnation
+            .parse()
+            .map(|inc| (origin.to_owned(), inc))
+            .map_err(|_| usage.to_owned()),
+        _ => Err(usage.to_owned()),
     }
 }
 

@@ -201,9 +201,15 @@ impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn forge_leave(&self, origin: &str, incarnation: u64) {
         let last_seq = self.applied_of(origin);
         let body = crate::protocol::envelope::Body::Leave { last_seq };
-        match crate::protocol::envelope::encode(&self.group, origin, incarnation, &body) {
+        self.cast_forged(origin, incarnation, &body);
+    }
+
+    /// Casts `body` to every remote member under `origin`'s name and `incarnation`.
+    #[cfg(feature = "fault-injection")]
+    fn cast_forged(&self, origin: &str, incarnation: u64, body: &crate::protocol::envelope::Body) {
+        match crate::protocol::envelope::encode(&self.group, origin, incarnation, body) {
             Ok(bytes) => self.outbox.cast_to_remote_members(bytes),
-            Err(error) => tracing::error!(%error, "forged leave not encoded"),
+            Err(error) => tracing::error!(%error, "forged envelope not encoded"),
         }
     }
 
@@ -234,9 +240,6 @@ impl<M: TopicMessage> SynchronizationState<M> {
             members: Vec::new(),
             bundled: Vec::new(),
         };
-        match crate::protocol::envelope::encode(&self.group, origin, *incarnation, &body) {
-            Ok(bytes) => self.outbox.cast_to_remote_members(bytes),
-            Err(error) => tracing::error!(%error, "forged heartbeat not encoded"),
-        }
+        self.cast_forged(origin, *incarnation, &body);
     }
 }

@@ -266,7 +266,12 @@ impl World {
                     self.cached = Some(load.version);
                 }
             }
-            Step::Tick if !self.table.forget_silent(self.now).is_empty() => self.repair(),
+            Step::Tick => {
+                let forgotten = self.table.forget_silent(self.now);
+                if !forgotten.is_empty() {
+                    self.repair();
+                }
+            }
             Step::CrashWriter(w) => {
                 let w = w % n;
                 // Its session dies with whatever it had not sent, its batch included.

@@ -55,6 +55,8 @@ pub struct Node {
     suspensions: Arc<AtomicU64>,
     /// Sessions closed because their handshake did not finish in time.
     timed_out: Arc<AtomicU64>,
+    /// Failed `accept` calls on the listener (see [`Node::accept_errors`]).
+    accept_errors: Arc<AtomicU64>,
     /// Whether every known member has a session with this node: caches check it.
     members: Arc<MemberGate>,
     /// Who this node knows of (gossip, configuration, discovery).
@@ -159,6 +161,7 @@ impl Node {
         let declared_down = Arc::new(AtomicU64::new(0));
         let suspensions = Arc::new(AtomicU64::new(0));
         let timed_out = Arc::new(AtomicU64::new(0));
+        let accept_errors = Arc::new(AtomicU64::new(0));
         let dialing = Dialing {
             server: server.clone(),
             sessions: sessions.clone(),
@@ -195,6 +198,7 @@ impl Node {
             server.clone(),
             config.handshake(),
             handshakes.clone(),
+            accept_errors.clone(),
         );
         tasks.push(tokio::spawn(accept));
         let watchdog = Watchdog {
@@ -206,6 +210,7 @@ impl Node {
             handshake_timeout: config.handshake(),
             declared_down: declared_down.clone(),
             timed_out: timed_out.clone(),
+            accept_errors: accept_errors.clone(),
             membership: membership.clone(),
             suspensions: suspensions.clone(),
         };
@@ -223,6 +228,7 @@ impl Node {
             declared_down,
             suspensions,
             timed_out,
+            accept_errors,
             members: membership.gate(),
             membership,
             tls,
@@ -366,6 +372,14 @@ impl Node {
     /// still accepts connections, an idle or slow client). Each would otherwise hold a socket.
     pub fn handshakes_timed_out(&self) -> u64 {
         self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// How many times accepting a connection on the listen address failed since start, most
+    /// often because the process ran out of file descriptors. The listener backs off after
+    /// each failure (10 ms, doubling to 1 s, reset by the next accepted connection), so this
+    /// grows by at most about 100 a second however many connections wait.
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
     }
 
     /// The membership gate this node's caches check on every read.

@@ -115,98 +115,198 @@ fn a_rogue_peer_with_valid_credentials_is_contained() {
     wait_for_value(b, "fact", "still-flowing");
 }
 
-/// CPU time (user + system, in clock ticks) the process `pid` has used so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start past the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |n: usize| {
-        fields
-            .get(n)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+/// Time the process `pid` has been runnable so far, on a core or waiting for one, summed over
+/// its threads (`/proc/PID/task/*/schedstat`: run and run-queue wait, in nanoseconds). A thread
+/// that spins is runnable all the time however busy the machine is, where its CPU share would
+/// shrink with the load; a thread that waits for I/O is not runnable at all.
+fn runnable_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
     };
-    field(11) + field(12) // utime, stime (fields 14 and 15 of the whole line)
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .map(|stat| {
+            stat.split_whitespace()
+                .take(2)
+                .filter_map(|field| field.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Threads of `pid` that were runnable during `window`, on average: about 1.0 for one
+/// spinning thread, about 0 for a process waiting on sockets and timers.
+fn runnable_threads(pid: u32, window: Duration) -> f64 {
+    let (before, started) = (runnable_ns(pid), Instant::now());
+    std::thread::sleep(window);
+    let ran = runnable_ns(pid).saturating_sub(before);
+    ran as f64 / started.elapsed().as_nanos() as f64
+}
+
+/// Most sockets a listener that stopped accepting at the open-files limit lets in: the limit
+/// plus a full accept queue (the listener's backlog, 1 024 in tokio, capped by the kernel's
+/// `somaxconn`). A flood that gets past this was accepted past the limit.
+fn stalled_listener_ceiling(open_files: usize) -> usize {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(4096);
+    open_files + somaxconn.min(1024) + 1
 }
 
 /// Idle sockets keep arriving at a node whose open-files limit is 1 024, past that limit and
-/// on: it neither spins (accept errors back off) nor keeps a legitimate peer out (the oldest
-/// unauthenticated sessions are shed past 256).
+/// on: a legitimate peer still gets in (the oldest unauthenticated sessions are shed past 256),
+/// the flood keeps being accepted past the point where a listener that stopped accepting
+/// stalls, and once arrivals stop, with every socket still held open, the node goes quiet
+/// (accept errors back off rather than spin).
+///
+/// Nothing here depends on the machine's speed: the flood runs until it is past the stall
+/// point (or a liveness deadline), and the quiet check counts the node's runnable threads,
+/// which a spinning accept loop keeps at one however loaded the machine is.
 #[test]
 fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const OPEN_FILES: usize = 1_024;
     // This test holds thousands of sockets itself.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard.min(16_384), hard).unwrap();
+    let past_the_stall = stalled_listener_ceiling(OPEN_FILES) + 200;
 
     let cluster = Cluster::new();
     let spec = cluster.spec("a");
     let command = spec
-        .command_under(["prlimit", "--nofile=1024:1024", "--"])
+        .command_under([
+            "prlimit",
+            &format!("--nofile={OPEN_FILES}:{OPEN_FILES}"),
+            "--",
+        ])
         .unwrap();
     let mut a = cluster::NodeProcess::spawn(spec, command).expect("a starts under prlimit");
     let target = a.spec.listen;
     let stop = AtomicBool::new(false);
     let opened = std::sync::atomic::AtomicUsize::new(0);
-    let (joined, spun) = std::thread::scope(|s| {
+    let (joined, held) = std::thread::scope(|s| {
         let flood = s.spawn(|| {
             let mut held = Vec::new();
-            // 1 100 at once, then 20 more every 10 ms until the peer is in (at most 6 000).
-            for _ in 0..1_100 {
-                if let Ok(socket) = TcpStream::connect(target) {
-                    held.push(socket);
-                    opened.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            while !stop.load(Ordering::Relaxed) && held.len() < 6_000 {
-                for _ in 0..20 {
-                    if let Ok(socket) = TcpStream::connect(target) {
+            // Past the limit at once, then 20 more every 10 ms until told to stop.
+            while !stop.load(Ordering::Relaxed) && held.len() < past_the_stall + 1_000 {
+                let burst = if held.is_empty() { OPEN_FILES + 76 } else { 20 };
+                for _ in 0..burst {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(socket) = TcpStream::connect_timeout(&target, LEASE) {
                         held.push(socket);
+                        opened.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            held.len()
+            held
         });
-        // Let the flood pass the limit first, then measure over 1.5 s of it.
         eventually(cluster::DEADLINE, || {
-            (opened.load(Ordering::Relaxed) >= 1_100).then_some(())
+            (opened.load(Ordering::Relaxed) > OPEN_FILES).then_some(())
         })
-        .expect("the flood never got 1 100 sockets in");
-        let (ticks, started) = (cpu_ticks(a.pid()), Instant::now());
+        .expect("the flood never got past the open-files limit");
+        let started = Instant::now();
         let mut b = start(&cluster.spec("b").peer(&a.spec));
         wait_for_peers(&mut b, 1);
         let joined = started.elapsed();
-        std::thread::sleep(Duration::from_millis(1_500).saturating_sub(joined));
-        let window = started.elapsed().as_secs_f64();
-        let spun = (cpu_ticks(a.pid()) - ticks) as f64 / 100.0 / window;
+        // A listener stuck at the limit never lets the flood past this point; ours does, at
+        // whatever pace the machine allows.
+        let past = eventually(3 * cluster::DEADLINE, || {
+            (opened.load(Ordering::Relaxed) >= past_the_stall).then_some(())
+        });
         stop.store(true, Ordering::Relaxed);
         let held = flood.join().unwrap();
-        println!(
-            "legitimate peer joined {joined:?} into a flood of {held} idle sockets against a 1 024-file limit; the node used {:.0} % of a core meanwhile",
-            spun * 100.0
+        assert!(
+            past.is_some(),
+            "connections stopped being accepted past the open-files limit: {} got in, a stalled listener lets in {}",
+            held.len(),
+            past_the_stall - 200
         );
         put(&mut a, "k", "v");
         assert_eq!(b.value("k").as_deref(), Some("v"));
-        // ractor_cluster's own listener stops accepting at the limit (it retries `accept`
-        // without pause): the flood stalls at ~1 140 sockets, the kernel's backlog full. How
-        // far past that a flood gets in 1.5 s depends on the machine's load (3 720 idle, 2 020
-        // with the whole test suite running): a few hundred past the stall tells them apart.
-        assert!(
-            held >= 1_500,
-            "connections stopped being accepted past the open-files limit: {held} got in"
-        );
-        (joined, spun)
+        (joined, held)
     });
     assert!(a.is_running(), "a died");
     assert!(joined < cluster::DEADLINE);
-    // A spinning accept loop takes a whole core (measured: 103 %).
-    assert!(
-        spun < 0.9,
-        "the node spun at {:.0} % of a core",
-        spun * 100.0
+    // Arrivals have stopped and every socket is still held. A spinning accept loop keeps a
+    // thread runnable all the time (the spin this guards against, ractor_cluster's own
+    // listener at the limit, took 103 % of a core); a quiet node is runnable for the odd
+    // timer. Shedding and closing what is left may take a moment on a busy machine.
+    let mut last = f64::NAN;
+    let quiet = eventually(cluster::DEADLINE, || {
+        last = runnable_threads(a.pid(), Duration::from_secs(1));
+        (last < 0.5).then_some(last)
+    });
+    println!(
+        "legitimate peer joined {joined:?} into a flood of {} idle sockets against a {OPEN_FILES}-file limit; once arrivals stopped the node had {:.2} threads runnable on average",
+        held.len(),
+        last
     );
+    assert!(
+        quiet.is_some(),
+        "the node spun with no new arrivals: {last:.2} threads runnable on average"
+    );
+    drop(held);
+}
+
+/// Open files of the process `pid` right now.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// A node out of file descriptors, with connections waiting to be accepted, backs off between
+/// failed accepts instead of retrying at once (ractor_cluster's own listener retries without
+/// pause and spins at a full core), and a legitimate peer still gets in once the watchdog
+/// closes the idle sessions that hold every descriptor.
+///
+/// The figure asserted on is a count of failed accepts, which backing off bounds by the wall
+/// clock (one per 10 ms at most) and which a slower or busier machine only lowers; a loop
+/// that retries at once makes tens of thousands a second on any machine.
+#[test]
+fn a_node_out_of_file_descriptors_backs_off_instead_of_spinning() {
+    const OPEN_FILES: usize = 128;
+    let cluster = Cluster::new();
+    let spec = cluster.spec("a");
+    let command = spec
+        .command_under([
+            "prlimit",
+            &format!("--nofile={OPEN_FILES}:{OPEN_FILES}"),
+            "--",
+        ])
+        .unwrap();
+    let mut a = cluster::NodeProcess::spawn(spec, command).expect("a starts under prlimit");
+    let baseline = open_files(a.pid());
+    assert!(
+        baseline + 32 < OPEN_FILES,
+        "the node needs {baseline} files before any peer: raise OPEN_FILES"
+    );
+    // Every free descriptor taken by an idle socket, and 50 more waiting in the accept queue.
+    let idle: Vec<TcpStream> = (0..OPEN_FILES - baseline + 50)
+        .map(|_| TcpStream::connect(a.spec.listen).expect("the kernel queues the connection"))
+        .collect();
+    eventually(cluster::DEADLINE, || {
+        (a.stat("accept_errors") > 0).then_some(())
+    })
+    .expect("the node never ran out of file descriptors: the test cannot tell a spin");
+    let (before, started) = (a.stat("accept_errors"), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let failed = a.stat("accept_errors") - before;
+    let window = started.elapsed();
+    let allowed = window.as_millis() as u64 / 10 + 1;
+    println!(
+        "out of file descriptors ({baseline} used at rest, limit {OPEN_FILES}): {failed} failed accepts in {window:?} (backing off allows {allowed})"
+    );
+    assert!(
+        failed <= allowed,
+        "the listener retried at once: {failed} failed accepts in {window:?}"
+    );
+    let mut b = start(&cluster.spec("b").peer(&a.spec));
+    wait_for_peers(&mut b, 1);
+    put(&mut a, "k", "v");
+    assert_eq!(b.value("k").as_deref(), Some("v"));
+    assert!(a.is_running(), "a died");
+    drop(idle);
 }

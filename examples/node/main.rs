@@ -420,6 +420,7 @@ impl NodeProcess {
             "node_incarnation": self.node.liveness_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "handshakes_timed_out": self.node.handshakes_timed_out(),
+            "accept_errors": self.node.accept_errors(),
             "suspensions": self.node.suspensions(), "liveness_restarts": self.node.liveness_restarts(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
             "tls_reloads": self.node.tls_reloads(), "tls_reload_failures": self.node.tls_reload_failures(),

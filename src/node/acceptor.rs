@@ -10,6 +10,7 @@
 //! peer, whose handshake takes milliseconds, from joining.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ pub(crate) async fn run(
     server: ActorRef<NodeServerMessage>,
     timeout: Duration,
     unready: Handshakes,
+    errors: Arc<AtomicU64>,
 ) {
     // TLS handshakes in progress, oldest first: past the cap the oldest is dropped rather than
     // the loop waiting for one to finish (idle sockets would hold every slot for the timeout).
@@ -43,6 +45,7 @@ pub(crate) async fn run(
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
+                errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "accept failed; backing off");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -32,6 +32,8 @@ pub(crate) struct Watchdog {
     pub(crate) declared_down: Arc<AtomicU64>,
     /// Counts the sessions closed because their handshake did not finish in time.
     pub(crate) timed_out: Arc<AtomicU64>,
+    /// Failed accepts on the listener, published with the node's figures.
+    pub(crate) accept_errors: Arc<AtomicU64>,
     /// Forgets unreachable members and dials the others, once per heartbeat.
     pub(crate) membership: Arc<Membership>,
     /// Counts the times the clock was found to have missed time (a suspension).
@@ -79,7 +81,9 @@ impl Watchdog {
             let sessions = self.sessions.borrow().clone();
             let declared = self.declared_down.load(Ordering::Relaxed);
             let timed_out = self.timed_out.load(Ordering::Relaxed);
-            publish_node(super::peers::names(&sessions).len(), declared, timed_out);
+            let accept_errors = self.accept_errors.load(Ordering::Relaxed);
+            let counts = [declared, timed_out, accept_errors];
+            publish_node(super::peers::names(&sessions).len(), counts);
             closed.retain(|id| sessions.contains_key(id));
             for (id, session) in sessions {
                 let last = heard.get(&session.name).copied().unwrap_or(0);
@@ -95,8 +99,9 @@ impl Watchdog {
 }
 
 /// Publishes the node's peer figures.
-fn publish_node(peers_up: usize, declared_down: u64, timed_out: u64) {
+fn publish_node(peers_up: usize, [declared_down, timed_out, accept_errors]: [u64; 3]) {
     metrics::gauge!("ractor_cache_sync_peers_up").set(peers_up as f64);
     metrics::counter!("ractor_cache_sync_peers_declared_down_total").absolute(declared_down);
     metrics::counter!("ractor_cache_sync_handshakes_timed_out_total").absolute(timed_out);
+    metrics::counter!("ractor_cache_sync_accept_errors_total").absolute(accept_errors);
 }

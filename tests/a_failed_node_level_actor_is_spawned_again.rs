@@ -12,17 +12,19 @@ use cluster::{put, wait_for_health, wait_for_stat, wait_for_value, Cluster};
 fn a_killed_node_level_actor_is_spawned_again_and_peers_never_declare_the_node_down() {
     let cluster = Cluster::new();
     let mut specs = cluster.mesh_specs(&["a", "b"]);
-    // b declares a silent peer down after 600 ms.
-    specs[1] = specs[1].clone().arg("--peer-timeout-ms").arg("600");
+    // b declares a silent peer down after 2 s (ten heartbeats: one slow moment on a busy
+    // machine is not silence; a node-level actor that stays dead is).
+    specs[1] = specs[1].clone().arg("--peer-timeout-ms").arg("2000");
     let mut nodes = cluster.start_mesh(&specs);
+    let declared_before = nodes[1].stat("peers_declared_down");
     assert_eq!(nodes[0].ask("kill-liveness")["ok"], "kill-liveness");
     wait_for_stat(&mut nodes[0], "liveness_restarts", 1);
-    // Three peer timeouts of watching: a keeps heartbeating under its new incarnation.
+    // Two peer timeouts of watching: a keeps heartbeating under its new incarnation.
     let watched = Instant::now();
-    while watched.elapsed() < Duration::from_millis(1_800) {
+    while watched.elapsed() < Duration::from_millis(4_000) {
         assert_eq!(
             nodes[1].stat("peers_declared_down"),
-            0,
+            declared_before,
             "b declared a down: a fell silent"
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -133,7 +133,7 @@ fn converge(nodes: &mut [NodeProcess], history: &History) {
 fn thirty_seconds_of_churn_under_random_faults() {
     let cluster = Cluster::new();
     // An outside writer updates rows straight in the database as well: nodes check every entry
-    // every 500 ms, so its writes too are served within the lease (500 ms plus one check).
+    // every 500 ms, so its writes are served within that period plus one check.
     let (mut nodes, proxies) = proxied_triangle(&cluster, &["--revalidate-every-ms", "500"]);
     let history = History::default();
     for key in (0..OUTSIDE_KEYS).map(|k| format!("outside{k}")) {
@@ -186,7 +186,19 @@ fn thirty_seconds_of_churn_under_random_faults() {
     }
     converge(&mut nodes, &history);
     println!("churn seed {base}, faults {:?}", faults.lock().unwrap());
-    history.check(LEASE).report_and_assert("churn");
+    // Writes through the nodes are bounded by the lease, exactly. Writes straight in the
+    // database are found by a timer's check (every 500 ms): their bound is that period plus
+    // the check, which a busy machine stretches; allow two leases for it.
+    let outside_bound = Duration::from_millis(500) + 2 * LEASE;
+    history
+        .check_each(|key| {
+            if key.starts_with("outside") {
+                outside_bound
+            } else {
+                LEASE
+            }
+        })
+        .report_and_assert("churn");
 }
 
 #[test]

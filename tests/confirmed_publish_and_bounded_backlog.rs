@@ -15,10 +15,22 @@ fn names(reply: &serde_json::Value, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// A writer that waits 5 s for confirmations (acknowledgements ride on heartbeats: a busy
+/// machine may take more than the default second), and declares a silent peer down only after
+/// 20 s, so a stopped peer is still a member when the wait ends.
+fn waits_for_confirmations(spec: NodeSpec) -> NodeSpec {
+    spec.arg("--confirm-timeout-ms")
+        .arg("5000")
+        .arg("--peer-timeout-ms")
+        .arg("20000")
+}
+
 #[test]
 fn a_confirmed_put_names_the_peers_that_applied_it() {
     let cluster = Cluster::new();
-    let mut nodes = cluster.start_mesh(&cluster.mesh_specs(&["a", "b", "c"]));
+    let mut specs = cluster.mesh_specs(&["a", "b", "c"]);
+    specs[0] = waits_for_confirmations(specs[0].clone());
+    let mut nodes = cluster.start_mesh(&specs);
     let reply = nodes[0].ask("put-confirmed k v1");
     assert_eq!(
         names(&reply, "applied"),
@@ -52,10 +64,10 @@ fn forgets_fast(spec: NodeSpec) -> NodeSpec {
 fn a_member_not_heard_from_counts_as_missing() {
     let cluster = Cluster::new();
     let mut specs = cluster.mesh_specs(&["a", "b", "c"]);
-    specs[0] = forgets_fast(specs[0].clone());
+    specs[0] = waits_for_confirmations(forgets_fast(specs[0].clone()));
     let mut nodes = cluster.start_mesh(&specs);
     signal(&nodes[2], Signal::SIGSTOP);
-    // a forgets c after 400 ms; c's session stays open until the 3 s peer timeout.
+    // a forgets c after 400 ms; c's session stays open until the peer timeout.
     wait_for_stat(&mut nodes[0], "peers_forgotten", 1);
     let reply = nodes[0].ask("put-confirmed k v1");
     signal(&nodes[2], Signal::SIGCONT);

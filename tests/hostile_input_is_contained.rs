@@ -61,6 +61,8 @@ fn a_wrong_cookie_never_joins() {
     // A legitimate peer joining after the intruder started dialling is the sync point.
     let mut b = start(&cluster.spec("b").peer(&a.spec));
     wait_for_peers(&mut b, 1);
+    // b's side of the session may be ready a moment before a's.
+    wait_for_peers(&mut a, 1);
     assert_eq!(a.peers(), ["b@127.0.0.1"]);
     assert!(intruder.peers().is_empty());
 }
@@ -99,6 +101,7 @@ fn a_rogue_peer_with_valid_credentials_is_contained() {
         assert_eq!(rogue.ask("inject size 16777216")["ok"], "inject");
         assert!(b.is_running(), "b crashed");
         wait_for_peers(b, 3);
+        history.wait_for_traffic(51, 6, cluster::DEADLINE);
         stop.store(true, Ordering::Relaxed);
     });
     assert!(d.is_running(), "d crashed");

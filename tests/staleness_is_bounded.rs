@@ -38,9 +38,13 @@ fn run(
         for reader in readers.iter_mut() {
             s.spawn(move || read_loop(reader, h, st, ms(3)));
         }
+        // Warm up, fault, watch for a while after the heal; then go on until there is
+        // enough traffic to judge, however slow the machine.
         std::thread::sleep(ms(500));
+        h.wait_for_traffic(20, 5, DEADLINE);
         fault();
         std::thread::sleep(ms(1500));
+        h.wait_for_traffic(101, 21, DEADLINE);
         stop.store(true, Ordering::Relaxed);
     });
     let last = history.last_version();

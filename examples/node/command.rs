@@ -7,7 +7,7 @@ pub enum Command {
         key: String,
         value: String,
     },
-    /// A put that waits until every peer applied the invalidation (or one second passes).
+    /// A put that waits until every peer applied the invalidation (or `--confirm-timeout-ms` passes).
     PutConfirmed {
         key: String,
         value: String,

@@ -148,6 +148,9 @@ struct Args {
     /// 100 ms, doubling up to this.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     redial_max_ms: u64,
+    /// How long `put-confirmed` waits for every peer to apply the invalidation (milliseconds).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    confirm_timeout_ms: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -161,6 +164,8 @@ struct NodeProcess {
     cache: Cache<String, String>,
     source: Database,
     topic: String,
+    /// How long `put-confirmed` waits for every peer to apply.
+    confirm_timeout: Duration,
     /// The keys of the last invalidation another node sent ("*" for everything), as seen by
     /// the cache's remote-invalidation hook.
     last_remote: Arc<std::sync::Mutex<Option<Vec<String>>>>,
@@ -271,6 +276,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         cache,
         source,
         topic: args.topic.clone(),
+        confirm_timeout: ms(args.confirm_timeout_ms),
         last_remote,
     })
 }
@@ -347,10 +353,9 @@ impl NodeProcess {
 
     async fn put_confirmed(&self, key: String, value: String) -> Result<Value, String> {
         let version = self.write(&key, value).await?;
-        let timeout = Duration::from_secs(1);
         let confirmation = self
             .cache
-            .invalidate_confirmed(&key, Some(version), timeout)
+            .invalidate_confirmed(&key, Some(version), self.confirm_timeout)
             .await
             .map_err(|e| e.to_string())?;
         Ok(json!({

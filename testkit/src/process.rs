@@ -293,10 +293,13 @@ pub fn example_binary(name: &str) -> PathBuf {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 20_000 + (std::process::id() * 7919) % 10_000;
+    // 20 000 to 32 767: every port stays below the ephemeral range, where an outgoing
+    // connection could take it between this check and the node's bind.
+    const SPAN: u32 = 12_768;
+    let base = (std::process::id() * 7919) % SPAN;
     loop {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (base + offset % 12_000) as u16;
+        let port = (20_000 + (base + offset) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

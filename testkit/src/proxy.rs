@@ -49,8 +49,13 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(target: SocketAddr) -> Self {
-        let port = crate::process::free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy");
+        // A port free a moment ago may be taken by the time it is bound: take the next one.
+        let (port, listener) = (0..100)
+            .find_map(|_| {
+                let port = crate::process::free_port();
+                Some((port, TcpListener::bind(("127.0.0.1", port)).ok()?))
+            })
+            .expect("bind the proxy");
         let shared = Arc::new(Shared::default());
         let accepting = shared.clone();
         std::thread::spawn(move || accept_loop(listener, target, accepting));

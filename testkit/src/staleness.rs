@@ -93,6 +93,29 @@ impl Verdict {
 }
 
 impl History {
+    /// Waits until at least `reads` reads and `puts` puts are recorded, for at most
+    /// `deadline`: a scenario then has enough traffic to judge however slow the machine is.
+    ///
+    /// # Panics
+    ///
+    /// If there is still too little traffic at the deadline.
+    pub fn wait_for_traffic(&self, reads: usize, puts: usize, deadline: Duration) {
+        let counts = || {
+            let r = self.reads.lock().unwrap_or_else(|e| e.into_inner()).len();
+            let p = self.puts.lock().unwrap_or_else(|e| e.into_inner()).len();
+            (r, p)
+        };
+        let enough = crate::process::eventually(deadline, || {
+            let (r, p) = counts();
+            (r >= reads && p >= puts).then_some(())
+        });
+        let (r, p) = counts();
+        assert!(
+            enough.is_some(),
+            "too little traffic to judge: {r} reads, {p} puts"
+        );
+    }
+
     pub fn record_put(&self, key: &str, version: u64) {
         let put = (Instant::now(), key.to_owned(), version);
         self.puts.lock().unwrap().push(put);
@@ -100,11 +123,19 @@ impl History {
 
     /// Checks every read against the puts of its key: exact bound `lease`, no tolerance.
     pub fn check(&self, lease: Duration) -> Verdict {
+        self.check_each(|_| lease)
+    }
+
+    /// Checks every read against the puts of its key, with the bound `bound(key)` for that
+    /// key (writes that bypass the nodes are only caught by a timer's check: their bound is a
+    /// latency, not the lease).
+    pub fn check_each(&self, bound: impl Fn(&str) -> Duration) -> Verdict {
         let puts = self.puts.lock().unwrap().clone();
         let reads = self.reads.lock().unwrap().clone();
         let mut violations = Vec::new();
         let mut worst = Duration::ZERO;
         for read in &reads {
+            let lease = bound(&read.key);
             let same_key = || puts.iter().filter(|(_, key, _)| *key == read.key);
             let required = same_key()
                 .filter(|(reply, _, _)| *reply + lease <= read.sent)

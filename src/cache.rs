@@ -21,7 +21,7 @@ use ractor::{ActorCell, ActorRef, ActorStatus};
 pub use self::actor::CacheKey;
 use self::actor::CacheMessage;
 use self::batch::{Added, Batch};
-pub use self::builder::{CacheBuilder, Mode};
+pub use self::builder::CacheBuilder;
 pub use self::entries::RemovalCause;
 pub use self::invalidation::Invalidation;
 pub use self::stats::CacheStats;
@@ -30,6 +30,7 @@ use self::store::Store;
 use crate::clock::now_us;
 use crate::counter::{add, bump};
 use crate::error::{Error, Result};
+use crate::gate::Mode;
 use crate::health::Health;
 use crate::node::Node;
 use crate::source::{Source, Version};
@@ -60,8 +61,6 @@ pub(crate) struct Inner<K, V> {
     /// The cache actor, set when it starts: it runs the coalescing window's timer and
     /// restarts the Synchronization actor.
     actor: OnceLock<ActorRef<CacheMessage>>,
-    /// The consistency mode.
-    mode: Mode,
 }
 
 impl<K, V> Clone for Cache<K, V> {
@@ -76,7 +75,7 @@ impl<K, V> fmt::Debug for Cache<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("topic", &self.inner.topic)
-            .field("mode", &self.inner.mode)
+            .field("mode", &self.inner.store.rule().mode())
             .finish_non_exhaustive()
     }
 }
@@ -271,7 +270,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// Counters since the cache was spawned.
     pub fn stats(&self) -> CacheStats {
         let store = &self.inner.store;
-        let sync = store.leases().counters.snapshot();
+        let sync = store.sync().counters.snapshot();
         store
             .counters
             .snapshot(store.entry_count(), store.weighted_size(), sync)
@@ -285,7 +284,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// The consistency mode.
     pub fn mode(&self) -> Mode {
-        self.inner.mode
+        self.inner.store.rule().mode()
     }
 
     /// The topic the cache's invalidations travel on.
@@ -313,19 +312,13 @@ impl<K, V> Drop for Inner<K, V> {
 }
 
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
-    pub(crate) fn new(
-        topic: Topic<Invalidation<K>>,
-        store: Store<K, V>,
-        batch: Batch<K>,
-        mode: Mode,
-    ) -> Self {
+    pub(crate) fn new(topic: Topic<Invalidation<K>>, store: Store<K, V>, batch: Batch<K>) -> Self {
         Self {
             topic,
             store,
             batch,
             sync: RwLock::new(None),
             actor: OnceLock::new(),
-            mode,
         }
     }
 
@@ -426,6 +419,9 @@ mod tests {
             .unwrap();
         let cache: Cache<u32, u32> = Cache::builder(Topic::new("burst-thread"), Arc::new(Constant))
             .coalesce_window(Duration::from_secs(1))
+            // No heartbeat (which publishes what waits) within the window, even on a slow machine.
+            .heartbeat(Duration::from_secs(10))
+            .lease(Duration::from_secs(30))
             .spawn(&node)
             .await
             .unwrap();

@@ -13,16 +13,16 @@ mod clock;
 mod counter;
 mod delivery;
 mod error;
+mod gate;
 mod health;
 mod sessions;
 mod source;
 mod topic;
 
-pub use cache::{
-    Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup, Mode, RemovalCause,
-};
+pub use cache::{Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup, RemovalCause};
 pub use delivery::{Delivery, MissCause};
 pub use error::{BoxError, Error, Result};
+pub use gate::Mode;
 pub use health::Health;
 pub use node::{
     MemberChanges, MemberInfo, MemberState, Node, NodeConfig, TlsFiles, TLS_CLUSTER_NAME,

@@ -20,15 +20,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::config::NodeConfig;
-use self::dialer::Dialer;
+use self::dialer::Dialing;
 use self::discovery::Discovery;
-pub(crate) use self::membership::MemberGate;
 use self::membership::Membership;
 pub use self::membership::{MemberInfo, MemberState};
 use self::peers::{Handshakes, PeerEvents, Sessions};
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::Watchdog;
 use crate::error::{Error, Result};
+use crate::gate::MemberGate;
 use crate::synchronization::SyncConfig;
 
 const EVENTS_ID: &str = "ractor_cache_sync::peers";
@@ -433,34 +433,5 @@ impl std::fmt::Debug for Node {
             .field("name", &self.name)
             .field("peers", &self.peers())
             .finish_non_exhaustive()
-    }
-}
-
-/// What every dialer shares: each configured, discovered or gossiped address gets one.
-#[derive(Clone)]
-pub(crate) struct Dialing {
-    server: ActorRef<NodeServerMessage>,
-    sessions: watch::Receiver<Sessions>,
-    handshakes: Handshakes,
-    timed_out: Arc<AtomicU64>,
-    tls: Option<Arc<tls::Tls>>,
-    backoff: (Duration, Duration),
-    handshake_timeout: Duration,
-}
-
-impl Dialing {
-    /// A dialer that keeps a session to `addr`.
-    pub(crate) fn dialer(&self, addr: &str) -> Dialer {
-        Dialer {
-            server: self.server.clone(),
-            addr: addr.to_owned(),
-            sessions: self.sessions.clone(),
-            handshakes: self.handshakes.clone(),
-            timed_out: self.timed_out.clone(),
-            backoff: self.backoff,
-            handshake_timeout: self.handshake_timeout,
-            tls: self.tls.clone(),
-            known_name: None,
-        }
     }
 }

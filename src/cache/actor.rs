@@ -159,7 +159,7 @@ async fn spawn_sync<K: CacheKey, V: Clone + Send + Sync + 'static>(
         .subscriber(subscriber)
         .pending(pending)
         .idempotent()
-        .shared(args.cache.store.leases().clone())
+        .shared(args.cache.store.sync().clone())
         .spawn_linked(args.node_name.as_str(), myself.get_cell())
         .await?;
     args.cache.set_sync(sync.clone());

@@ -12,24 +12,11 @@ use super::revalidation::Revalidation;
 use super::store::Store;
 use super::{Cache, Inner, Invalidation};
 use crate::error::{Error, Result};
+use crate::gate::Mode;
 use crate::node::Node;
 use crate::source::Source;
 use crate::synchronization::SyncConfig;
 use crate::topic::Topic;
-
-/// What a cache does when it cannot vouch for its entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Serve from the heap only while every peer's lease is valid; otherwise read from the
-    /// source (single flight, counted as a bypass). No node serves a value more than about
-    /// one lease after a newer version was committed and invalidated through any node.
-    #[default]
-    Bounded,
-    /// Always serve from the heap; repair on a detected loss (gap, restart, reconnect,
-    /// undecodable input). pg2's behaviour: available, eventually consistent, and possibly
-    /// stale for as long as a partition lasts.
-    Eventual,
-}
 
 /// Builds a [`Cache`] with non-default settings.
 ///
@@ -285,11 +272,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             self.mode,
             Arc::default(),
             node.member_gate(),
-            self.sync.lease_duration(),
             bounds,
         );
         let batch = Batch::new(self.max_batch_keys, self.coalesce);
-        let inner = Arc::new(Inner::new(self.topic, store, batch, self.mode));
+        let inner = Arc::new(Inner::new(self.topic, store, batch));
         let args = CacheArguments {
             cache: inner.clone(),
             node_name: node.name().to_owned(),

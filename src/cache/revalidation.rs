@@ -46,16 +46,10 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
     settings: Revalidation,
     sweep_every: Option<u64>,
 ) {
-    let Some((wake, leases, members, lease_us)) = cache.upgrade().map(|c| {
-        let store = &c.store;
-        let members = store.members().clone();
-        (
-            store.wake.clone(),
-            store.leases().clone(),
-            members,
-            store.lease_us(),
-        )
-    }) else {
+    let Some((wake, rule)) = cache
+        .upgrade()
+        .map(|c| (c.store.wake.clone(), c.store.rule().clone()))
+    else {
         return;
     };
     let every = settings
@@ -71,6 +65,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
             return;
         };
         let now = now_us();
+        let lease_us = rule.lease_us();
         if let (Some(at), Some(every)) = (sweep_at, sweep_every) {
             if now >= at {
                 cache.store.entries.sweep(now);
@@ -127,8 +122,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         let _ = tokio::time::timeout(Duration::from_micros(nap), async {
             tokio::select! {
                 () = wake.notified() => {}
-                () = leases.gate_closed.notified() => {}
-                () = members.closed.notified() => {}
+                () = rule.closed() => {}
             }
         })
         .await;

@@ -24,7 +24,7 @@
 //! evicted key's load in flight follows the same rules as any other.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -35,12 +35,11 @@ use tracing::Instrument;
 use super::entries::{Bounds, Entries, RemovalCause};
 use super::reloader::ReloadQueue;
 use super::stats::CacheCounters;
-use super::Mode;
 use crate::clock::now_us;
 use crate::counter::bump;
 use crate::error::Result;
+use crate::gate::{MemberGate, Mode, ServeRule};
 use crate::health::Health;
-use crate::node::MemberGate;
 use crate::source::{Source, Version};
 use crate::synchronization::SyncShared;
 
@@ -171,23 +170,29 @@ pub(crate) struct Store<K, V> {
     /// so after the commit the invalidation follows, and loads the new value.
     in_flight: AtomicUsize,
     source: Arc<dyn Source<K, V>>,
-    mode: Mode,
-    /// The topic's lease gate: in bounded mode, entries are served only while it is open.
-    leases: Arc<SyncShared>,
-    /// The node's membership gate: in bounded mode, entries are served only while every
-    /// member the node knows of has a session with it, on a lease gate computed since.
-    members: Arc<MemberGate>,
-    /// The topic's lease (µs): while a gate is closed, an entry verified less than this long
-    /// ago is still served; a flight older than this is not joined.
-    lease_us: u64,
-    /// The last repair (µs): entries verified before it are not served until checked again.
-    repaired_at: AtomicU64,
+    /// May an entry be served now: the mode, the topic's lease gate, the node's membership
+    /// gate and the repair mark (see [`crate::gate`]).
+    rule: Arc<ServeRule>,
+    /// The topic's counters and status, shared with its Synchronization actor.
+    sync: Arc<SyncShared>,
     /// Wakes the revalidation pass (a repair, a lapsed lease).
     pub(crate) wake: Arc<tokio::sync::Notify>,
     /// Keys to reload in the background (invalidated or changed while cached here, or due
     /// for a refresh).
     pub(crate) reloads: ReloadQueue<K>,
     pub(crate) counters: Arc<CacheCounters>,
+}
+
+impl<K, V> Store<K, V> {
+    /// The cache's serve rule.
+    pub(crate) fn rule(&self) -> &Arc<ServeRule> {
+        &self.rule
+    }
+
+    /// The topic's counters and status, shared with its Synchronization actor.
+    pub(crate) fn sync(&self) -> &Arc<SyncShared> {
+        &self.sync
+    }
 }
 
 impl<K, V> Store<K, V>
@@ -198,9 +203,8 @@ where
     pub(crate) fn new(
         source: Arc<dyn Source<K, V>>,
         mode: Mode,
-        leases: Arc<SyncShared>,
+        sync: Arc<SyncShared>,
         members: Arc<MemberGate>,
-        lease: std::time::Duration,
         bounds: Bounds<K, V>,
     ) -> Self {
         let counters = Arc::<CacheCounters>::default();
@@ -209,11 +213,8 @@ where
             flights: DashMap::with_hasher(Default::default()),
             in_flight: AtomicUsize::new(0),
             source,
-            mode,
-            leases,
-            members,
-            lease_us: u64::try_from(lease.as_micros()).unwrap_or(u64::MAX),
-            repaired_at: AtomicU64::new(0),
+            rule: Arc::new(ServeRule::new(mode, sync.gate.clone(), members)),
+            sync,
             wake: Arc::default(),
             reloads: ReloadQueue::default(),
             counters,
@@ -245,13 +246,9 @@ where
             .map(|(value, _)| value)
     }
 
-    /// Whether every gate is open (always in eventual mode; in bounded mode while every peer's
-    /// lease is valid and the node knows every member): one atomic load and a clock read.
+    /// Whether every gate is open (see [`ServeRule::open`]).
     pub(crate) fn gates_open(&self, now: u64) -> bool {
-        self.mode == Mode::Eventual
-            || self
-                .leases
-                .leases_valid_since(now, self.members.open_since())
+        self.rule.open(now)
     }
 
     /// The entry, if it may be served at `now`: unexpired, verified since the last repair, and
@@ -259,11 +256,10 @@ where
     /// the repair mark and the entry: a repair marked before the gate renewal that is read
     /// here.) `Some(None)`: the key is cached as absent from the source.
     fn cached(&self, key: &K, now: u64, open: bool) -> Option<Option<(V, Version)>> {
-        let repaired = self.repaired_at.load(SeqCst);
-        let lease = self.lease_us;
+        let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
         let hit = self.entries.read(key, now, |entry| {
             let verified = entry.verified_at.load(SeqCst);
-            let vouched = verified >= repaired && (open || now < verified.saturating_add(lease));
+            let vouched = ServeRule::serves(verified, repaired, open, lease, now);
             vouched.then(|| entry.value.clone().map(|value| (value, entry.version)))
         })?;
         self.counters.hits.bump();
@@ -336,8 +332,7 @@ where
 
     /// Whether a reader at `now` may share `flight`'s answer.
     fn joinable(&self, flight: &Flight<V>, now: u64) -> bool {
-        now < flight.started.saturating_add(self.lease_us)
-            && flight.started >= self.repaired_at.load(SeqCst)
+        self.rule.joinable(flight.started, now)
     }
 
     fn install(&self, key: &K, flight: &Arc<Flight<V>>, loaded: &Loaded<V>) {
@@ -451,19 +446,14 @@ where
     /// Marks every entry unverified as of now (messages may have been missed): none is served
     /// until a check that starts after this finds it unchanged, or a load replaces it.
     pub(crate) fn mark_unverified(&self) {
-        self.repaired_at.fetch_max(now_us(), SeqCst);
+        self.rule.mark_repaired(now_us());
         self.wake.notify_one();
     }
 
-    /// Whether a revalidation pass is due at `now`, the last one having started at `last`:
-    /// entries were marked unverified since; or a gate is closed and the entries' verification
-    /// is half a lease old; or `every` has passed.
-    /// (The caller skips an empty cache: there is nothing to check.)
+    /// Whether a revalidation pass is due (see [`ServeRule::pass_due`]). (The caller skips an
+    /// empty cache: there is nothing to check.)
     pub(crate) fn pass_due(&self, now: u64, last: u64, every: Option<u64>) -> bool {
-        let repaired = self.repaired_at.load(SeqCst);
-        repaired > last
-            || (!self.gates_open(now) && now >= last.saturating_add(self.lease_us / 2))
-            || every.is_some_and(|every| now >= last.saturating_add(every))
+        self.rule.pass_due(now, last, every)
     }
 
     /// Checks every entry's version against the source, `chunk` keys per call: an unchanged
@@ -523,36 +513,9 @@ where
         self.entries.is_empty()
     }
 
-    /// The node's membership gate.
-    pub(crate) fn members(&self) -> &Arc<MemberGate> {
-        &self.members
-    }
-
-    /// The topic's lease (µs).
-    pub(crate) fn lease_us(&self) -> u64 {
-        self.lease_us
-    }
-
-    /// The topic's lease gate, counters and status, shared with its Synchronization actor.
-    pub(crate) fn leases(&self) -> &Arc<SyncShared> {
-        &self.leases
-    }
-
     /// Whether this node may serve from its heap now, and if not why (for health reports).
     pub(crate) fn health(&self, now: u64) -> Health {
-        if let Some(reason) = self.members.reason() {
-            return Health::Bypassing { reason };
-        }
-        let health = self.leases.health(now);
-        if health == Health::Healthy
-            && !self
-                .leases
-                .leases_valid_since(now, self.members.open_since())
-        {
-            let reason = "the topic has not yet counted the members just reached".to_owned();
-            return Health::Bypassing { reason };
-        }
-        health
+        self.rule.health(now)
     }
 
     pub(crate) fn entry_count(&self) -> usize {
@@ -631,11 +594,17 @@ mod tests {
         Store::new(
             source,
             mode,
-            Arc::default(),
-            Arc::default(),
-            lease,
+            sync_with_lease(lease),
+            Arc::new(MemberGate::open()),
             Bounds::default(),
         )
+    }
+
+    /// A topic's shared state as its actor would publish it: the lease, no lease valid.
+    fn sync_with_lease(lease: Duration) -> Arc<SyncShared> {
+        let sync = Arc::<SyncShared>::default();
+        sync.gate.configure(lease.as_micros() as u64, 0);
+        sync
     }
 
     fn rows_store(mode: Mode, lease: Duration) -> (Arc<Rows>, Store<u32, String>) {
@@ -700,18 +669,16 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn with_the_gate_closed_an_entry_is_served_only_within_a_lease_of_its_check() {
         let lease = Duration::from_millis(30);
         let (source, store) = rows_store(Mode::Bounded, lease);
         cached_keys(&store, &source, 0..3).await;
         // No lease is valid: the loads just made vouch for the entries for one lease.
+        tokio::time::advance(lease - Duration::from_millis(1)).await;
         assert_eq!(store.peek(&0).as_deref(), Some("0@1"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.peek(&0).is_some() {
-            assert!(std::time::Instant::now() < deadline, "never expired");
-            tokio::task::yield_now().await;
-        }
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(store.peek(&0), None, "served past a lease");
         assert!(!store.lookup(&0).await.unwrap().hit, "served past a lease");
         // A check vouches for one more lease from its start; a changed row is dropped.
         source.rows.lock().unwrap().insert(2, 5);
@@ -1005,9 +972,8 @@ mod tests {
         let store = Store::new(
             dynamic,
             Mode::Eventual,
-            Arc::default(),
-            Arc::default(),
-            Duration::from_secs(1),
+            sync_with_lease(Duration::from_secs(1)),
+            Arc::new(MemberGate::open()),
             bounds,
         );
         (source, Arc::new(store))

@@ -13,6 +13,35 @@ use tokio::sync::watch;
 use super::peers::{has_session, is_with, Handshakes, Sessions};
 use super::tls::Tls;
 
+/// What every dialer shares: each configured, discovered or gossiped address gets one.
+#[derive(Clone)]
+pub(crate) struct Dialing {
+    pub(crate) server: ActorRef<NodeServerMessage>,
+    pub(crate) sessions: watch::Receiver<Sessions>,
+    pub(crate) handshakes: Handshakes,
+    pub(crate) timed_out: Arc<AtomicU64>,
+    pub(crate) tls: Option<Arc<Tls>>,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl Dialing {
+    /// A dialer that keeps a session to `addr`.
+    pub(crate) fn dialer(&self, addr: &str) -> Dialer {
+        Dialer {
+            server: self.server.clone(),
+            addr: addr.to_owned(),
+            sessions: self.sessions.clone(),
+            handshakes: self.handshakes.clone(),
+            timed_out: self.timed_out.clone(),
+            backoff: self.backoff,
+            handshake_timeout: self.handshake_timeout,
+            tls: self.tls.clone(),
+            known_name: None,
+        }
+    }
+}
+
 pub(crate) struct Dialer {
     pub(crate) server: ActorRef<NodeServerMessage>,
     pub(crate) addr: String,

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::dialer::DialerTask;
+use super::dialer::Dialing;
 use super::membership::Membership;
-use super::Dialing;
 use std::sync::Arc;
 
 pub(crate) struct Discovery {

@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::dialer::Dialing;
 use super::dialer::{Dialer, DialerTask};
-use super::Dialing;
 use crate::clock::now_us;
+use crate::gate::MemberGate;
 use crate::protocol::envelope::Member;
 use crate::synchronization::message::Gossip;
 
@@ -66,51 +67,6 @@ impl MemberState {
 impl std::fmt::Display for MemberState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Whether this node knows its whole membership: every member it knows of (from gossip, or
-/// heard from directly) has a ready session with it, and, if it was given peers or discovery
-/// names, it has reached at least one. Caches serve from their heap only while it is open, and
-/// only on a lease gate their topic computed after it opened (so the topic counted every
-/// member that came with the sessions).
-#[derive(Debug, Default)]
-pub(crate) struct MemberGate {
-    /// Our clock (µs) when it last opened; `u64::MAX` while closed. 0 by default: a cache
-    /// without a node's membership (unit tests) is not held back by it.
-    open_since: AtomicU64,
-    /// Why it is closed.
-    reason: Mutex<Option<String>>,
-    /// Signalled when it closes: wakes the caches' revalidation.
-    pub(crate) closed: tokio::sync::Notify,
-}
-
-impl MemberGate {
-    /// When it last opened (our clock, µs), or `u64::MAX` while it is closed.
-    pub(crate) fn open_since(&self) -> u64 {
-        self.open_since.load(Ordering::Acquire)
-    }
-
-    /// Why it is closed, when it is.
-    pub(crate) fn reason(&self) -> Option<String> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn close(&self, reason: String) {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        if self.open_since.swap(u64::MAX, Ordering::AcqRel) != u64::MAX {
-            self.closed.notify_waiters();
-        }
-    }
-
-    fn open(&self, now: u64) {
-        if self.open_since() == u64::MAX {
-            *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            self.open_since.store(now, Ordering::Release);
-        }
     }
 }
 
@@ -183,11 +139,7 @@ impl Membership {
             dialing,
             forget_after: forget_after.as_micros() as u64,
             state: Mutex::default(),
-            gate: Arc::new(MemberGate {
-                open_since: AtomicU64::new(u64::MAX),
-                reason: Mutex::new(Some("starting".to_owned())),
-                closed: tokio::sync::Notify::new(),
-            }),
+            gate: Arc::new(MemberGate::closed_for("starting")),
             changes: tokio::sync::watch::Sender::new(0),
             signature: AtomicU64::new(0),
         }
@@ -396,7 +348,7 @@ impl Membership {
             self.gate
                 .close("no configured or discovered peer reached".to_owned());
         } else {
-            self.gate.open(now_us());
+            self.gate.open_at(now_us());
         }
         self.signal_changes(&ready);
     }

@@ -110,7 +110,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.config.validate()?;
+        // (The builder validated the configuration before it spawned this actor.)
         let group = args.topic.name().to_owned();
         pg::join_scoped(PG_SCOPE.to_owned(), group.clone(), vec![myself.get_cell()]);
         pg::monitor_scope(PG_SCOPE.to_owned(), myself.get_cell());
@@ -120,7 +120,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             forget_after: args.config.forget_after_duration().as_micros() as u64,
         };
         let heartbeat = args.config.heartbeat_interval().as_micros() as u64;
-        args.shared.update(|s| s.heartbeat = heartbeat);
+        args.shared.gate.configure(params.lease, heartbeat);
         if args.gossip.is_some() {
             super::bundle::set_node_interval(heartbeat);
         }

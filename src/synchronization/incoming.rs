@@ -204,7 +204,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         let _span = tracing::info_span!("repair", topic = %self.group, ?cause).entered();
         bump(&self.shared.counters.possibly_missed);
         let now = now_us();
-        self.shared.update(|s| s.last_repair = now);
+        self.shared.gate.repaired(now);
         self.deliver(Delivery::PossiblyMissed(cause));
     }
 
@@ -223,15 +223,14 @@ impl<M: TopicMessage> SynchronizationState<M> {
         let now = now_us();
         let members = super::outbox::remote_members(&self.group).len();
         let until = self.peers.valid_until(members);
-        self.shared.set_valid_until(until, now);
+        let weakest = self.weakest_reason(members, now);
+        self.shared.gate.renew(until, now, weakest);
         let valid = now < until;
         if self.leases_were_valid && !valid {
             bump(&self.shared.counters.lease_expiries);
-            self.shared.gate_closed.notify_one();
+            self.shared.gate.closed.notify_one();
         }
         self.leases_were_valid = valid;
-        let weakest = self.weakest_reason(members, now);
-        self.shared.update(|s| s.weakest = weakest);
     }
 
     pub(super) fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {

@@ -39,6 +39,7 @@ enum AppMessage {
 
 impl ractor::Message for AppMessage {}
 
+#[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl Actor for AppSupervisor {
     type Msg = AppMessage;
     type State = AppState;

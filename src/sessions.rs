@@ -329,6 +329,7 @@ mod tests {
     /// A stand-in for a session's actor: only its id is read here.
     struct Idle;
 
+    #[cfg_attr(feature = "async-trait", ractor::async_trait)]
     impl ractor::Actor for Idle {
         type Msg = ();
         type State = ();

@@ -29,6 +29,7 @@ struct BaseActor {
     pongs: mpsc::UnboundedSender<()>,
 }
 
+#[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl Actor for BaseActor {
     type Msg = BaseMsg;
     type State = ();

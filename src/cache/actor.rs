@@ -68,6 +68,7 @@ pub trait CacheKey:
 }
 impl<T: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static> CacheKey for T {}
 
+#[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
     type Msg = CacheMessage;
     type State = CacheState<K, V>;

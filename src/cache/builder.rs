@@ -45,6 +45,23 @@ pub struct CacheBuilder<K, V> {
     expiry: [Option<Duration>; 3],
 }
 
+impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limits = self.bounds.limits;
+        f.debug_struct("CacheBuilder")
+            .field("topic", &self.topic)
+            .field("mode", &self.mode)
+            .field("sync", &self.sync)
+            .field("max_batch_keys", &self.max_batch_keys)
+            .field("coalesce", &self.coalesce)
+            .field("revalidation", &self.revalidation)
+            .field("max_entries", &limits.entries)
+            .field("max_weight", &limits.weight)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     pub(crate) fn new(topic: Topic<Invalidation<K>>, source: Arc<dyn Source<K, V>>) -> Self {
         Self {

@@ -85,6 +85,7 @@ impl State {
     }
 }
 
+#[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl Actor for Supervisor {
     type Msg = Never;
     type State = State;

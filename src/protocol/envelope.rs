@@ -94,7 +94,9 @@ pub(crate) enum DecodeError {
 }
 
 impl Envelope {
-    /// Encodes the envelope once; the same bytes go to every peer.
+    /// Encodes the envelope (the actors encode from its parts, [`encode`]; tests and the
+    /// fault-injection hooks from a whole envelope).
+    #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::error::Error> {
         encode(&self.topic, &self.origin, self.incarnation, &self.body)
     }

@@ -100,6 +100,7 @@ pub(super) struct Waiter {
     pub(super) reply: ractor::RpcReplyPort<Confirmation>,
 }
 
+#[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {
     type Msg = SyncMessage<M>;
     type State = SharedState<M>;

@@ -39,7 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     for name in names {
-        let dns = vec![name.clone(), ractor_cache_sync::TLS_CLUSTER_NAME.to_owned()];
+        let dns = vec![
+            name.clone(),
+            ractor_cache_sync::node::TLS_CLUSTER_NAME.to_owned(),
+        ];
         let mut params = CertificateParams::new(dns)?;
         params
             .distinguished_name

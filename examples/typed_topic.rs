@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use ractor_cache_sync::{Delivery, Node, NodeConfig, Synchronization, Topic};
+use ractor_cache_sync::synchronization::Delivery;
+use ractor_cache_sync::{Node, NodeConfig, Synchronization, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -1,4 +1,9 @@
-//! The cache handle: reads from local heap, invalidates locally and cluster-wide.
+//! Caches: a node-local map kept in sync with the same topic's caches on every node.
+//!
+//! [`Cache`] is the handle (cheap to clone; reads never wait on a mailbox), [`CacheBuilder`]
+//! its settings, [`Mode`] which rule it serves by. What a read returns ([`Lookup`]), what a
+//! cache counts ([`CacheStats`]), why an entry left ([`RemovalCause`]), what travels between
+//! nodes ([`Invalidation`]) and what a key must be ([`CacheKey`]) live here too.
 
 mod actor;
 mod batch;
@@ -30,7 +35,7 @@ use self::store::Store;
 use crate::clock::now_us;
 use crate::counter::{add, bump};
 use crate::error::{Error, Result};
-use crate::gate::Mode;
+pub use crate::gate::Mode;
 use crate::health::Health;
 use crate::node::Node;
 use crate::source::{Source, Version};

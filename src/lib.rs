@@ -3,11 +3,12 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
-// Layers, top to bottom; each imports only from the ones below it.
-mod cache;
-mod node;
+// Layers, top to bottom; each imports only from the ones below it. The three upper layers are
+// public modules (every name a user may need); the root re-exports the ones most programs use.
+pub mod cache;
+pub mod node;
 mod protocol;
-mod synchronization;
+pub mod synchronization;
 // The vocabulary and process-wide state every layer may use.
 mod clock;
 mod counter;
@@ -19,17 +20,13 @@ mod sessions;
 mod source;
 mod topic;
 
-pub use cache::{Cache, CacheBuilder, CacheKey, CacheStats, Invalidation, Lookup, RemovalCause};
-pub use delivery::{Delivery, MissCause};
+pub use cache::{Cache, CacheBuilder, Invalidation};
 pub use error::{BoxError, Error, Result};
 pub use gate::Mode;
 pub use health::Health;
-pub use node::{
-    MemberChanges, MemberInfo, MemberState, Node, NodeConfig, TlsFiles, TLS_CLUSTER_NAME,
-};
+pub use node::{Node, NodeConfig};
 pub use source::{Source, Version};
-pub use synchronization::{Confirmation, Recipients, SyncConfig, SyncStats};
-pub use synchronization::{Synchronization, SynchronizationBuilder, TopicMessage};
+pub use synchronization::{SyncConfig, Synchronization, TopicMessage};
 pub use topic::Topic;
 
 /// Hooks for fault-injection tests and the crate's benchmarks, with the `fault-injection`

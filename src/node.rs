@@ -1,4 +1,36 @@
-//! The cluster node: ractor_cluster's NodeServer plus a dialer per configured peer.
+//! The cluster node: ractor_cluster's `NodeServer`, the sessions it keeps, and who it knows.
+//!
+//! [`Node`] is the handle, [`NodeConfig`] its settings ([`TlsFiles`] for mutual TLS);
+//! [`MemberInfo`], [`MemberState`] and [`MemberChanges`] report the membership.
+//!
+//! # The supervision tree of one node
+//!
+//! ```text
+//! your supervisor
+//!  ├── NodeServer (ractor_cluster)      its own listener parked on a loopback port
+//!  │    └── one session actor per peer
+//!  ├── liveness supervisor              spawns the node-level actor again if it fails
+//!  │    └── node-level actor            node heartbeats, gossip, carries topics' heartbeats
+//!  ├── cache actor (per cache)          restarts its topic's actor, runs the coalescing timer
+//!  │    └── Synchronization actor       the topic: sequence numbers, leases, repair
+//!  └── Synchronization actor (per typed topic)
+//! tasks (aborted at shutdown): the accept loop, a dialer per configured, discovered or
+//! gossiped address, a discovery task per DNS name, the watchdog (silent peers, handshake
+//! timeouts, suspensions, node metrics), the TLS file watch; per cache the reloader, the
+//! revalidation task and its metrics.
+//! ```
+//!
+//! # Who knows what about a peer
+//!
+//! | what | where | written by | read by |
+//! |---|---|---|---|
+//! | its ready session (actor, name, since when) | `peers::Sessions` (a watch channel) | node events | dialers, watchdog, `Node::peers` |
+//! | its session before it is ready | `peers::Handshakes` | node events, accept loop | watchdog (timeouts), accept loop (shedding) |
+//! | its session's secrets and TLS identity | `crate::sessions` (process-wide, like `ractor::pg`) | node events, TLS handshakes | every cast (origin proofs), topic actors (backlog bound) |
+//! | that it is a member: address, incarnation, state | `membership::Membership` | gossip, configuration, discovery | the membership gate, dialers, `Node::members` |
+//! | when it was last heard | the node-level topic's shared status | node heartbeats | watchdog |
+//! | per topic: incarnation, applied sequence, lease, acknowledgements | each topic actor's `PeerTable` | that topic's actor | the topic's lease gate |
+//! | per topic: a member not heard from yet | each topic actor's `unheard` | that topic's actor | its backlog bound, confirmations |
 
 mod acceptor;
 mod config;

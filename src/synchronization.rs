@@ -1,4 +1,9 @@
-//! The per-topic Synchronization actor and its handle.
+//! Typed topics: one Synchronization actor per topic and node, and its handle.
+//!
+//! [`Synchronization`] publishes a [`TopicMessage`] to the topic's other nodes and hands what
+//! arrives to subscribers as a [`Delivery`] (a message, or [`MissCause`]: something may have
+//! been missed, repair). [`Recipients`] says who a publish reaches, [`Confirmation`] who
+//! applied it; [`SyncConfig`] holds the heartbeat, lease and backlog settings a cache shares.
 
 mod actor;
 mod builder;
@@ -25,7 +30,7 @@ use self::outbox::Outbox;
 pub(crate) use self::shared::SyncShared;
 pub use self::stats::SyncStats;
 use crate::clock::now_us;
-use crate::delivery::Delivery;
+pub use crate::delivery::{Delivery, MissCause};
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::topic::Topic;

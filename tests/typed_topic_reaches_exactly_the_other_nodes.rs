@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ractor_cache_sync::{Delivery, Node, NodeConfig, Recipients, Synchronization, Topic};
+use ractor_cache_sync::synchronization::{Delivery, Recipients};
+use ractor_cache_sync::{Node, NodeConfig, Synchronization, Topic};
 use ractor_cache_sync_testkit::process::example_binary;
 use ractor_cache_sync_testkit::{eventually, free_port, NodeProcess, NodeSpec};
 use serde::{Deserialize, Serialize};

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ractor_cache_sync::{Cache, Health, Invalidation, MemberState, Mode, Node, NodeConfig, Topic};
+use ractor_cache_sync::node::MemberState;
+use ractor_cache_sync::{Cache, Health, Invalidation, Mode, Node, NodeConfig, Topic};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -203,7 +204,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
     let mut config = NodeConfig::new(&args.name, &args.cookie);
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         config = config
-            .tls(ractor_cache_sync::TlsFiles::new(cert, key, ca))
+            .tls(ractor_cache_sync::node::TlsFiles::new(cert, key, ca))
             .tls_reload_every(Duration::from_millis(args.tls_reload_ms));
     }
     let config = args.peers.iter().fold(config, |c, p| c.peer(p));

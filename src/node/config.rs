@@ -162,7 +162,7 @@ impl NodeConfig {
     }
 
     /// Encrypts and mutually authenticates every cluster link with TLS: see
-    /// [`TlsFiles`](crate::TlsFiles) and [`TLS_CLUSTER_NAME`](crate::TLS_CLUSTER_NAME). Default:
+    /// [`TlsFiles`](crate::node::TlsFiles) and [`TLS_CLUSTER_NAME`](crate::node::TLS_CLUSTER_NAME). Default:
     /// no TLS.
     pub fn tls(mut self, files: super::tls::TlsFiles) -> Self {
         self.tls = Some(files);

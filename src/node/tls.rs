@@ -1,6 +1,6 @@
 //! Mutual TLS for cluster links (rustls): every node presents a certificate signed by the
 //! cluster's CA whose DNS names are the node's name and the cluster name
-//! [`TLS_CLUSTER_NAME`](crate::TLS_CLUSTER_NAME); both sides verify the chain, the dialler
+//! [`TLS_CLUSTER_NAME`](crate::node::TLS_CLUSTER_NAME); both sides verify the chain, the dialler
 //! checks the cluster name, and each side checks the other's node name against its allow-list
 //! and, once the cookie handshake says which node it claims to be, against that claim.
 

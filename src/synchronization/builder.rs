@@ -101,7 +101,7 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
 
     /// Spawns the actor linked to `supervisor`, which receives its failure and may spawn it
     /// again (it rejoins the group and tells subscribers
-    /// [`MissCause::Restarted`](crate::MissCause::Restarted)).
+    /// [`MissCause::Restarted`](crate::synchronization::MissCause::Restarted)).
     ///
     /// # Errors
     ///

@@ -9,6 +9,7 @@ mod actor;
 mod batch;
 mod builder;
 mod entries;
+mod flights;
 mod invalidation;
 mod metrics;
 mod policy;

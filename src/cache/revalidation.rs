@@ -12,6 +12,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use super::actor::CacheKey;
+use super::store::Store;
 use super::Inner;
 use crate::clock::now_us;
 use crate::counter::{add, bump};
@@ -78,10 +79,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
             last = now;
         } else if cache.store.pass_due(now, last, every) || retry_at.is_some_and(|t| now >= t) {
             last = now;
-            let (pass, changed) = cache
-                .store
-                .revalidate(settings.chunk, settings.budget)
-                .await;
+            let (pass, changed) = revalidate(&cache.store, settings.chunk, settings.budget).await;
             cache.reload(changed);
             let counters = &cache.store.counters;
             bump(&counters.revalidations);
@@ -127,4 +125,73 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         })
         .await;
     }
+}
+
+/// What one revalidation pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Pass {
+    /// Entries whose version was checked.
+    pub(crate) checked: u64,
+    /// Entries dropped because the source had another version (or none).
+    pub(crate) dropped: u64,
+    /// Chunks whose check failed (their entries stay as they were: unverified ones unserved).
+    pub(crate) failed: u64,
+    /// Entries dropped unchecked because the pass had no budget left for them.
+    pub(crate) over_budget: u64,
+}
+
+/// Checks every entry's version against the source, `chunk` keys per call: an unchanged
+/// entry is verified as of the call's start, a changed or deleted one dropped. At most
+/// `budget` entries are checked; the rest are dropped (a read loads them again, verified).
+/// Returns what it did, and the keys it dropped because the source has another version
+/// of them (worth reloading: they were cached because they were read).
+pub(crate) async fn revalidate<K: CacheKey, V: Clone + Send + Sync + 'static>(
+    store: &Store<K, V>,
+    chunk: usize,
+    budget: usize,
+) -> (Pass, Vec<K>) {
+    let mut changed = Vec::new();
+    let mut pass = Pass::default();
+    let mut all = store.entries.versions();
+    if all.len() > budget {
+        for (key, version) in all.drain(budget..) {
+            if store.entries.remove_changed(&key, version) {
+                pass.over_budget += 1;
+            }
+        }
+    }
+    for part in all.chunks(chunk.max(1)) {
+        let keys: Vec<K> = part.iter().map(|(key, _)| key.clone()).collect();
+        let started = now_us();
+        bump(&store.counters.source_calls);
+        let versions = match store.source().versions(&keys).await {
+            Ok(versions) if versions.len() == keys.len() => versions,
+            Ok(versions) => {
+                tracing::warn!(
+                    asked = keys.len(),
+                    answered = versions.len(),
+                    "the source answered a version check for the wrong number of keys"
+                );
+                pass.failed += 1;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "version check failed");
+                pass.failed += 1;
+                continue;
+            }
+        };
+        pass.checked += keys.len() as u64;
+        for ((key, cached), current) in part.iter().zip(versions) {
+            if current == *cached {
+                store.entries.verify(key, *cached, started);
+            } else if store.entries.remove_changed(key, *cached) {
+                pass.dropped += 1;
+                if current.is_some() {
+                    changed.push(key.clone());
+                }
+            }
+        }
+    }
+    (pass, changed)
 }

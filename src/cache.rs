@@ -426,8 +426,11 @@ mod tests {
         let cache: Cache<u32, u32> = Cache::builder(Topic::new("burst-thread"), Arc::new(Constant))
             .coalesce_window(Duration::from_secs(1))
             // No heartbeat (which publishes what waits) within the window, even on a slow machine.
-            .heartbeat(Duration::from_secs(10))
-            .lease(Duration::from_secs(30))
+            .sync(
+                crate::synchronization::SyncConfig::default()
+                    .heartbeat(Duration::from_secs(10))
+                    .lease(Duration::from_secs(30)),
+            )
             .spawn(&node)
             .await
             .unwrap();
@@ -510,8 +513,11 @@ mod tests {
         // A window far longer than the heartbeat: only the heartbeat can publish the key early.
         let cache: Cache<u32, u32> = Cache::builder(Topic::new("beat-covers-burst"), Constant)
             .coalesce_window(Duration::from_secs(1))
-            .heartbeat(Duration::from_millis(10))
-            .lease(Duration::from_millis(100))
+            .sync(
+                crate::synchronization::SyncConfig::default()
+                    .heartbeat(Duration::from_millis(10))
+                    .lease(Duration::from_millis(100)),
+            )
             .spawn(&node)
             .await
             .unwrap();

@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_cache_sync::{Cache, Invalidation, Node, NodeConfig, Source, Topic, Version};
+use ractor_cache_sync::{
+    Cache, Invalidation, Node, NodeConfig, Source, SyncConfig, Topic, Version,
+};
 use ractor_cluster::RactorClusterMessage;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -153,7 +155,8 @@ pub async fn run() {
         }
     };
     // A backlog bound above what a 2 M-key burst can leave unacknowledged between heartbeats.
-    let mut builder = Cache::builder(Topic::new("bench"), source.clone()).max_backlog(512 << 20);
+    let mut builder = Cache::builder(Topic::new("bench"), source.clone())
+        .sync(SyncConfig::default().max_backlog(512 << 20));
     if react_in_hook {
         builder = builder.on_remote_invalidation(hook);
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ractor_cache_sync::node::MemberState;
-use ractor_cache_sync::{Cache, Health, Invalidation, Mode, Node, NodeConfig, Topic};
+use ractor_cache_sync::{Cache, Health, Invalidation, Mode, Node, NodeConfig, SyncConfig, Topic};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -263,10 +263,13 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
             *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys);
         })
         .mode(mode)
-        .lease(ms(args.lease_ms))
-        .heartbeat(ms(args.heartbeat_ms))
-        .forget_after(ms(args.forget_after_ms))
-        .max_backlog(args.max_backlog_bytes)
+        .sync(
+            SyncConfig::default()
+                .lease(ms(args.lease_ms))
+                .heartbeat(ms(args.heartbeat_ms))
+                .forget_after(ms(args.forget_after_ms))
+                .max_backlog(args.max_backlog_bytes),
+        )
         .revalidation_chunk(args.revalidation_chunk as usize)
         .cache_absent(args.cache_absent)
         .spawn(&node)

@@ -22,12 +22,14 @@ use crate::topic::Topic;
 ///
 /// ```no_run
 /// # use std::{sync::Arc, time::Duration};
-/// # use ractor_cache_sync::{Cache, Mode, Node, Source, Topic};
+/// # use ractor_cache_sync::{Cache, Mode, Node, Source, SyncConfig, Topic};
 /// # async fn example(node: &Node, source: Arc<dyn Source<String, String>>) -> ractor_cache_sync::Result<()> {
+/// let sync = SyncConfig::default()
+///     .lease(Duration::from_millis(500))
+///     .heartbeat(Duration::from_millis(100));
 /// let cache: Cache<String, String> = Cache::builder(Topic::new("users"), source)
 ///     .mode(Mode::Bounded)
-///     .lease(Duration::from_millis(500))
-///     .heartbeat(Duration::from_millis(100))
+///     .sync(sync)
 ///     .spawn(node)
 ///     .await?;
 /// # Ok(()) }
@@ -151,21 +153,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
-    /// See [`SyncConfig::lease`]. Default 1 s.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.sync = self.sync.lease(lease);
-        self
-    }
-
-    /// See [`SyncConfig::heartbeat`]. Default 200 ms.
-    pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.sync = self.sync.heartbeat(interval);
-        self
-    }
-
-    /// See [`SyncConfig::forget_after`]. Default 30 s.
-    pub fn forget_after(mut self, after: Duration) -> Self {
-        self.sync = self.sync.forget_after(after);
+    /// The topic's heartbeat, lease (the staleness bound), forgetting and backlog settings.
+    /// Default [`SyncConfig::default`]; each setting's doc states its default and bounds.
+    pub fn sync(mut self, config: SyncConfig) -> Self {
+        self.sync = config;
         self
     }
 
@@ -230,12 +221,6 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     /// that miss load on their own, one load per key). Default 1; at least 1.
     pub fn max_reload_calls(mut self, calls: usize) -> Self {
         self.revalidation.reload_calls = calls;
-        self
-    }
-
-    /// See [`SyncConfig::max_backlog`]. Default 32 MiB.
-    pub fn max_backlog(mut self, bytes: u64) -> Self {
-        self.sync = self.sync.max_backlog(bytes);
         self
     }
 

@@ -1,7 +1,8 @@
 //! The cluster node: ractor_cluster's `NodeServer`, the sessions it keeps, and who it knows.
 //!
 //! [`Node`] is the handle, [`NodeConfig`] its settings ([`TlsFiles`] for mutual TLS);
-//! [`MemberInfo`], [`MemberState`] and [`MemberChanges`] report the membership.
+//! [`MemberInfo`], [`MemberState`] and [`MemberChanges`] report the membership, [`NodeStats`]
+//! the node's counters.
 //!
 //! # The supervision tree of one node
 //!
@@ -39,10 +40,11 @@ mod discovery;
 mod liveness;
 mod membership;
 mod peers;
+mod stats;
 mod tls;
 mod watchdog;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +59,8 @@ use self::discovery::Discovery;
 use self::membership::Membership;
 pub use self::membership::{MemberInfo, MemberState};
 use self::peers::{Handshakes, PeerEvents, Sessions};
+use self::stats::NodeCounters;
+pub use self::stats::NodeStats;
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::Watchdog;
 use crate::error::{Error, Result};
@@ -82,13 +86,8 @@ pub struct Node {
     handshakes: Handshakes,
     tasks: Vec<JoinHandle<()>>,
     liveness: Arc<liveness::Liveness>,
-    declared_down: Arc<AtomicU64>,
-    /// Times the system was found to have been suspended (see [`Node::suspensions`]).
-    suspensions: Arc<AtomicU64>,
-    /// Sessions closed because their handshake did not finish in time.
-    timed_out: Arc<AtomicU64>,
-    /// Failed `accept` calls on the listener (see [`Node::accept_errors`]).
-    accept_errors: Arc<AtomicU64>,
+    /// The node's counters, shared with the watchdog, the dialers and the accept loop.
+    counters: Arc<NodeCounters>,
     /// Whether every known member has a session with this node: caches check it.
     members: Arc<MemberGate>,
     /// Who this node knows of (gossip, configuration, discovery).
@@ -146,59 +145,17 @@ impl Node {
 
     async fn launch(config: NodeConfig, supervisor: Option<ActorCell>) -> Result<Self> {
         config.validate()?;
-        let listen = config.listen_addr();
         let tls = config.tls_setup()?.map(Arc::new);
-        // Our own accept loop owns the listen address; ractor_cluster's listener (no handshake
-        // deadline, no backoff when file descriptors run out) is parked on an ephemeral
-        // loopback port, TLS-only too with TLS.
-        let encryption = tls
-            .as_ref()
-            .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor()));
-        let (port, ip) = (0, std::net::IpAddr::from([127, 0, 0, 1]));
-        let server = NodeServer::new(
-            port,
-            config.cookie().to_owned(),
-            config.name().to_owned(),
-            config.host(),
-            encryption,
-            None,
-        )
-        .with_listen_addr(ip);
-        let spawned = match supervisor {
-            Some(sup) => Actor::spawn_linked(None, server, (), sup).await,
-            None => Actor::spawn(None, server, ()).await,
-        };
-        let (server, _) = spawned.map_err(|e| Error::spawn("node server", e))?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| Error::Spawn {
-                what: "listener",
-                cause: Arc::new(e),
-            })?;
-        // Port 0 asks for any free port: advertise the one bound.
-        let listen = listener.local_addr().unwrap_or(listen);
-        let (events, sessions, handshakes) = PeerEvents::new(tls.is_some());
-        server
-            .cast(NodeServerMessage::SubscribeToEvents {
-                id: EVENTS_ID.to_owned(),
-                subscription: Box::new(events),
-            })
-            .map_err(|e| Error::stopped_by("node server", e))?;
+        let server = spawn_server(&config, tls.as_deref(), supervisor).await?;
+        let (listener, listen) = bind(config.listen_addr()).await?;
+        let (sessions, handshakes) = watch_sessions(&server, tls.is_some())?;
         let name = format!("{}@{}", config.name(), config.host());
-        let (heartbeat, timeout) = config.liveness();
-        let sync = SyncConfig::default()
-            .heartbeat(heartbeat)
-            .lease(heartbeat * 3)
-            .forget_after(Duration::from_secs(24 * 3600).max(heartbeat * 3));
-        let declared_down = Arc::new(AtomicU64::new(0));
-        let suspensions = Arc::new(AtomicU64::new(0));
-        let timed_out = Arc::new(AtomicU64::new(0));
-        let accept_errors = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(NodeCounters::default());
         let dialing = Dialing {
             server: server.clone(),
             sessions: sessions.clone(),
             handshakes: handshakes.clone(),
-            timed_out: timed_out.clone(),
+            counters: counters.clone(),
             tls: tls.clone(),
             backoff: config.redial(),
             handshake_timeout: config.handshake(),
@@ -211,28 +168,20 @@ impl Node {
             dialing.clone(),
             config.forget_members(),
         ));
-        let liveness = liveness::start(name.clone(), sync, membership.clone()).await?;
+        let (heartbeat, timeout) = config.liveness();
+        let liveness =
+            liveness::start(name.clone(), node_topic(heartbeat), membership.clone()).await?;
         // The gate is right from the start: open alone, closed until a given peer is reached.
         membership.tick();
-        let mut tasks: Vec<JoinHandle<()>> = config
-            .peers()
-            .iter()
-            .map(|addr| tokio::spawn(dialing.dialer(addr).run()))
-            .collect();
-        let (names, every) = config.discovery();
-        for name in names {
-            let discovery = Discovery::new(name, every, listen, dialing.clone(), &membership);
-            tasks.push(tokio::spawn(discovery.run()));
-        }
-        let accept = acceptor::run(
+        let mut tasks = dial_and_discover(&config, &dialing, listen, &membership);
+        tasks.push(tokio::spawn(acceptor::run(
             listener,
             tls.clone(),
             server.clone(),
             config.handshake(),
             handshakes.clone(),
-            accept_errors.clone(),
-        );
-        tasks.push(tokio::spawn(accept));
+            counters.clone(),
+        )));
         let watchdog = Watchdog {
             liveness: liveness.clone(),
             sessions: sessions.clone(),
@@ -240,11 +189,8 @@ impl Node {
             interval: heartbeat,
             timeout,
             handshake_timeout: config.handshake(),
-            declared_down: declared_down.clone(),
-            timed_out: timed_out.clone(),
-            accept_errors: accept_errors.clone(),
+            counters: counters.clone(),
             membership: membership.clone(),
-            suspensions: suspensions.clone(),
         };
         tasks.push(tokio::spawn(watchdog.run()));
         if let Some(tls) = &tls {
@@ -257,10 +203,7 @@ impl Node {
             handshakes,
             tasks,
             liveness,
-            declared_down,
-            suspensions,
-            timed_out,
-            accept_errors,
+            counters,
             members: membership.gate(),
             membership,
             tls,
@@ -373,7 +316,7 @@ impl Node {
     /// lease gate closed until heartbeats sent after the wake-up renewed it, and every cache
     /// checked its entries again.
     pub fn suspensions(&self) -> u64 {
-        self.suspensions.load(Ordering::Relaxed)
+        self.stats().suspensions
     }
 
     /// Makes the clock that counts suspended time jump by `sleep`, as a suspension of the
@@ -396,14 +339,14 @@ impl Node {
 
     /// How many times a silent peer was declared down (its session closed) since start.
     pub fn peers_declared_down(&self) -> u64 {
-        self.declared_down.load(Ordering::Relaxed)
+        self.stats().peers_declared_down
     }
 
     /// How many connections, dialled or accepted, were closed since start because their
     /// session did not become ready within the handshake timeout (a stopped peer whose kernel
     /// still accepts connections, an idle or slow client). Each would otherwise hold a socket.
     pub fn handshakes_timed_out(&self) -> u64 {
-        self.timed_out.load(Ordering::Relaxed)
+        self.stats().handshakes_timed_out
     }
 
     /// How many times accepting a connection on the listen address failed since start, most
@@ -411,7 +354,13 @@ impl Node {
     /// each failure (10 ms, doubling to 1 s, reset by the next accepted connection), so this
     /// grows by at most about 100 a second however many connections wait.
     pub fn accept_errors(&self) -> u64 {
-        self.accept_errors.load(Ordering::Relaxed)
+        self.stats().accept_errors
+    }
+
+    /// Every counter of this node since it started, and the peers up now.
+    pub fn stats(&self) -> NodeStats {
+        self.counters
+            .snapshot(peers::names(&self.sessions.borrow()).len())
     }
 
     /// The membership gate this node's caches check on every read.
@@ -457,6 +406,90 @@ impl AsRef<str> for Node {
     fn as_ref(&self) -> &str {
         &self.name
     }
+}
+
+/// Spawns ractor_cluster's `NodeServer`. Our own accept loop owns the listen address; the
+/// server's listener (no handshake deadline, no backoff when file descriptors run out) is
+/// parked on an ephemeral loopback port, TLS-only too with TLS.
+async fn spawn_server(
+    config: &NodeConfig,
+    tls: Option<&tls::Tls>,
+    supervisor: Option<ActorCell>,
+) -> Result<ActorRef<NodeServerMessage>> {
+    let encryption = tls.map(|tls| IncomingEncryptionMode::Tls(tls.acceptor()));
+    let (port, ip) = (0, std::net::IpAddr::from([127, 0, 0, 1]));
+    let server = NodeServer::new(
+        port,
+        config.cookie().to_owned(),
+        config.name().to_owned(),
+        config.host(),
+        encryption,
+        None,
+    )
+    .with_listen_addr(ip);
+    let spawned = match supervisor {
+        Some(sup) => Actor::spawn_linked(None, server, (), sup).await,
+        None => Actor::spawn(None, server, ()).await,
+    };
+    let (server, _) = spawned.map_err(|e| Error::spawn("node server", e))?;
+    Ok(server)
+}
+
+/// Binds the listen address; returns the listener and the address bound (port 0 asks for any
+/// free port: the one bound is advertised).
+async fn bind(listen: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Spawn {
+            what: "listener",
+            cause: Arc::new(e),
+        })?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    Ok((listener, bound))
+}
+
+/// Subscribes to the server's session events: the ready sessions, and those not ready yet.
+fn watch_sessions(
+    server: &ActorRef<NodeServerMessage>,
+    tls: bool,
+) -> Result<(watch::Receiver<Sessions>, Handshakes)> {
+    let (events, sessions, handshakes) = PeerEvents::new(tls);
+    server
+        .cast(NodeServerMessage::SubscribeToEvents {
+            id: EVENTS_ID.to_owned(),
+            subscription: Box::new(events),
+        })
+        .map_err(|e| Error::stopped_by("node server", e))?;
+    Ok((sessions, handshakes))
+}
+
+/// The node-level topic's settings: its lease is three node heartbeats, and a silent member
+/// is forgotten only after a day (the membership forgets members on its own schedule).
+fn node_topic(heartbeat: Duration) -> SyncConfig {
+    SyncConfig::default()
+        .heartbeat(heartbeat)
+        .lease(heartbeat * 3)
+        .forget_after(Duration::from_secs(24 * 3600).max(heartbeat * 3))
+}
+
+/// A dialer per configured peer and a discovery task per DNS name.
+fn dial_and_discover(
+    config: &NodeConfig,
+    dialing: &Dialing,
+    listen: SocketAddr,
+    membership: &Arc<Membership>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks: Vec<JoinHandle<()>> = config
+        .peers()
+        .iter()
+        .map(|addr| tokio::spawn(dialing.dialer(addr).run()))
+        .collect();
+    let (names, every) = config.discovery();
+    for name in names {
+        let discovery = Discovery::new(name, every, listen, dialing.clone(), membership);
+        tasks.push(tokio::spawn(discovery.run()));
+    }
+    tasks
 }
 
 impl std::fmt::Debug for Node {

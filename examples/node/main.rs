@@ -409,21 +409,19 @@ impl NodeProcess {
         };
         let mut stats = json!({
             "ok": "stats", "health": health, "health_reason": reason,
-            "peers_declared_down": self.node.peers_declared_down(),
             "entries": s.entries, "weighted_size": s.weighted_size,
             "peers": self.node.peers().len(), "name": self.node.name(),
             "incarnation": self.cache.synchronization_incarnation(),
             "node_incarnation": self.node.liveness_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
-            "handshakes_timed_out": self.node.handshakes_timed_out(),
-            "accept_errors": self.node.accept_errors(),
-            "suspensions": self.node.suspensions(), "liveness_restarts": self.node.liveness_restarts(),
+            "liveness_restarts": self.node.liveness_restarts(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
             "tls_reloads": self.node.tls_reloads(), "tls_reload_failures": self.node.tls_reload_failures(),
             "last_remote_invalidation": self.last_remote.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         });
-        // Every counter of the cache and its topic, under its field name.
-        for (name, _, value) in s.counters().chain(s.sync.counters()) {
+        // Every counter of the cache, its topic and the node, under its field name.
+        let node = self.node.stats();
+        for (name, _, value) in s.counters().chain(s.sync.counters()).chain(node.counters()) {
             stats[name] = value.into();
         }
         stats

@@ -10,7 +10,6 @@
 //! peer, whose handshake takes milliseconds, from joining.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 use super::peers::Handshakes;
+use super::stats::NodeCounters;
 use super::tls::Tls;
+use crate::counter::bump;
 use crate::sessions;
 
 /// Most TLS handshakes in progress at once; past it the oldest is dropped.
@@ -35,7 +36,7 @@ pub(crate) async fn run(
     server: ActorRef<NodeServerMessage>,
     timeout: Duration,
     unready: Handshakes,
-    errors: Arc<AtomicU64>,
+    counters: Arc<NodeCounters>,
 ) {
     // TLS handshakes in progress, oldest first: past the cap the oldest is dropped rather than
     // the loop waiting for one to finish (idle sockets would hold every slot for the timeout).
@@ -45,7 +46,7 @@ pub(crate) async fn run(
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                errors.fetch_add(1, Ordering::Relaxed);
+                bump(&counters.accept_errors);
                 tracing::warn!(%error, "accept failed; backing off");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -2,7 +2,6 @@
 //! and dials again with exponential backoff whenever there is none.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,9 @@ use ractor_cluster::NodeServerMessage;
 use tokio::sync::watch;
 
 use super::peers::{has_session, is_with, Handshakes, Sessions};
+use super::stats::NodeCounters;
 use super::tls::Tls;
+use crate::counter::add;
 
 /// What every dialer shares: each configured, discovered or gossiped address gets one.
 #[derive(Clone)]
@@ -19,7 +20,7 @@ pub(crate) struct Dialing {
     pub(crate) server: ActorRef<NodeServerMessage>,
     pub(crate) sessions: watch::Receiver<Sessions>,
     pub(crate) handshakes: Handshakes,
-    pub(crate) timed_out: Arc<AtomicU64>,
+    pub(crate) counters: Arc<NodeCounters>,
     pub(crate) tls: Option<Arc<Tls>>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
@@ -33,7 +34,7 @@ impl Dialing {
             addr: addr.to_owned(),
             sessions: self.sessions.clone(),
             handshakes: self.handshakes.clone(),
-            timed_out: self.timed_out.clone(),
+            counters: self.counters.clone(),
             backoff: self.backoff,
             handshake_timeout: self.handshake_timeout,
             tls: self.tls.clone(),
@@ -48,8 +49,8 @@ pub(crate) struct Dialer {
     pub(crate) sessions: watch::Receiver<Sessions>,
     /// Sessions not ready yet: a dial that times out closes the one it opened.
     pub(crate) handshakes: Handshakes,
-    /// Counts the sessions closed that way.
-    pub(crate) timed_out: Arc<AtomicU64>,
+    /// The node's counters (the sessions closed that way).
+    pub(crate) counters: Arc<NodeCounters>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
     pub(crate) tls: Option<Arc<Tls>>,
@@ -136,7 +137,7 @@ impl Dialer {
                     // The connection is up but the session never got ready (a stopped peer's
                     // kernel still accepts): close it, or every redial leaks one socket.
                     let closed = self.handshakes.close_dialled(&self.addr, resolved);
-                    self.timed_out.fetch_add(closed as u64, Ordering::Relaxed);
+                    add(&self.counters.handshakes_timed_out, closed as u64);
                     tracing::debug!(peer = %self.addr, closed, "handshake timed out");
                     return false;
                 }

@@ -8,8 +8,7 @@
 //! timeout after it opened, dialled or accepted: a stopped peer whose kernel still completes
 //! TCP connections, an idle or slow-loris client. Each would otherwise hold a socket for good.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,9 @@ use tokio::sync::watch;
 
 use super::membership::Membership;
 use super::peers::{Handshakes, Sessions};
+use super::stats::{NodeCounters, NodeStats};
 use crate::clock::now_us;
+use crate::counter::{add, bump};
 
 pub(crate) struct Watchdog {
     pub(crate) liveness: Arc<super::liveness::Liveness>,
@@ -29,15 +30,11 @@ pub(crate) struct Watchdog {
     pub(crate) timeout: Duration,
     /// A session not ready this long after it opened is closed.
     pub(crate) handshake_timeout: Duration,
-    pub(crate) declared_down: Arc<AtomicU64>,
-    /// Counts the sessions closed because their handshake did not finish in time.
-    pub(crate) timed_out: Arc<AtomicU64>,
-    /// Failed accepts on the listener, published with the node's figures.
-    pub(crate) accept_errors: Arc<AtomicU64>,
+    /// The node's counters: bumped here (peers declared down, handshakes timed out,
+    /// suspensions) and published here.
+    pub(crate) counters: Arc<NodeCounters>,
     /// Forgets unreachable members and dials the others, once per heartbeat.
     pub(crate) membership: Arc<Membership>,
-    /// Counts the times the clock was found to have missed time (a suspension).
-    pub(crate) suspensions: Arc<AtomicU64>,
 }
 
 /// A suspension shorter than this is not acted on: far under any lease, and over the jitter
@@ -49,6 +46,10 @@ impl Watchdog {
     pub(crate) async fn run(self) {
         let timeout = self.timeout.as_micros() as u64;
         let mut closed: HashSet<ActorId> = HashSet::new();
+        // When each peer with a session was last heard from, kept here rather than only in the
+        // node-level actor: one spawned again after a failure starts knowing nothing, and its
+        // peers' sessions would look silent since they opened.
+        let mut heard: HashMap<String, u64> = HashMap::new();
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sleep = crate::clock::SuspendDetector::default();
@@ -64,7 +65,7 @@ impl Watchdog {
                     slept_ms = slept / 1000,
                     "the system was suspended: closing every lease gate and repairing"
                 );
-                self.suspensions.fetch_add(1, Ordering::Relaxed);
+                bump(&self.counters.suspensions);
                 crate::synchronization::slept();
             }
             let handshake = self.handshake_timeout.as_micros() as u64;
@@ -72,25 +73,26 @@ impl Watchdog {
             let stuck = self
                 .handshakes
                 .close_older_than(now.saturating_sub(handshake));
-            self.timed_out.fetch_add(stuck as u64, Ordering::Relaxed);
-            let heard = self
+            add(&self.counters.handshakes_timed_out, stuck as u64);
+            let now_heard = self
                 .liveness
                 .current()
                 .map(|liveness| liveness.last_heard())
                 .unwrap_or_default();
+            for (peer, at) in now_heard {
+                let last = heard.entry(peer).or_insert(at);
+                *last = (*last).max(at);
+            }
             let sessions = self.sessions.borrow().clone();
-            let declared = self.declared_down.load(Ordering::Relaxed);
-            let timed_out = self.timed_out.load(Ordering::Relaxed);
-            let accept_errors = self.accept_errors.load(Ordering::Relaxed);
-            let counts = [declared, timed_out, accept_errors];
-            publish_node(super::peers::names(&sessions).len(), counts);
+            heard.retain(|peer, _| sessions.values().any(|s| s.name == *peer));
+            publish_node(&self.counters.snapshot(super::peers::names(&sessions).len()));
             closed.retain(|id| sessions.contains_key(id));
             for (id, session) in sessions {
                 let last = heard.get(&session.name).copied().unwrap_or(0);
                 let silent_for = now.saturating_sub(last.max(session.ready_at));
                 if silent_for > timeout && closed.insert(id) {
                     tracing::warn!(peer = %session.name, silent_ms = silent_for / 1000, "peer silent: closing its session");
-                    self.declared_down.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.counters.peers_declared_down);
                     session.actor.stop(Some("peer silent".to_owned()));
                 }
             }
@@ -98,10 +100,10 @@ impl Watchdog {
     }
 }
 
-/// Publishes the node's peer figures.
-fn publish_node(peers_up: usize, [declared_down, timed_out, accept_errors]: [u64; 3]) {
-    metrics::gauge!("ractor_cache_sync_peers_up").set(peers_up as f64);
-    metrics::counter!("ractor_cache_sync_peers_declared_down_total").absolute(declared_down);
-    metrics::counter!("ractor_cache_sync_handshakes_timed_out_total").absolute(timed_out);
-    metrics::counter!("ractor_cache_sync_accept_errors_total").absolute(accept_errors);
+/// Publishes the node's figures.
+fn publish_node(stats: &NodeStats) {
+    metrics::gauge!("ractor_cache_sync_peers_up").set(stats.peers_up as f64);
+    for (_, metric, value) in stats.counters() {
+        metrics::counter!(metric).absolute(value);
+    }
 }

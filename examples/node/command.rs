@@ -41,6 +41,9 @@ pub enum Injection {
     Foreign,
     /// `n` bytes of garbage in one message.
     Size(usize),
+    /// An invalidation of key `block-n` on the `--slow-topic` cache: its hook on every other
+    /// node blocks for `n` ms.
+    Block(u64),
     /// `n` small garbage envelopes, as fast as possible.
     Flood(u64),
     /// A well-formed envelope of another topic.
@@ -98,12 +101,13 @@ impl Command {
             "quit" => Ok(Self::Quit),
             "inject" if rest == "foreign" => Ok(Self::Inject(Injection::Foreign)),
             "inject" if rest == "other-topic" => Ok(Self::Inject(Injection::OtherTopic)),
-            "inject" if rest.starts_with("size ") || rest.starts_with("flood ") => {
+            "inject" if ["size ", "flood ", "block "].iter().any(|p| rest.starts_with(p)) => {
                 let (what, n) = rest.split_once(' ').unwrap_or_default();
                 match (what, n.trim().parse::<u64>()) {
                     ("size", Ok(n)) if n <= 64 << 20 => Ok(Self::Inject(Injection::Size(n as usize))),
                     ("flood", Ok(n)) if n <= 10_000_000 => Ok(Self::Inject(Injection::Flood(n))),
-                    _ => Err("usage: inject size BYTES (<= 64 MiB) | inject flood COUNT".into()),
+                    ("block", Ok(n)) if n <= 60_000 => Ok(Self::Inject(Injection::Block(n))),
+                    _ => Err("usage: inject size BYTES (<= 64 MiB) | inject flood COUNT | inject block MS (<= 60 000)".into()),
                 }
             }
             "inject" if rest.starts_with("forge ") => {

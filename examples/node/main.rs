@@ -148,6 +148,11 @@ struct Args {
     /// 100 ms, doubling up to this.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     redial_max_ms: u64,
+    /// Fault injection: a second cache on this topic whose remote-invalidation hook blocks
+    /// its thread for N ms when key `block-N` is invalidated (`inject block N` on another node
+    /// sends one): a slow subscriber, to show it delays no other topic.
+    #[arg(long)]
+    slow_topic: Option<String>,
     /// How long `put-confirmed` waits for every peer to apply the invalidation (milliseconds).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     confirm_timeout_ms: u64,
@@ -166,6 +171,8 @@ struct NodeProcess {
     topic: String,
     /// How long `put-confirmed` waits for every peer to apply.
     confirm_timeout: Duration,
+    /// The `--slow-topic` cache, if any.
+    slow: Option<Cache<String, String>>,
     /// The keys of the last invalidation another node sent ("*" for everything), as seen by
     /// the cache's remote-invalidation hook.
     last_remote: Arc<std::sync::Mutex<Option<Vec<String>>>>,
@@ -233,6 +240,11 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         ModeArg::Bounded => Mode::Bounded,
         ModeArg::Eventual => Mode::Eventual,
     };
+    let sync = SyncConfig::default()
+        .lease(ms(args.lease_ms))
+        .heartbeat(ms(args.heartbeat_ms))
+        .forget_after(ms(args.forget_after_ms))
+        .max_backlog(args.max_backlog_bytes);
     let last_remote = Arc::new(std::sync::Mutex::new(None));
     let seen = last_remote.clone();
     let mut builder = Cache::builder(Topic::new(args.topic.clone()), Arc::new(source.clone()));
@@ -262,26 +274,51 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
             *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys);
         })
         .mode(mode)
-        .sync(
-            SyncConfig::default()
-                .lease(ms(args.lease_ms))
-                .heartbeat(ms(args.heartbeat_ms))
-                .forget_after(ms(args.forget_after_ms))
-                .max_backlog(args.max_backlog_bytes),
-        )
+        .sync(sync)
         .revalidation_chunk(args.revalidation_chunk as usize)
         .cache_absent(args.cache_absent)
         .spawn(&node)
         .await
         .map_err(|e| e.to_string())?;
+    let slow = match &args.slow_topic {
+        Some(topic) => Some(slow_cache(topic, &source, sync, &node).await?),
+        None => None,
+    };
     Ok(NodeProcess {
         node,
         cache,
         source,
         topic: args.topic.clone(),
         confirm_timeout: ms(args.confirm_timeout_ms),
+        slow,
         last_remote,
     })
+}
+
+/// A cache whose remote-invalidation hook blocks its thread for N ms on key `block-N` (as a
+/// subscriber doing blocking work would; `block_in_place` lets the runtime move other tasks
+/// off the thread).
+async fn slow_cache(
+    topic: &str,
+    source: &Database,
+    sync: SyncConfig,
+    node: &Node,
+) -> Result<Cache<String, String>, String> {
+    Cache::builder(Topic::new(topic), Arc::new(source.clone()))
+        .on_remote_invalidation(|applied| {
+            let Invalidation::Keys(keys) = applied else {
+                return;
+            };
+            for (key, _) in keys {
+                if let Some(n) = key.strip_prefix("block-").and_then(|n| n.parse().ok()) {
+                    tokio::task::block_in_place(|| std::thread::sleep(ms(n)));
+                }
+            }
+        })
+        .sync(sync)
+        .spawn(node)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl NodeProcess {
@@ -433,6 +470,12 @@ impl NodeProcess {
                 let len = bytes.len();
                 self.cache.send_raw(bytes).map_err(|e| e.to_string())?;
                 json!(len)
+            }
+            Injection::Block(n) => {
+                let slow = self.slow.as_ref().ok_or("no --slow-topic")?;
+                slow.invalidate(&format!("block-{n}"))
+                    .map_err(|e| e.to_string())?;
+                json!(n)
             }
             Injection::Size(n) => {
                 self.cache

@@ -95,7 +95,8 @@ pub(crate) fn collect(now: u64) -> Vec<(String, Vec<u8>)> {
 /// A topic's actor state, as the node-level actor reaches it.
 pub(crate) trait BeatSink: Send + Sync {
     /// Takes the encoded topic heartbeat now if it announces nothing this topic has yet to
-    /// apply; `false` (nothing done) to have it queued to the topic's actor instead. `token`
+    /// apply; `false` (nothing done) to have it queued to the topic's actor instead (so too
+    /// when the topic is busy: the caller never waits for it). `token`
     /// is the metadata of the cast that carried it.
     fn offer(&self, envelope: &[u8], token: Option<&[u8]>) -> bool;
     /// This node's clock missed time (the system was suspended): close the lease gate until

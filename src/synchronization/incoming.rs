@@ -260,7 +260,14 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
         let Ok(envelope) = Envelope::decode(bytes) else {
             return false; // the actor counts it and repairs
         };
-        let mut state = lock(self);
+        // A topic busy with a message (a slow subscriber, say) holds its state: its heartbeat
+        // then goes to its mailbox like one that announces something, rather than the
+        // node-level actor, which carries every topic's heartbeats, waiting for it.
+        let mut state = match self.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         if !state.announces_nothing_new(&envelope) {
             return false;
         }

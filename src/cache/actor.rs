@@ -57,7 +57,9 @@ pub(crate) type OnRemote<K> = Arc<dyn Fn(&Invalidation<K>) + Send + Sync>;
 
 /// The cache actor's state.
 pub(crate) struct CacheState<K, V> {
+    /// What it started with: kept to spawn the Synchronization actor again.
     args: CacheArguments<K, V>,
+    /// The topic's current Synchronization actor, linked to this one.
     sync: Synchronization<Invalidation<K>>,
 }
 

@@ -17,12 +17,19 @@ use crate::counter::add;
 /// What every dialer shares: each configured, discovered or gossiped address gets one.
 #[derive(Clone)]
 pub(crate) struct Dialing {
+    /// The NodeServer that opens the sessions.
     pub(crate) server: ActorRef<NodeServerMessage>,
+    /// The ready sessions: a dialer whose address has one waits.
     pub(crate) sessions: watch::Receiver<Sessions>,
+    /// Sessions not ready yet: a dial that times out closes the one it opened.
     pub(crate) handshakes: Handshakes,
+    /// The node's counters (timed-out handshakes).
     pub(crate) counters: Arc<NodeCounters>,
+    /// With TLS, the configuration dials use (read again when its files change).
     pub(crate) tls: Option<Arc<Tls>>,
+    /// First and longest wait between two dials of an unreachable address.
     pub(crate) backoff: (Duration, Duration),
+    /// How long a dialled session may take to become ready.
     pub(crate) handshake_timeout: Duration,
 }
 

@@ -65,10 +65,15 @@ impl ractor::Message for Never {}
 
 struct Supervisor;
 
+/// The supervisor's state: what it needs to spawn the node-level actor again.
 struct State {
+    /// This node's name, `name@host`.
     name: String,
+    /// The node-level topic's settings.
     config: SyncConfig,
+    /// Who this node knows of: the actor gossips it and learns from peers' gossip.
     membership: Arc<Membership>,
+    /// Where the node and its watchdog find the current actor.
     liveness: Arc<Liveness>,
 }
 

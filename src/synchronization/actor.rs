@@ -49,23 +49,36 @@ pub(crate) struct SynchronizationArguments<M> {
 
 /// The actor's state.
 pub(crate) struct SynchronizationState<M> {
+    /// The topic's process group (its name).
     pub(super) group: String,
+    /// This node's cluster-wide name, `name@host`.
     pub(super) node_name: String,
+    /// Sequence numbers and casts, shared with the handles (which publish from the caller's
+    /// task under its lock).
     pub(super) outbox: Arc<Outbox<M>>,
+    /// Per peer: incarnation, what was applied, the lease, acknowledgements.
     pub(super) peers: PeerTable,
+    /// Local subscribers: every delivery goes to each.
     pub(super) subscribers: Vec<Subscriber<M>>,
     /// Accepted but not yet published (a cache's coalescing batch): drained before every
     /// heartbeat and before the leave.
     pub(super) pending: Option<Pending<M>>,
     /// Membership gossip, on the node-level topic.
     pub(super) gossip: Option<Arc<dyn Gossip>>,
+    /// Counters, the topic's lease gate and the last-heard status, shared with readers.
     pub(super) shared: Arc<SyncShared>,
+    /// The heartbeat timer (sends `Tick`); aborted when the actor stops.
     pub(super) ticker: JoinHandle<()>,
+    /// Whether the leases were valid at the last gate computation: a change to invalid
+    /// counts a lease expiry and wakes the cache's revalidation.
     pub(super) leases_were_valid: bool,
+    /// Bytes a peer may leave unacknowledged before its session is closed.
     pub(super) max_backlog: u64,
     /// Heartbeat interval (µs): a topic's heartbeats ride on the node-level heartbeat when
     /// that one is at least as frequent.
     pub(super) heartbeat_us: u64,
+    /// `publish_confirmed` callers waiting for acknowledgements, answered once every peer
+    /// acknowledged their sequence number or at their deadline.
     pub(super) waiters: Vec<Waiter>,
     /// Deliver what the sequence numbers call a duplicate too (a cache's invalidations:
     /// applying one twice changes nothing, and a forged sequence number then cannot hide a
@@ -94,9 +107,13 @@ pub(super) fn lock<M>(
 
 /// A `publish_confirmed` caller waiting for acknowledgements.
 pub(super) struct Waiter {
+    /// The sequence number of the message waited for.
     pub(super) seq: u64,
+    /// The members (by name) it was sent to: each is applied or missing in the answer.
     pub(super) peers: Vec<String>,
+    /// Our clock (µs) when the caller gives up: whoever has not acknowledged is missing.
     pub(super) deadline: u64,
+    /// Where the answer goes.
     pub(super) reply: ractor::RpcReplyPort<Confirmation>,
 }
 

@@ -235,7 +235,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// [`Error::ActorStopped`] if no Synchronization actor is running.
     #[cfg(feature = "fault-injection")]
-    pub fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
+    pub(crate) fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
         self.inner
             .with_sync(|sync| sync.send_raw(bytes))
             .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
@@ -243,13 +243,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// Makes the cache's Synchronization actor forge a heartbeat under `origin`'s name and
     /// `incarnation` after each of its own (fault injection; see
-    /// [`Synchronization::impersonate`]).
+    /// `Synchronization::impersonate`).
     ///
     /// # Errors
     ///
     /// [`Error::ActorStopped`] if no Synchronization actor is running.
     #[cfg(feature = "fault-injection")]
-    pub fn impersonate(&self, origin: &str, incarnation: u64) -> Result<()> {
+    pub(crate) fn impersonate(&self, origin: &str, incarnation: u64) -> Result<()> {
         self.inner
             .with_sync(|sync| sync.impersonate(origin, incarnation))
             .unwrap_or_else(|| Err(Error::stopped("synchronization actor")))
@@ -257,7 +257,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// The current Synchronization actor's incarnation (fault injection: what a forger needs).
     #[cfg(feature = "fault-injection")]
-    pub fn synchronization_incarnation(&self) -> Option<u64> {
+    pub(crate) fn topic_incarnation(&self) -> Option<u64> {
         self.inner.with_sync(Synchronization::incarnation)
     }
 

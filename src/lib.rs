@@ -29,11 +29,5 @@ pub use source::{Source, Version};
 pub use synchronization::{SyncConfig, Synchronization, TopicMessage};
 pub use topic::Topic;
 
-/// Hooks for fault-injection tests and the crate's benchmarks, with the `fault-injection`
-/// feature: not for production builds. (`Cache::send_raw` and `Synchronization::send_raw`
-/// cast raw bytes to a topic's remote members.)
 #[cfg(feature = "fault-injection")]
-pub mod fault_injection {
-    pub use crate::protocol::envelope::bench::{decode, encode_for_peers, encode_publish};
-    pub use crate::topic::PG_SCOPE;
-}
+pub mod fault_injection;

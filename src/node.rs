@@ -289,7 +289,7 @@ impl Node {
     /// Kills the node-level actor, as a bug in it would (fault injection): its supervisor
     /// spawns it again.
     #[cfg(feature = "fault-injection")]
-    pub fn kill_liveness(&self) {
+    pub(crate) fn kill_liveness(&self) {
         if let Some(current) = self.liveness.current() {
             current.actor().kill();
         }
@@ -298,14 +298,14 @@ impl Node {
     /// The node-level actor's incarnation, as its heartbeats carry it (fault injection: what a
     /// forger needs).
     #[cfg(feature = "fault-injection")]
-    pub fn liveness_incarnation(&self) -> Option<u64> {
-        self.liveness.current().map(|l| l.wire_incarnation())
+    pub(crate) fn liveness_incarnation(&self) -> Option<u64> {
+        self.liveness.current().map(|l| l.incarnation())
     }
 
     /// Makes the node-level actor forge a clean leave under another node's name and node-level
     /// incarnation, as a peer posing as it would (fault injection).
     #[cfg(feature = "fault-injection")]
-    pub fn forge_leave(&self, origin: &str, incarnation: u64) {
+    pub(crate) fn forge_leave(&self, origin: &str, incarnation: u64) {
         if let Some(current) = self.liveness.current() {
             let _ = current.forge_leave(origin, incarnation);
         }
@@ -322,7 +322,7 @@ impl Node {
     /// Makes the clock that counts suspended time jump by `sleep`, as a suspension of the
     /// system would (fault injection): the node reacts at its next heartbeat.
     #[cfg(feature = "fault-injection")]
-    pub fn simulate_suspension(&self, sleep: Duration) {
+    pub(crate) fn simulate_suspension(&self, sleep: Duration) {
         crate::clock::inject_sleep(sleep);
     }
 

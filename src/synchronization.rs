@@ -213,7 +213,7 @@ impl<M: TopicMessage> Synchronization<M> {
     ///
     /// [`Error::ActorStopped`] if the actor has stopped.
     #[cfg(feature = "fault-injection")]
-    pub fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
+    pub(crate) fn send_raw(&self, bytes: Vec<u8>) -> Result<()> {
         self.ensure_running()?;
         self.outbox.cast_to_remote_members(bytes);
         Ok(())
@@ -227,7 +227,7 @@ impl<M: TopicMessage> Synchronization<M> {
     ///
     /// [`Error::ActorStopped`] if the actor has stopped.
     #[cfg(feature = "fault-injection")]
-    pub fn impersonate(&self, origin: &str, incarnation: u64) -> Result<()> {
+    pub(crate) fn impersonate(&self, origin: &str, incarnation: u64) -> Result<()> {
         self.send(SyncMessage::Impersonate(origin.to_owned(), incarnation))
     }
 
@@ -238,15 +238,8 @@ impl<M: TopicMessage> Synchronization<M> {
     ///
     /// [`Error::ActorStopped`] if the actor has stopped.
     #[cfg(feature = "fault-injection")]
-    pub fn forge_leave(&self, origin: &str, incarnation: u64) -> Result<()> {
+    pub(crate) fn forge_leave(&self, origin: &str, incarnation: u64) -> Result<()> {
         self.send(SyncMessage::ForgeLeave(origin.to_owned(), incarnation))
-    }
-
-    /// This actor's incarnation (random per start), as its envelopes carry it (fault
-    /// injection: what a forger needs).
-    #[cfg(feature = "fault-injection")]
-    pub fn wire_incarnation(&self) -> u64 {
-        self.incarnation()
     }
 
     /// Counters since the actor (or the cache owning it) was spawned.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use ractor_cache_sync::fault_injection::FaultInjector;
 use ractor_cache_sync::node::MemberState;
 use ractor_cache_sync::{Cache, Health, Invalidation, Mode, Node, NodeConfig, SyncConfig, Topic};
 use serde_json::{json, Value};
@@ -322,6 +323,11 @@ async fn slow_cache(
 }
 
 impl NodeProcess {
+    /// The fault-injection hooks of this node and its cache.
+    fn faults(&self) -> FaultInjector<'_> {
+        FaultInjector::new(&self.node).cache(&self.cache)
+    }
+
     async fn serve_stdin(self) {
         let mut stdin = BufReader::new(tokio::io::stdin());
         // stdin closed (or unreadable): shut down as on quit.
@@ -351,11 +357,11 @@ impl NodeProcess {
             Command::Members => Ok(self.members()),
             Command::Inject(injection) => self.inject(injection),
             Command::KillLiveness => {
-                self.node.kill_liveness();
+                self.faults().kill_node_level_actor();
                 Ok(json!({ "ok": "kill-liveness" }))
             }
             Command::SimulateSuspend(ms) => {
-                self.node.simulate_suspension(Duration::from_millis(ms));
+                self.faults().simulate_suspension(Duration::from_millis(ms));
                 Ok(json!({ "ok": "simulate-suspend" }))
             }
             Command::KillSync => match self.cache.synchronization_actor() {
@@ -448,8 +454,8 @@ impl NodeProcess {
             "ok": "stats", "health": health, "health_reason": reason,
             "entries": s.entries, "weighted_size": s.weighted_size,
             "peers": self.node.peers().len(), "name": self.node.name(),
-            "incarnation": self.cache.synchronization_incarnation(),
-            "node_incarnation": self.node.liveness_incarnation(),
+            "incarnation": self.faults().topic_incarnation(),
+            "node_incarnation": self.faults().node_incarnation(),
             "members": self.node.members().iter().filter(|m| m.state != MemberState::Left).count(),
             "liveness_restarts": self.node.liveness_restarts(),
             "handshakes_in_progress": self.node.handshakes_in_progress(),
@@ -468,7 +474,7 @@ impl NodeProcess {
         let sent = match injection {
             Injection::Bytes(bytes) => {
                 let len = bytes.len();
-                self.cache.send_raw(bytes).map_err(|e| e.to_string())?;
+                self.faults().send_raw(bytes).map_err(|e| e.to_string())?;
                 json!(len)
             }
             Injection::Block(n) => {
@@ -478,7 +484,7 @@ impl NodeProcess {
                 json!(n)
             }
             Injection::Size(n) => {
-                self.cache
+                self.faults()
                     .send_raw(vec![0xA5; n])
                     .map_err(|e| e.to_string())?;
                 json!(n)
@@ -486,7 +492,7 @@ impl NodeProcess {
             Injection::Flood(n) => {
                 for i in 0..n {
                     let garbage = i.to_be_bytes().to_vec();
-                    self.cache.send_raw(garbage).map_err(|e| e.to_string())?;
+                    self.faults().send_raw(garbage).map_err(|e| e.to_string())?;
                 }
                 json!(n)
             }
@@ -494,7 +500,9 @@ impl NodeProcess {
                 let envelope =
                     ractor_cache_sync::fault_injection::encode_for_peers(b"x", 1).remove(0);
                 let len = envelope.len();
-                self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
+                self.faults()
+                    .send_raw(envelope)
+                    .map_err(|e| e.to_string())?;
                 json!(len)
             }
             Injection::Forge(origin, incarnation, seq, key) => {
@@ -508,17 +516,19 @@ impl NodeProcess {
                     &payload,
                 );
                 let len = envelope.len();
-                self.cache.send_raw(envelope).map_err(|e| e.to_string())?;
+                self.faults()
+                    .send_raw(envelope)
+                    .map_err(|e| e.to_string())?;
                 json!(len)
             }
             Injection::Impersonate(origin, incarnation) => {
-                self.cache
+                self.faults()
                     .impersonate(&origin, incarnation)
                     .map_err(|e| e.to_string())?;
                 json!(0)
             }
             Injection::Leave(origin, incarnation) => {
-                self.node.forge_leave(&origin, incarnation);
+                self.faults().forge_leave(&origin, incarnation);
                 json!(0)
             }
             Injection::Foreign => {

@@ -15,10 +15,11 @@
 //! | bounded | open | at or after the last repair | yes |
 //! | bounded | closed | at or after the last repair, less than a lease ago | yes (checked against the source) |
 //! | bounded | closed | more than a lease ago | no: a bypass, the read loads |
-//! | any | — | before the last repair | no: a miss, the read loads |
+//! | any | — | before the last repair | no: the read loads (a miss, or a bypass while a gate is closed) |
 //!
-//! The lease lives here once: the topic's actor publishes it from its validated configuration
-//! before it computes its first gate, and every reader takes it from the [`LeaseGate`].
+//! The lease lives here once: it is published from the topic's validated configuration (by
+//! the cache builder before the cache exists, and by the topic's actor before it computes its
+//! first gate), and every reader takes it from the [`LeaseGate`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,7 +76,7 @@ impl LeaseGate {
         self.heartbeat_us.store(heartbeat_us, Ordering::Release);
     }
 
-    /// The topic's lease (µs); 0 before its actor started (nothing is vouched for then).
+    /// The topic's lease (µs); 0 until configured (a cache configures it before it exists).
     pub(crate) fn lease_us(&self) -> u64 {
         self.lease_us.load(Ordering::Acquire)
     }

@@ -29,7 +29,7 @@
 //! | its session before it is ready | `peers::Handshakes` | node events, accept loop | watchdog (timeouts), accept loop (shedding) |
 //! | its session's secrets and TLS identity | `crate::sessions` (process-wide, like `ractor::pg`) | node events, TLS handshakes | every cast (origin proofs), topic actors (backlog bound) |
 //! | that it is a member: address, incarnation, state | `membership::Membership` | gossip, configuration, discovery | the membership gate, dialers, `Node::members` |
-//! | when it was last heard | the node-level topic's shared status | node heartbeats | watchdog |
+//! | when it was last heard | the node-level topic's status, merged into the watchdog's own map (kept across a respawn of the node-level actor) | node heartbeats | watchdog |
 //! | per topic: incarnation, applied sequence, lease, acknowledgements | each topic actor's `PeerTable` | that topic's actor | the topic's lease gate |
 //! | per topic: a member not heard from yet | each topic actor's `unheard` | that topic's actor | its backlog bound, confirmations |
 

@@ -238,6 +238,10 @@ fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
     // thread runnable all the time (the spin this guards against, ractor_cluster's own
     // listener at the limit, took 103 % of a core); a quiet node is runnable for the odd
     // timer. Shedding and closing what is left may take a moment on a busy machine.
+    assert!(
+        runnable_ns(a.pid()) > 0,
+        "cannot read the node's scheduler statistics (/proc/PID/task/*/schedstat)"
+    );
     let mut last = f64::NAN;
     let quiet = eventually(cluster::DEADLINE, || {
         last = runnable_threads(a.pid(), Duration::from_secs(1));

@@ -176,8 +176,9 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     /// Puts `flight` in as the key's flight (tests that stage a race).
     #[cfg(test)]
     pub(crate) fn insert(&self, key: K, flight: Arc<Flight<V>>) {
-        if self.map.insert(key, flight).is_none() {
-            self.count.fetch_add(1, SeqCst);
+        self.count.fetch_add(1, SeqCst);
+        if self.map.insert(key, flight).is_some() {
+            self.count.fetch_sub(1, SeqCst);
         }
     }
 }

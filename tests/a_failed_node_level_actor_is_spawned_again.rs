@@ -6,7 +6,7 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster::{put, wait_for_health, wait_for_stat, wait_for_value, Cluster};
 
@@ -32,15 +32,12 @@ fn a_killed_node_level_actor_is_spawned_again_and_peers_never_declare_the_node_d
     wait_for_stat(&mut nodes[0], "liveness_restarts", 1);
     // Two peer timeouts of watching: a keeps heartbeating under its new incarnation, and
     // closes no session itself.
-    let watched = Instant::now();
-    while watched.elapsed() < 2 * timeout {
-        assert_eq!(
-            declared(&mut nodes),
-            declared_before,
-            "a peer was declared down (a's side first, b's second): a fell silent or forgot b"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster::unchanged_for(
+        2 * timeout,
+        "peers declared down (a's side first, b's second): a fell silent or forgot b; they",
+        declared_before,
+        || declared(&mut nodes),
+    );
     wait_for_health(&mut nodes[1], "healthy");
     put(&mut nodes[0], "k", "after");
     wait_for_value(&mut nodes[1], "k", "after");

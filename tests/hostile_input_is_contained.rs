@@ -15,6 +15,8 @@ use cluster::scenario::{read_loop, write_loop, History};
 use cluster::{eventually, put, start, wait_for_peers, wait_for_stat, wait_for_value, Cluster};
 
 const LEASE: Duration = Duration::from_secs(1);
+/// A connection the kernel does not complete in this long is given up (a full accept queue).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[test]
 fn pre_auth_garbage_and_idle_sockets_do_not_keep_a_peer_out() {
@@ -176,15 +178,7 @@ fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
     let past_the_stall = stalled_listener_ceiling(OPEN_FILES) + 200;
 
     let cluster = Cluster::new();
-    let spec = cluster.spec("a");
-    let command = spec
-        .command_under([
-            "prlimit",
-            &format!("--nofile={OPEN_FILES}:{OPEN_FILES}"),
-            "--",
-        ])
-        .unwrap();
-    let mut a = cluster::NodeProcess::spawn(spec, command).expect("a starts under prlimit");
+    let mut a = start_with_open_files(&cluster, OPEN_FILES);
     let target = a.spec.listen;
     let stop = AtomicBool::new(false);
     let opened = std::sync::atomic::AtomicUsize::new(0);
@@ -198,7 +192,7 @@ fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Ok(socket) = TcpStream::connect_timeout(&target, LEASE) {
+                    if let Ok(socket) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
                         held.push(socket);
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
@@ -259,6 +253,14 @@ fn idle_sockets_past_the_open_files_limit_do_not_keep_a_peer_out() {
     drop(held);
 }
 
+/// Node `a` of `cluster`, started under an open-files limit of `open_files`.
+fn start_with_open_files(cluster: &Cluster, open_files: usize) -> cluster::NodeProcess {
+    let spec = cluster.spec("a");
+    let limit = format!("--nofile={open_files}:{open_files}");
+    let command = spec.command_under(["prlimit", &limit, "--"]).unwrap();
+    cluster::NodeProcess::spawn(spec, command).expect("a starts under prlimit")
+}
+
 /// Open files of the process `pid` right now.
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
@@ -276,15 +278,7 @@ fn open_files(pid: u32) -> usize {
 fn a_node_out_of_file_descriptors_backs_off_instead_of_spinning() {
     const OPEN_FILES: usize = 128;
     let cluster = Cluster::new();
-    let spec = cluster.spec("a");
-    let command = spec
-        .command_under([
-            "prlimit",
-            &format!("--nofile={OPEN_FILES}:{OPEN_FILES}"),
-            "--",
-        ])
-        .unwrap();
-    let mut a = cluster::NodeProcess::spawn(spec, command).expect("a starts under prlimit");
+    let mut a = start_with_open_files(&cluster, OPEN_FILES);
     let baseline = open_files(a.pid());
     assert!(
         baseline + 32 < OPEN_FILES,

@@ -272,10 +272,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         // The topic's lease gate knows the lease before the cache exists (its actor publishes
         // the same value again whenever it starts).
         let sync = Arc::<crate::synchronization::SyncShared>::default();
-        sync.gate.configure(
-            micros(self.sync.lease_duration()),
-            micros(self.sync.heartbeat_interval()),
-        );
+        self.sync.configure(&sync.gate);
         let store = Store::new(self.source, self.mode, sync, node.member_gate(), bounds);
         let batch = Batch::new(self.max_batch_keys, self.coalesce);
         let inner = Arc::new(Inner::new(self.topic, store, batch));
@@ -335,9 +332,4 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         };
         Ok(bounds)
     }
-}
-
-/// `duration` in µs (durations are validated to at most 30 days).
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }

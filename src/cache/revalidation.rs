@@ -77,7 +77,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
             // Nothing to check: whatever is cached from now on is verified after every repair
             // so far (a load in flight from before stays unverified until a read replaces it).
             last = now;
-        } else if cache.store.pass_due(now, last, every) || retry_at.is_some_and(|t| now >= t) {
+        } else if rule.pass_due(now, last, every) || retry_at.is_some_and(|t| now >= t) {
             last = now;
             let (pass, changed) = revalidate(&cache.store, settings.chunk, settings.budget).await;
             cache.reload(changed);
@@ -101,7 +101,7 @@ pub(crate) async fn run<K: CacheKey, V: Clone + Send + Sync + 'static>(
         }
         // A closed gate needs a pass every half lease; otherwise wake on a repair, a lapsed
         // lease, the membership gate closing, `every`, or after one lease at the latest.
-        let mut nap = if cache.store.gates_open(now) {
+        let mut nap = if rule.open(now) {
             lease_us
         } else {
             lease_us / 4

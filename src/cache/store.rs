@@ -146,7 +146,7 @@ where
     /// on every read of an entry that cannot be vouched for now (a bypass: see the module).
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
         let now = now_us();
-        let open = self.gates_open(now);
+        let open = self.rule.open(now);
         if let Some(value) = self.cached(key, now, open) {
             return Ok(Lookup { value, hit: true });
         }
@@ -162,14 +162,9 @@ where
     /// The cached value, if it may be served now; never loads.
     pub(crate) fn peek(&self, key: &K) -> Option<V> {
         let now = now_us();
-        self.cached(key, now, self.gates_open(now))
+        self.cached(key, now, self.rule.open(now))
             .flatten()
             .map(|(value, _)| value)
-    }
-
-    /// Whether every gate is open (see [`ServeRule::open`]).
-    pub(crate) fn gates_open(&self, now: u64) -> bool {
-        self.rule.open(now)
     }
 
     /// The entry, if it may be served at `now`: unexpired, verified since the last repair, and
@@ -337,12 +332,6 @@ where
     pub(crate) fn mark_unverified(&self) {
         self.rule.mark_repaired(now_us());
         self.wake.notify_one();
-    }
-
-    /// Whether a revalidation pass is due (see [`ServeRule::pass_due`]). (The caller skips an
-    /// empty cache: there is nothing to check.)
-    pub(crate) fn pass_due(&self, now: u64, last: u64, every: Option<u64>) -> bool {
-        self.rule.pass_due(now, last, every)
     }
 
     /// The source of truth.

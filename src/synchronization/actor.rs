@@ -138,7 +138,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             forget_after: args.config.forget_after_duration().as_micros() as u64,
         };
         let heartbeat = args.config.heartbeat_interval().as_micros() as u64;
-        args.shared.gate.configure(params.lease, heartbeat);
+        args.config.configure(&args.shared.gate);
         if args.gossip.is_some() {
             super::bundle::set_node_interval(heartbeat);
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::clock::at_most_30_days;
 use crate::error::{Error, Result};
+use crate::gate::LeaseGate;
 
 /// How a topic's Synchronization actors keep each other honest.
 ///
@@ -93,6 +94,12 @@ impl SyncConfig {
         self.forget_after
     }
 
+    /// Publishes the lease and heartbeat interval (µs) into the topic's lease gate, the one
+    /// copy readers use.
+    pub(crate) fn configure(&self, gate: &LeaseGate) {
+        gate.configure(micros(self.lease), micros(self.heartbeat));
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         at_most_30_days("heartbeat", self.heartbeat)?;
         at_most_30_days("lease", self.lease)?;
@@ -110,6 +117,11 @@ impl SyncConfig {
         }
         Ok(())
     }
+}
+
+/// `duration` in µs (a validated duration is at most 30 days).
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

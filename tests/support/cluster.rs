@@ -189,3 +189,18 @@ pub fn wait_for_stat(node: &mut NodeProcess, counter: &str, at_least: u64) {
     eventually(DEADLINE, || (node.stat(counter) >= at_least).then_some(()))
         .unwrap_or_else(|| panic!("{name}: {counter} never reached {at_least}"));
 }
+
+/// Reads `figures` every 100 ms for `window` and fails, naming `what`, as soon as they differ
+/// from `before` (read before the fault began): for figures that must not move while it lasts.
+pub fn unchanged_for<T: PartialEq + std::fmt::Debug>(
+    window: Duration,
+    what: &str,
+    before: T,
+    mut figures: impl FnMut() -> T,
+) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(figures(), before, "{what} moved");
+    }
+}

@@ -132,7 +132,7 @@ async fn a_check_that_started_before_a_repair_does_not_verify_after_it() {
         "verified by a check older than the repair"
     );
     assert!(
-        store.pass_due(now_us(), 0, None),
+        store.rule().pass_due(now_us(), 0, None),
         "the repair made no pass due"
     );
 }

@@ -58,7 +58,7 @@ use self::dialer::Dialing;
 use self::discovery::Discovery;
 use self::membership::Membership;
 pub use self::membership::{MemberInfo, MemberState};
-use self::peers::{Handshakes, PeerEvents, Sessions};
+use self::peers::{Arrivals, Handshakes, PeerEvents, Sessions};
 use self::stats::NodeCounters;
 pub use self::stats::NodeStats;
 pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
@@ -148,7 +148,7 @@ impl Node {
         let tls = config.tls_setup()?.map(Arc::new);
         let server = spawn_server(&config, tls.as_deref(), supervisor).await?;
         let (listener, listen) = bind(config.listen_addr()).await?;
-        let (sessions, handshakes) = watch_sessions(&server, tls.is_some())?;
+        let (sessions, handshakes, arrivals) = watch_sessions(&server, tls.is_some())?;
         let name = format!("{}@{}", config.name(), config.host());
         let counters = Arc::new(NodeCounters::default());
         let dialing = Dialing {
@@ -166,6 +166,7 @@ impl Node {
             config.peers().to_vec(),
             config.dials_gossiped(),
             dialing.clone(),
+            arrivals,
             config.forget_members(),
         ));
         let (heartbeat, timeout) = config.liveness();
@@ -238,12 +239,30 @@ impl Node {
         }
     }
 
-    /// Every other member this node knows of — configured, discovered, or reported by a
-    /// peer's gossip — with its address and state, and the members that left cleanly a short
-    /// while ago (`forget_members_after`), sorted by name. In bounded mode, caches serve from
-    /// their heap only while every member listed is `Ready` or `Left`.
+    /// Every other member this node knows of — configured, discovered, reported by a
+    /// peer's gossip, or whose session was ready at some point — with its address and state,
+    /// and the members that left cleanly a short while ago (`forget_members_after`), sorted by
+    /// name. In bounded mode, caches serve from their heap without checking only while every
+    /// member listed is `Ready` or `Left`.
+    ///
+    /// A `Down` member stays listed, and keeps caches checking their entries against the
+    /// source, until there is evidence it is gone: it leaves cleanly, comes back under a new
+    /// incarnation, discovery no longer lists its address, a peer that listed it drops it, or
+    /// [`remove_member`](Self::remove_member) — silence alone is not evidence, since a
+    /// partitioned member may still be writing to the source.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.membership.members()
+    }
+
+    /// Tells this node that the member `name` (`name@host`) is gone for good — a node that
+    /// was killed and will not come back under that name — so that it stops holding the
+    /// membership gate closed. Peers that listed it drop it too when they hear this node's
+    /// next heartbeat. Returns whether the member was known.
+    ///
+    /// Only for a member that really stopped: one that is still writing to the source behind
+    /// a partition would then be served stale here until it reconnects.
+    pub fn remove_member(&self, name: &str) -> bool {
+        self.membership.remove(name)
     }
 
     /// Watches [`members`](Self::members): [`MemberChanges::changed`] returns the new list
@@ -452,15 +471,15 @@ async fn bind(listen: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr
 fn watch_sessions(
     server: &ActorRef<NodeServerMessage>,
     tls: bool,
-) -> Result<(watch::Receiver<Sessions>, Handshakes)> {
-    let (events, sessions, handshakes) = PeerEvents::new(tls);
+) -> Result<(watch::Receiver<Sessions>, Handshakes, Arrivals)> {
+    let (events, sessions, handshakes, arrivals) = PeerEvents::new(tls);
     server
         .cast(NodeServerMessage::SubscribeToEvents {
             id: EVENTS_ID.to_owned(),
             subscription: Box::new(events),
         })
         .map_err(|e| Error::stopped_by("node server", e))?;
-    Ok((sessions, handshakes))
+    Ok((sessions, handshakes, arrivals))
 }
 
 /// The node-level topic's settings: its lease is three node heartbeats, and a silent member

@@ -21,6 +21,8 @@ pub enum Command {
     Peers,
     /// Every other member this node knows of, with its address and state.
     Members,
+    /// Tells the node that a member is gone for good (see `Node::remove_member`).
+    RemoveMember(String),
     Stats,
     /// Cast hex-encoded bytes to every remote member as if they were an envelope (fault
     /// injection), or, with `foreign`, a message of a type that is not ours.
@@ -91,6 +93,10 @@ impl Command {
             }
             "peers" => Ok(Self::Peers),
             "members" => Ok(Self::Members),
+            "remove-member" if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+                Ok(Self::RemoveMember(rest.to_owned()))
+            }
+            "remove-member" => Err("usage: remove-member NAME@HOST".into()),
             "kill-sync" => Ok(Self::KillSync),
             "kill-liveness" => Ok(Self::KillLiveness),
             "simulate-suspend" => match rest.parse::<u64>() {
@@ -136,7 +142,7 @@ impl Command {
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
             other => Err(format!(
-                "unknown command {other:?} (expected put, put-confirmed, get, peers, stats, burst, inject, kill-sync or quit)"
+                "unknown command {other:?} (expected put, put-confirmed, get, peers, members, remove-member, stats, burst, inject, kill-sync or quit)"
             )),
         }
     }

@@ -58,7 +58,8 @@ struct Args {
     /// must go through a proxy); gossiped members still close the gate while unreachable.
     #[arg(long)]
     no_gossip_dial: bool,
-    /// A member no node reaches for this long (milliseconds) is forgotten.
+    /// How long a clean leave is remembered, and a silent member that --discover no longer
+    /// lists is kept (milliseconds); silence alone never forgets a member.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     forget_members_after_ms: u64,
     /// How often discovery names are resolved again, in milliseconds.
@@ -84,7 +85,8 @@ struct Args {
     /// Heartbeat interval in milliseconds (at most a third of the lease).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_200_000))]
     heartbeat_ms: u64,
-    /// How long a silent peer stays in the peer set, in milliseconds (at least the lease).
+    /// How long a silent peer's topic state is kept, in milliseconds (at least the lease); the
+    /// node keeps checking entries until there is evidence the peer is gone.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(3..=86_400_000))]
     forget_after_ms: u64,
     /// Check every cached entry's version against the database this often (milliseconds),
@@ -355,6 +357,10 @@ impl NodeProcess {
             Command::Peers => Ok(json!({ "ok": "peers", "peers": self.node.peers() })),
             Command::Stats => Ok(self.stats()),
             Command::Members => Ok(self.members()),
+            Command::RemoveMember(name) => {
+                let removed = self.node.remove_member(&name);
+                Ok(json!({ "ok": "remove-member", "member": name, "removed": removed }))
+            }
             Command::Inject(injection) => self.inject(injection),
             Command::KillLiveness => {
                 self.faults().kill_node_level_actor();

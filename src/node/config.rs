@@ -105,9 +105,11 @@ impl NodeConfig {
 
     /// Peers tell each other, on every node-level heartbeat, which members they know, and a
     /// node dials every member it learns of: one reachable seed is enough to join. A member
-    /// that no node has reached for this long is forgotten (until it comes back under a new
-    /// incarnation, or through configuration or discovery). Default 30 s; at least the peer
-    /// timeout.
+    /// that vanished is never forgotten on silence alone (it may still be writing to the source
+    /// behind a partition): after this long without hearing from it, a member that discovery
+    /// no longer lists is dropped; clean leaves are remembered this long, so that stale
+    /// reports do not bring them back. See [`Node::members`](crate::Node::members) for the
+    /// evidence accepted. Default 30 s; at least the peer timeout.
     pub fn forget_members_after(mut self, after: Duration) -> Self {
         self.forget_members_after = after;
         self

@@ -60,7 +60,7 @@ impl Discovery {
                 }
             };
             resolved_before = true;
-            self.membership.discovered(&self.name, found.len());
+            self.membership.discovered(&self.name, &found);
             dialers.retain(|addr, _| {
                 let kept = found.contains(addr);
                 if !kept {

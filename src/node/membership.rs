@@ -2,24 +2,49 @@
 //! incarnation, address to dial, whether it has a ready session with it); a node dials every
 //! member it learns of, so one reachable seed is enough to join and chains work.
 //!
+//! A peer is a member from the moment its session is ready (not from its first heartbeat): a
+//! node that joins, writes and vanishes at once is still one the gate waits for.
+//!
+//! **A member is never forgotten on silence alone.** A member that vanished without leaving
+//! may still be writing to the shared source of truth behind a partition, however long: until
+//! there is evidence it is gone, the membership gate stays closed for it and caches serve only
+//! entries checked against the source within a lease. The evidence accepted:
+//!
+//! - a clean leave from the member itself (its caches stopped before it left);
+//! - the same name heard back with a new incarnation (names are unique among live nodes: the
+//!   old process is gone);
+//! - discovery no longer listing the address it was once discovered at (the discovery name
+//!   lists every live member — for a Kubernetes headless service, publish not-ready addresses);
+//! - an operator removing it ([`Node::remove_member`](crate::Node::remove_member));
+//! - a peer that listed it in its heartbeats dropping it from them while still heartbeating
+//!   under the same incarnation: a node drops a member only on evidence, so the evidence
+//!   travels (an operator's removal on one node reaches every node this way).
+//!
+//! A refused connection at its address is not evidence: a firewall rejecting traffic during a
+//! partition looks the same. `forget_members_after` is how long a silent member is kept
+//! before the evidence of discovery is taken; the others act at once.
+//!
 //! Rules, so that gossip never resurrects what is gone:
 //! - What a member says of itself (its own heartbeats) is authoritative for its incarnation;
 //!   a report of another incarnation of a member heard from directly is ignored.
-//! - Only a reporter with a ready session keeps a member alive: when a member dies, every
-//!   report says "not ready", and after `forget_after` without a session or a live report it
-//!   is forgotten here too.
-//! - A member that left cleanly or was forgotten is remembered as gone under that
-//!   incarnation for `forget_after`: stale reports of it are ignored. A restart (a new
-//!   incarnation) is a new member.
+//! - A member that left, was removed or was forgotten on evidence is remembered as gone under
+//!   that incarnation: stale reports of it are ignored. A restart (a new incarnation) is a new
+//!   member.
+//! - What a credentialed peer can add is bounded: at most [`MAX_MEMBERS`] members, of which at
+//!   most [`MAX_INTRODUCED`] introduced by any one reporter and not reached yet; names and
+//!   addresses longer than [`MAX_FIELD`] bytes are refused. Each refusal is counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::dialer::Dialing;
 use super::dialer::{Dialer, DialerTask};
+use super::peers::Arrivals;
 use crate::clock::now_us;
+use crate::counter::bump;
 use crate::gate::MemberGate;
 use crate::protocol::envelope::Member;
 use crate::synchronization::message::Gossip;
@@ -70,6 +95,19 @@ impl std::fmt::Display for MemberState {
     }
 }
 
+/// Most members a node keeps (known and remembered as gone, each).
+pub(crate) const MAX_MEMBERS: usize = 1_024;
+/// Most members one reporter may introduce that this node has not reached yet.
+pub(crate) const MAX_INTRODUCED: usize = 64;
+/// Longest member name or address accepted from a report (bytes).
+pub(crate) const MAX_FIELD: usize = 255;
+/// How long an operator's removal keeps a member's incarnation out (µs): a day.
+const REMOVED_FOR: u64 = 24 * 3_600 * 1_000_000;
+/// Most peers remembered as listing one member (evidence travels through any of them).
+const MAX_LISTERS: usize = 16;
+/// Most addresses remembered as once discovered.
+const MAX_DISCOVERED: usize = 65_536;
+
 pub(crate) struct Membership {
     /// This node's name and the address it advertises.
     me: String,
@@ -82,6 +120,9 @@ pub(crate) struct Membership {
     /// Whether members learnt from gossip are dialled at all.
     dial: bool,
     dialing: Dialing,
+    /// Every session that became ready: each is a member.
+    arrivals: Arrivals,
+    /// How long a silent member is kept before discovery's evidence that it is gone is taken.
     forget_after: u64,
     state: Mutex<State>,
     gate: Arc<MemberGate>,
@@ -97,8 +138,11 @@ struct State {
     gone: HashMap<(String, u64), Gone>,
     /// One dialer per address of a known member.
     dialers: HashMap<String, DialerTask>,
-    /// Discovery name → how many addresses other than ours it resolved to last.
-    discovered: HashMap<String, usize>,
+    /// Discovery name → the addresses other than ours it resolved to last.
+    discovered: HashMap<String, HashSet<SocketAddr>>,
+    /// Every address discovery ever listed (at most [`MAX_DISCOVERED`]): a member at one of
+    /// them that no discovery name lists any more is gone.
+    ever_discovered: HashSet<SocketAddr>,
 }
 
 /// A member remembered as gone, so that stale reports do not bring it back.
@@ -119,6 +163,29 @@ struct Known {
     reached: bool,
     /// Our clock (µs): the member was last heard from, or reported ready by someone.
     alive_at: u64,
+    /// The reporter that introduced it, while this node has not reached it (for the cap on
+    /// what one reporter may add).
+    introduced_by: Option<String>,
+    /// Peers (name → incarnation) whose latest heartbeat listed it: one of them dropping it
+    /// under the same incarnation had evidence it is gone.
+    listed_by: HashMap<String, u64>,
+    /// Its vanishing was logged (no session, silent past `forget_after`, no evidence yet).
+    vanished: bool,
+}
+
+impl Known {
+    fn new(incarnation: u64, addr: String, now: u64) -> Self {
+        Self {
+            incarnation,
+            addr,
+            direct: false,
+            reached: false,
+            alive_at: now,
+            introduced_by: None,
+            listed_by: HashMap::new(),
+            vanished: false,
+        }
+    }
 }
 
 impl Membership {
@@ -128,6 +195,7 @@ impl Membership {
         configured: Vec<String>,
         dial: bool,
         dialing: Dialing,
+        arrivals: Arrivals,
         forget_after: Duration,
     ) -> Self {
         Self {
@@ -137,6 +205,7 @@ impl Membership {
             configured,
             dial,
             dialing,
+            arrivals,
             forget_after: forget_after.as_micros() as u64,
             state: Mutex::default(),
             gate: Arc::new(MemberGate::closed_for("starting")),
@@ -149,6 +218,7 @@ impl Membership {
     pub(crate) fn members(&self) -> Vec<MemberInfo> {
         let ready = self.ready_names();
         let mut members = self.with(|s| {
+            self.absorb_arrivals(s);
             s.mark_reached(&ready);
             s.view(&ready, |name, addr, state| MemberInfo {
                 name: name.to_owned(),
@@ -189,10 +259,32 @@ impl Membership {
         self.gate.clone()
     }
 
-    /// Discovery resolved `name` to `count` addresses other than this node's.
-    pub(crate) fn discovered(&self, name: &str, count: usize) {
-        self.with(|s| s.discovered.insert(name.to_owned(), count));
+    /// Discovery resolved `name` to these addresses other than this node's.
+    pub(crate) fn discovered(&self, name: &str, found: &HashSet<SocketAddr>) {
+        self.with(|s| {
+            for addr in found {
+                if s.ever_discovered.len() < MAX_DISCOVERED {
+                    s.ever_discovered.insert(*addr);
+                }
+            }
+            s.discovered.insert(name.to_owned(), found.clone());
+        });
         self.refresh_gate();
+    }
+
+    /// An operator says `name` is gone for good (it may have vanished without leaving, and
+    /// will not come back under its incarnation): it no longer holds the gate closed, and
+    /// reports of that incarnation are ignored for a day. Returns whether it was known.
+    pub(crate) fn remove(&self, name: &str) -> bool {
+        let now = now_us();
+        let removed = self.with(|s| {
+            let known = s.known.remove(name)?;
+            tracing::warn!(member = %name, "member removed by the operator");
+            s.bury(name, &known, now.saturating_add(REMOVED_FOR), true);
+            Some(())
+        });
+        self.refresh_gate();
+        removed.is_some()
     }
 
     pub(crate) fn set_incarnation(&self, incarnation: u64) {
@@ -219,6 +311,7 @@ impl Gossip for Membership {
             .into_iter()
             .collect();
         self.with(|s| {
+            self.absorb_arrivals(s);
             members.extend(s.known.iter().map(|(name, k)| Member {
                 name: name.clone(),
                 incarnation: k.incarnation,
@@ -232,27 +325,13 @@ impl Gossip for Membership {
     /// A heartbeat from `origin` at `incarnation` listed `members`.
     fn heard(&self, origin: &str, incarnation: u64, members: &[Member]) {
         let now = now_us();
-        let own_addr = members
-            .iter()
-            .find(|m| m.name == origin)
-            .map(|m| m.addr.clone());
-        self.with(|s| {
-            let addr = own_addr.or_else(|| s.known.get(origin).map(|k| k.addr.clone()));
-            let known = Known {
-                incarnation,
-                addr: addr.unwrap_or_default(),
-                direct: true,
-                reached: true,
-                alive_at: now,
-            };
-            s.known.insert(origin.to_owned(), known);
-            for member in members
-                .iter()
-                .filter(|m| m.name != origin && m.name != self.me)
-            {
-                s.reported(member, now);
-            }
-        });
+        let refused = self.with(|s| s.heard(&self.me, origin, incarnation, members, now));
+        let Some(refused) = refused else {
+            return;
+        };
+        for _ in 0..refused {
+            bump(&self.dialing.counters.members_refused);
+        }
         self.refresh_gate();
     }
 
@@ -260,32 +339,29 @@ impl Gossip for Membership {
     fn left(&self, origin: &str, incarnation: u64) {
         let until = now_us() + self.forget_after;
         self.with(|s| {
-            let mut addr = String::new();
-            if s.known
-                .get(origin)
-                .is_some_and(|k| k.incarnation == incarnation)
-            {
-                addr = s.known.remove(origin).map(|k| k.addr).unwrap_or_default();
+            // Known by its incarnation, or only by name (a session that was ready, a report).
+            let matches = |k: &Known| k.incarnation == incarnation || k.incarnation == 0;
+            let mut known = Known::new(incarnation, String::new(), 0);
+            if s.known.get(origin).is_some_and(matches) {
+                known = s.known.remove(origin).unwrap_or(known);
+                known.incarnation = incarnation;
             }
-            let gone = Gone {
-                until,
-                addr,
-                clean: true,
-            };
-            s.gone.insert((origin.to_owned(), incarnation), gone);
+            s.bury(origin, &known, until, true);
         });
         self.refresh_gate();
     }
 }
 
 impl Membership {
-    /// Forgets members nobody has been in touch with for `forget_after`, and keeps one dialer
-    /// per address of every other known member. Called once per heartbeat.
+    /// Forgets the silent members that discovery no longer lists, notes the others as
+    /// vanished (they keep the gate closed), and keeps one dialer per address of every known
+    /// member. Called once per heartbeat.
     pub(crate) fn tick(&self) {
         let now = now_us();
         let ready = self.ready_names();
         let forget_after = self.forget_after;
         self.with(|s| {
+            self.absorb_arrivals(s);
             s.gone.retain(|_, gone| gone.until > now);
             let silent: Vec<String> = s
                 .known
@@ -296,14 +372,16 @@ impl Membership {
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in silent {
-                if let Some(k) = s.known.remove(&name) {
-                    tracing::info!(member = %name, "forgetting a member nobody reaches");
-                    let gone = Gone {
-                        until: now + forget_after,
-                        addr: k.addr,
-                        clean: false,
-                    };
-                    s.gone.insert((name, k.incarnation), gone);
+                if s.undiscovered(&name) {
+                    if let Some(k) = s.known.remove(&name) {
+                        tracing::info!(member = %name, addr = %k.addr, "forgetting a member discovery no longer lists");
+                        s.bury(&name, &k, now.saturating_add(forget_after), false);
+                    }
+                } else if let Some(k) = s.known.get_mut(&name) {
+                    if !k.vanished {
+                        k.vanished = true;
+                        tracing::warn!(member = %name, "member vanished without leaving: entries are checked against the source until it returns, leaves, or is removed");
+                    }
                 }
             }
             let wanted: Vec<String> = s
@@ -326,10 +404,13 @@ impl Membership {
     }
 
     /// Closes the gate while a known member has no ready session, or while none of the
-    /// configured or discovered peers has been reached; opens it otherwise.
+    /// configured or discovered peers has been reached; opens it otherwise. Decided and applied
+    /// under the membership's lock, so that a decision taken on what was known before cannot
+    /// undo a later one.
     fn refresh_gate(&self) {
-        let ready = self.ready_names();
-        let (missing, expects_peers) = self.with(|s| {
+        let ready = self.with(|s| {
+            self.absorb_arrivals(s);
+            let ready = self.ready_names();
             s.mark_reached(&ready);
             let mut missing: Vec<String> = s
                 .known
@@ -338,19 +419,41 @@ impl Membership {
                 .cloned()
                 .collect();
             missing.sort();
-            let expects = !self.configured.is_empty() || s.discovered.values().any(|&n| n > 0);
-            (missing, expects)
+            let expects =
+                !self.configured.is_empty() || s.discovered.values().any(|f| !f.is_empty());
+            if !missing.is_empty() {
+                let reason = format!("no session with member {}", missing.join(", "));
+                self.gate.close(reason);
+            } else if expects && ready.is_empty() {
+                self.gate
+                    .close("no configured or discovered peer reached".to_owned());
+            } else {
+                self.gate.open_at(now_us());
+            }
+            ready
         });
-        if !missing.is_empty() {
-            let reason = format!("no session with member {}", missing.join(", "));
-            self.gate.close(reason);
-        } else if expects_peers && ready.is_empty() {
-            self.gate
-                .close("no configured or discovered peer reached".to_owned());
-        } else {
-            self.gate.open_at(now_us());
-        }
         self.signal_changes(&ready);
+    }
+
+    /// Every session that became ready since the last call is a member (reached), whatever
+    /// became of the session since.
+    fn absorb_arrivals(&self, s: &mut State) {
+        let now = now_us();
+        for (name, listens_on) in self.arrivals.take() {
+            if name == self.me {
+                continue;
+            }
+            let known = s
+                .known
+                .entry(name)
+                .or_insert_with(|| Known::new(0, listens_on.clone(), now));
+            if known.addr.is_empty() {
+                known.addr = listens_on;
+            }
+            known.reached = true;
+            known.alive_at = known.alive_at.max(now);
+            known.introduced_by = None;
+        }
     }
 
     fn ready_names(&self) -> Vec<String> {
@@ -368,11 +471,116 @@ impl Membership {
 }
 
 impl State {
+    /// A verified heartbeat of `origin` at `incarnation` listing `members` (`me` among them,
+    /// perhaps): how many of its reports were refused, or `None` if it was ignored.
+    fn heard(
+        &mut self,
+        me: &str,
+        origin: &str,
+        incarnation: u64,
+        members: &[Member],
+        now: u64,
+    ) -> Option<usize> {
+        // A heartbeat sent before a clean leave and delivered after it (a late frame, a
+        // queued bundle) does not bring the member back: the leave is final for its
+        // incarnation.
+        let tombstone = (origin.to_owned(), incarnation);
+        if self.gone.get(&tombstone).is_some_and(|g| g.clean) {
+            return None;
+        }
+        let own_addr = members
+            .iter()
+            .find(|m| m.name == origin)
+            .map(|m| m.addr.clone());
+        let addr = own_addr.or_else(|| self.known.get(origin).map(|k| k.addr.clone()));
+        let known = self
+            .known
+            .entry(origin.to_owned())
+            .or_insert_with(|| Known::new(incarnation, String::new(), now));
+        known.incarnation = incarnation;
+        known.addr = addr.unwrap_or_default();
+        known.direct = true;
+        known.reached = true;
+        known.alive_at = now;
+        known.introduced_by = None;
+        self.dropped_by(origin, incarnation, members, now);
+        let others = members.iter().filter(|m| m.name != origin && m.name != me);
+        Some(
+            others
+                .filter(|member| !self.reported(member, origin, incarnation, now))
+                .count(),
+        )
+    }
+
     /// Members with a ready session now have been reached.
     fn mark_reached(&mut self, ready: &[String]) {
         for name in ready {
             if let Some(k) = self.known.get_mut(name) {
                 k.reached = true;
+                k.introduced_by = None;
+            }
+        }
+    }
+
+    /// Remembers `known` as gone until `until`: reports of its incarnation are then ignored
+    /// (all of them after a clean leave or a removal; those not ready otherwise). At most
+    /// [`MAX_MEMBERS`] are remembered: the one that ends first makes room.
+    fn bury(&mut self, name: &str, known: &Known, until: u64, clean: bool) {
+        if self.gone.len() >= MAX_MEMBERS {
+            let first = self
+                .gone
+                .iter()
+                .min_by_key(|(_, g)| g.until)
+                .map(|(key, _)| key.clone());
+            if let Some(first) = first {
+                self.gone.remove(&first);
+            }
+        }
+        let gone = Gone {
+            until,
+            addr: known.addr.clone(),
+            clean,
+        };
+        self.gone.insert((name.to_owned(), known.incarnation), gone);
+    }
+
+    /// Whether `name`, known at an address discovery once listed, is listed by no discovery
+    /// name now: discovery's evidence that it is gone.
+    fn undiscovered(&self, name: &str) -> bool {
+        let Some(addr) = self
+            .known
+            .get(name)
+            .and_then(|k| k.addr.parse::<SocketAddr>().ok())
+        else {
+            return false;
+        };
+        self.ever_discovered.contains(&addr)
+            && !self.discovered.values().any(|found| found.contains(&addr))
+    }
+
+    /// `reporter` (at `incarnation`) heartbeats with `members`: every member it listed before
+    /// under this incarnation and lists no more, it dropped on evidence that the member is
+    /// gone. Such a member is forgotten here too, unless this node has a session with it.
+    fn dropped_by(&mut self, reporter: &str, incarnation: u64, members: &[Member], now: u64) {
+        let listed: HashSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        let mut dropped = Vec::new();
+        for (name, known) in &mut self.known {
+            let Some(&listed_at) = known.listed_by.get(reporter) else {
+                continue;
+            };
+            if listed.contains(name.as_str()) {
+                continue;
+            }
+            known.listed_by.remove(reporter);
+            // A restarted reporter forgot what it knew: not evidence.
+            if listed_at == incarnation {
+                dropped.push(name.clone());
+            }
+        }
+        for name in dropped {
+            if let Some(known) = self.known.remove(&name) {
+                tracing::info!(member = %name, %reporter, "forgetting a member a peer dropped");
+                self.bury(&name, &known, now.saturating_add(REMOVED_FOR), false);
             }
         }
     }
@@ -397,8 +605,13 @@ impl State {
         known.chain(left).collect()
     }
 
-    /// Someone else's report of `member`.
-    fn reported(&mut self, member: &Member, now: u64) {
+    /// `reporter`'s (at `incarnation`) report of `member`; `false` if refused (a field too
+    /// long, the table full, or the reporter's share of members not reached yet used up).
+    fn reported(&mut self, member: &Member, reporter: &str, incarnation: u64, now: u64) -> bool {
+        if member.name.is_empty() || member.name.len() > MAX_FIELD || member.addr.len() > MAX_FIELD
+        {
+            return false;
+        }
         let tombstone = (member.name.clone(), member.incarnation);
         if let Some(gone) = self.gone.get(&tombstone) {
             // A clean leave is final for its incarnation, and a report without a ready session
@@ -406,36 +619,47 @@ impl State {
             // alive: it must close the gate again until this node reaches it too, or its
             // writes, which reach that peer only, would be hidden by this node's heap.
             if gone.clean || !member.ready {
-                return;
+                return true;
             }
             tracing::info!(member = %member.name, "a forgotten member is reported alive");
             self.gone.remove(&tombstone);
         }
-        match self.known.get_mut(&member.name) {
-            None => {
-                let known = Known {
-                    incarnation: member.incarnation,
-                    addr: member.addr.clone(),
-                    direct: false,
-                    reached: false,
-                    // A member first heard of by a report is given `forget_after` to be reached.
-                    alive_at: now,
-                };
-                tracing::info!(member = %member.name, addr = %member.addr, "learnt of a member from gossip");
-                self.known.insert(member.name.clone(), known);
+        if !self.known.contains_key(&member.name) {
+            let introduced = self
+                .known
+                .values()
+                .filter(|k| k.introduced_by.as_deref() == Some(reporter))
+                .count();
+            if self.known.len() >= MAX_MEMBERS || introduced >= MAX_INTRODUCED {
+                return false;
             }
-            // What a member says of itself wins over what others say of it.
-            Some(k) if k.direct && k.incarnation != member.incarnation => {}
-            Some(k) => {
-                if k.incarnation != member.incarnation || (!k.direct && !member.addr.is_empty()) {
-                    k.incarnation = member.incarnation;
-                    k.addr = member.addr.clone();
-                }
-                if member.ready {
-                    k.alive_at = now;
-                }
-            }
+            let mut known = Known::new(member.incarnation, member.addr.clone(), now);
+            // A member first heard of by a report is given `forget_after` to be reached.
+            known.introduced_by = Some(reporter.to_owned());
+            tracing::info!(member = %member.name, addr = %member.addr, "learnt of a member from gossip");
+            self.known.insert(member.name.clone(), known);
         }
+        let Some(k) = self.known.get_mut(&member.name) else {
+            return true;
+        };
+        if k.listed_by.len() < MAX_LISTERS || k.listed_by.contains_key(reporter) {
+            k.listed_by.insert(reporter.to_owned(), incarnation);
+        }
+        // What a member says of itself wins over what others say of it; an unknown
+        // incarnation (0: known by its session only) says nothing.
+        let theirs = member.incarnation;
+        if !(k.direct && k.incarnation != 0 && k.incarnation != theirs) && theirs != 0 {
+            if k.incarnation != theirs || (!k.direct && !member.addr.is_empty()) {
+                k.incarnation = theirs;
+                k.addr = member.addr.clone();
+            }
+        } else if k.addr.is_empty() && !member.addr.is_empty() {
+            k.addr = member.addr.clone();
+        }
+        if member.ready && (!k.direct || k.incarnation == theirs || theirs == 0) {
+            k.alive_at = now;
+        }
+        true
     }
 }
 
@@ -461,9 +685,9 @@ mod tests {
             clean: true,
         };
         state.gone.insert(("c@h".into(), 7), gone);
-        state.reported(&member("c@h", 7, true), 10);
+        state.reported(&member("c@h", 7, true), "r@h", 1, 10);
         assert!(state.known.is_empty(), "a stale report resurrected c");
-        state.reported(&member("c@h", 8, true), 10);
+        state.reported(&member("c@h", 8, true), "r@h", 1, 10);
         assert_eq!(state.known["c@h"].incarnation, 8);
     }
 
@@ -476,38 +700,119 @@ mod tests {
             clean,
         };
         state.gone.insert(("d@h".into(), 7), gone(false));
-        state.reported(&member("d@h", 7, false), 10);
+        state.reported(&member("d@h", 7, false), "r@h", 1, 10);
         assert!(state.known.is_empty(), "a not-ready report brought d back");
-        state.reported(&member("d@h", 7, true), 10);
+        state.reported(&member("d@h", 7, true), "r@h", 1, 10);
         assert!(
             state.known.contains_key("d@h"),
             "d is alive to a peer, unknown here"
         );
         state.gone.insert(("e@h".into(), 3), gone(true));
-        state.reported(&member("e@h", 3, true), 10);
+        state.reported(&member("e@h", 3, true), "r@h", 1, 10);
         assert!(!state.known.contains_key("e@h"), "a clean leave was undone");
     }
 
     #[test]
     fn what_a_member_says_of_itself_wins_and_only_ready_reports_keep_it_alive() {
         let mut state = State::default();
-        let direct = Known {
-            incarnation: 2,
-            addr: "c:1".into(),
-            direct: true,
-            reached: true,
-            alive_at: 10,
-        };
+        let mut direct = Known::new(2, "c:1".into(), 10);
+        direct.direct = true;
+        direct.reached = true;
         state.known.insert("c@h".into(), direct);
-        state.reported(&member("c@h", 1, true), 20);
+        state.reported(&member("c@h", 1, true), "r@h", 1, 20);
         assert_eq!(state.known["c@h"].incarnation, 2, "an old incarnation won");
         assert_eq!(state.known["c@h"].alive_at, 10);
-        state.reported(&member("c@h", 2, false), 30);
+        state.reported(&member("c@h", 2, false), "r@h", 1, 30);
         assert_eq!(
             state.known["c@h"].alive_at, 10,
             "a not-ready report kept c alive"
         );
-        state.reported(&member("c@h", 2, true), 40);
+        state.reported(&member("c@h", 2, true), "r@h", 1, 40);
         assert_eq!(state.known["c@h"].alive_at, 40);
+    }
+
+    #[test]
+    fn a_member_a_peer_dropped_under_the_same_incarnation_is_forgotten_a_restarted_peer_proves_nothing(
+    ) {
+        let mut state = State::default();
+        let listed = [member("d@h", 4, false), member("e@h", 5, false)];
+        for m in &listed {
+            assert!(state.reported(m, "p@h", 1, 10));
+        }
+        // p restarted (incarnation 2) and lists only e: it forgot d, which proves nothing.
+        state.dropped_by("p@h", 2, &listed[1..], 20);
+        assert!(state.known.contains_key("d@h"), "a restart dropped d");
+        // p (incarnation 2) lists e, then drops it: evidence that e is gone.
+        state.reported(&listed[1], "p@h", 2, 30);
+        state.dropped_by("p@h", 2, &[], 40);
+        assert!(
+            !state.known.contains_key("e@h"),
+            "a drop on evidence was ignored"
+        );
+        state.reported(&member("e@h", 5, false), "q@h", 1, 50);
+        assert!(
+            !state.known.contains_key("e@h"),
+            "a stale report brought e back"
+        );
+        // A peer that never listed d dropping nothing says nothing of it.
+        state.dropped_by("q@h", 1, &[], 60);
+        assert!(state.known.contains_key("d@h"));
+    }
+
+    #[test]
+    fn only_an_address_discovery_listed_once_and_lists_no_more_is_evidence() {
+        let mut state = State::default();
+        let addr: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        state
+            .known
+            .insert("d@h".into(), Known::new(1, addr.to_string(), 0));
+        state
+            .known
+            .insert("c@h".into(), Known::new(1, "10.0.0.8:4000".into(), 0));
+        assert!(!state.undiscovered("d@h"), "never discovered");
+        state.ever_discovered.insert(addr);
+        state
+            .discovered
+            .insert("peers".into(), HashSet::from([addr]));
+        assert!(!state.undiscovered("d@h"), "still listed");
+        state.discovered.insert("peers".into(), HashSet::new());
+        assert!(state.undiscovered("d@h"));
+        assert!(!state.undiscovered("c@h"), "c was never discovered");
+    }
+
+    #[test]
+    fn a_heartbeat_delivered_after_a_clean_leave_does_not_bring_the_member_back() {
+        let mut state = State::default();
+        let gone = Gone {
+            until: u64::MAX,
+            addr: String::new(),
+            clean: true,
+        };
+        state.gone.insert(("c@h".into(), 7), gone);
+        let late = [member("c@h", 7, true), member("d@h", 1, true)];
+        assert_eq!(state.heard("me@h", "c@h", 7, &late, 10), None);
+        assert!(state.known.is_empty(), "a late heartbeat resurrected c");
+        // Back under a new incarnation: a new member.
+        assert_eq!(state.heard("me@h", "c@h", 8, &late, 20), Some(0));
+        assert!(state.known.contains_key("c@h") && state.known.contains_key("d@h"));
+    }
+
+    #[test]
+    fn what_one_reporter_can_add_is_bounded() {
+        let mut state = State::default();
+        let long = Member {
+            name: "x".repeat(MAX_FIELD + 1),
+            ..member("x@h", 1, true)
+        };
+        assert!(!state.reported(&long, "p@h", 1, 10));
+        for i in 0..MAX_INTRODUCED {
+            assert!(state.reported(&member(&format!("m{i}@h"), 1, true), "p@h", 1, 10));
+        }
+        assert!(!state.reported(&member("one-more@h", 1, true), "p@h", 1, 10));
+        assert!(state.reported(&member("one-more@h", 1, true), "q@h", 1, 10));
+        assert_eq!(state.known.len(), MAX_INTRODUCED + 1);
+        // Reaching a member frees its reporter's share.
+        state.mark_reached(&["m0@h".to_owned()]);
+        assert!(state.reported(&member("another@h", 1, true), "p@h", 1, 10));
     }
 }

@@ -27,6 +27,31 @@ pub(crate) struct PeerSession {
 
 pub(crate) type Sessions = HashMap<ActorId, PeerSession>;
 
+/// Every session that became ready, as (name, address it listens on), until the membership
+/// takes them: a peer is a member from the moment its session is ready, even if the session
+/// closes before the membership next looks at the ready sessions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Arrivals(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Arrivals {
+    /// How many arrivals wait at most: beyond, the oldest go (the membership takes them every
+    /// heartbeat, so only a flood of sessions gets there).
+    const CAP: usize = 4_096;
+
+    fn push(&self, name: String, listens_on: String) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= Self::CAP {
+            all.remove(0);
+        }
+        all.push((name, listens_on));
+    }
+
+    /// Takes every arrival since the last call.
+    pub(crate) fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// A session that opened (a connection we dialled or accepted) but has not become ready: its
 /// handshake is under way, or stuck (a stopped peer whose kernel still accepts connections, an
 /// idle socket). Each holds a socket until it is closed.
@@ -125,20 +150,24 @@ impl Handshakes {
 pub(crate) struct PeerEvents {
     sessions: watch::Sender<Sessions>,
     handshakes: Handshakes,
+    /// Every session that became ready, for the membership.
+    arrivals: Arrivals,
     /// With TLS: a session whose claimed name differs from its certificate is closed.
     tls: bool,
 }
 
 impl PeerEvents {
-    pub(crate) fn new(tls: bool) -> (Self, watch::Receiver<Sessions>, Handshakes) {
+    pub(crate) fn new(tls: bool) -> (Self, watch::Receiver<Sessions>, Handshakes, Arrivals) {
         let (sessions, receiver) = watch::channel(Sessions::new());
         let handshakes = Handshakes::default();
+        let arrivals = Arrivals::default();
         let events = Self {
             sessions,
             handshakes: handshakes.clone(),
+            arrivals: arrivals.clone(),
             tls,
         };
-        (events, receiver, handshakes)
+        (events, receiver, handshakes, arrivals)
     }
 }
 
@@ -191,6 +220,8 @@ impl NodeEventSubscription for PeerEvents {
             ses.node_id,
             &ses.peer_addr,
         );
+        self.arrivals
+            .push(session.name.clone(), session.listens_on.clone());
         self.sessions.send_modify(|s| {
             s.insert(ses.actor.get_id(), session);
         });

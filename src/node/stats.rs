@@ -25,6 +25,10 @@ crate::counter::counter_table! {
         /// closed until heartbeats sent after the wake-up renewed it, and every cache checked
         /// its entries again.
         suspensions: AtomicU64 => "ractor_cache_sync_suspensions_total",
+        /// Members reported by peers' gossip and refused: a name or address too long, the
+        /// membership table full, or the reporter's share of members this node has not
+        /// reached used up (what a credentialed peer can add is bounded).
+        members_refused: AtomicU64 => "ractor_cache_sync_members_refused_total",
     }
     extra {
         /// Peers with a ready session now.

@@ -145,6 +145,23 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
         Some(installed)
     }
 
+    /// A reader of `flight` was dropped before it had an answer (its task aborted, a timeout,
+    /// a disconnected client). If no other reader holds the flight, it is removed: nobody is
+    /// left to finish it, and a key never read again would keep it for good. With other readers
+    /// it stays, and one of them takes over the load. Decided under the key's lock, where
+    /// readers join, so no reader can join in between.
+    pub(crate) fn abandon(&self, key: &K, flight: &Arc<Flight<V>>) {
+        let MapEntry::Occupied(current) = self.map.entry(key.clone()) else {
+            return;
+        };
+        // The map's reference and the abandoning reader's: nobody else.
+        let alone = Arc::strong_count(flight) <= 2;
+        if Arc::ptr_eq(current.get(), flight) && flight.result.get().is_none() && alone {
+            current.remove();
+            self.count.fetch_sub(1, SeqCst);
+        }
+    }
+
     /// Cancels the key's flight, if any: its result will not be installed.
     pub(crate) fn cancel(&self, key: &K) -> bool {
         if self.count.load(SeqCst) == 0 {

@@ -65,6 +65,21 @@ where
     }
 }
 
+/// Abandons a reader's flight if the reader is dropped before the load answered.
+struct Reading<'s, K: Hash + Eq + Clone, V> {
+    flights: &'s Flights<K, V>,
+    key: &'s K,
+    flight: &'s Arc<Flight<V>>,
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Reading<'_, K, V> {
+    fn drop(&mut self) {
+        if self.flight.result.get().is_none() {
+            self.flights.abandon(self.key, self.flight);
+        }
+    }
+}
+
 /// The result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -215,6 +230,11 @@ where
             self.install(key, &flight, &loaded);
             return loaded;
         }
+        let reading = Reading {
+            flights: &self.flights,
+            key,
+            flight: &flight,
+        };
         let loaded = flight
             .result
             .get_or_init(|| {
@@ -231,6 +251,7 @@ where
             })
             .await
             .clone();
+        drop(reading);
         self.install(key, &flight, &loaded);
         loaded
     }

@@ -401,6 +401,42 @@ async fn the_flight_count_returns_to_zero_whatever_ends_a_flight() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reader_dropped_mid_load_leaves_no_flight_and_one_of_several_hands_the_load_over() {
+    let (source, store) = store();
+    let flights = |store: &Store<u32, String>| store.flights.len();
+    let read = |key| {
+        let store = store.clone();
+        tokio::spawn(async move { store.lookup(&key).await })
+    };
+    // Alone: its flight goes with it.
+    let alone = read(1);
+    until(|| source.loads.load(Ordering::SeqCst) == 1).await;
+    alone.abort();
+    assert!(alone.await.unwrap_err().is_cancelled());
+    assert_eq!(flights(&store), 0, "the cancelled reader's flight stayed");
+    // One of two: the other takes the load over and installs it.
+    let (first, second) = (read(2), read(2));
+    until(|| source.loads.load(Ordering::SeqCst) == 2).await;
+    tokio::task::yield_now().await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        flights(&store),
+        1,
+        "a flight with a reader left was removed"
+    );
+    until(|| source.loads.load(Ordering::SeqCst) == 3).await;
+    source.gate.notify_waiters();
+    let loaded = second.await.unwrap().unwrap();
+    assert_eq!(loaded.value.map(|(v, _)| v).as_deref(), Some("2@0"));
+    assert_eq!(flights(&store), 0);
+    assert!(
+        store.lookup(&2).await.unwrap().hit,
+        "the handed-over load was not installed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn older_invalidations_are_ignored_and_newer_ones_drop() {
     let (source, store) = store();
     source.version.store(5, Ordering::SeqCst);

@@ -166,7 +166,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// Like [`invalidate_version`](Self::invalidate_version) (with `version` if known), then
     /// waits until every peer known now has applied it (about one heartbeat) or `timeout`
-    /// passes, and says which peers did.
+    /// passes (`Duration::MAX`: no limit), and says which peers did. The invalidation is
+    /// published from the caller's task before the call waits, as by `invalidate`: a caller
+    /// dropped while it waits (a timeout layer, a disconnected client) has published it all
+    /// the same.
     ///
     /// # Errors
     ///

@@ -151,7 +151,12 @@ impl<M: TopicMessage> Synchronization<M> {
 
     /// Publishes `message` to every other node, then waits until each peer known now has
     /// applied it (peers acknowledge in their heartbeats, so this takes about one heartbeat
-    /// interval) or `timeout` passes, and says which did and which did not.
+    /// interval) or `timeout` passes, and says which did and which did not. `Duration::MAX`
+    /// waits with no limit.
+    ///
+    /// The message is published from the caller's task, as by [`publish`](Self::publish),
+    /// before the call waits: if the caller's future is dropped while it waits, the message
+    /// is out all the same.
     ///
     /// # Errors
     ///
@@ -162,12 +167,16 @@ impl<M: TopicMessage> Synchronization<M> {
         if !self.outbox.fits(payload.len()) {
             return Err(crate::protocol::envelope::too_large(payload.len()));
         }
-        let request = |reply| SyncMessage::PublishConfirmed {
-            payload,
+        self.ensure_running()?;
+        let seq = self.outbox.publish(payload).ok_or_else(closed)?;
+        self.published(seq);
+        let request = |reply| SyncMessage::AwaitApplied {
+            seq,
             timeout,
             reply,
         };
-        let wait = Some(timeout + Duration::from_secs(1));
+        // The actor answers at the deadline; the call's own limit only covers a stuck actor.
+        let wait = timeout.checked_add(Duration::from_secs(1));
         match self.actor.call(request, wait).await {
             Ok(ractor::rpc::CallResult::Success(confirmation)) => Ok(confirmation),
             Ok(_) => Err(Error::Timeout(timeout)),
@@ -351,5 +360,24 @@ mod tests {
         );
         sync.publish(&vec![7; 16]).unwrap();
         assert_eq!(sync.stats().published, 2);
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_publish_goes_out_before_it_waits_and_any_timeout_is_taken() {
+        let topic: Topic<Vec<u8>> = Topic::new("confirmed-from-the-caller");
+        let sync = Synchronization::spawn(topic, "me@here").await.unwrap();
+        // Polled once and dropped: the message is out, numbered on the caller's task, before
+        // the actor runs (no heartbeat the actor sends afterwards can leave it out).
+        let message = vec![1];
+        let mut once = std::pin::pin!(sync.publish_confirmed(&message, Duration::from_secs(5)));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(once.as_mut(), &mut context).is_pending());
+        assert_eq!(sync.stats().published, 1, "published through the mailbox");
+        // No limit, and limits past the clock's range: no panic, no wrap into the past.
+        for timeout in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+            let confirmation = sync.publish_confirmed(&vec![2], timeout).await.unwrap();
+            assert!(confirmation.is_complete(), "{confirmation:?}");
+        }
+        assert_eq!(sync.stats().published, 3);
     }
 }

@@ -223,11 +223,11 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             }
             SyncMessage::Subscribe(subscriber) => state.subscribers.push(subscriber),
             SyncMessage::Tick => state.tick(),
-            SyncMessage::PublishConfirmed {
-                payload,
+            SyncMessage::AwaitApplied {
+                seq,
                 timeout,
                 reply,
-            } => state.publish_confirmed(payload, timeout, reply),
+            } => state.await_applied(seq, timeout, reply),
             #[cfg(feature = "fault-injection")]
             SyncMessage::Impersonate(origin, incarnation) => {
                 state.impersonating = Some((origin, incarnation));

@@ -59,9 +59,10 @@ pub(crate) enum SyncMessage<M> {
     /// Fault injection: forge a clean leave from this origin (name, incarnation).
     #[cfg(feature = "fault-injection")]
     ForgeLeave(String, u64),
-    /// Publish, then report which peers applied it within `timeout`.
-    PublishConfirmed {
-        payload: Vec<u8>,
+    /// Report which peers applied the message published as `seq` (from the caller's task)
+    /// within `timeout` (`Duration::MAX`: no limit).
+    AwaitApplied {
+        seq: u64,
         timeout: std::time::Duration,
         reply: ractor::RpcReplyPort<Confirmation>,
     },

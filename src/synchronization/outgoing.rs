@@ -10,15 +10,15 @@ use crate::delivery::{Delivery, MissCause};
 use crate::protocol::envelope::Member;
 
 impl<M: TopicMessage> SynchronizationState<M> {
-    pub(super) fn publish_confirmed(
+    /// Waits until every peer known now applied our message `seq` (published from the
+    /// caller's task, so that no heartbeat this actor sends afterwards can leave it out), or
+    /// `timeout` passes (`Duration::MAX`, or anything past the clock's range: no limit).
+    pub(super) fn await_applied(
         &mut self,
-        payload: Vec<u8>,
+        seq: u64,
         timeout: std::time::Duration,
         reply: ractor::RpcReplyPort<Confirmation>,
     ) {
-        let Some(seq) = self.outbox.publish(payload) else {
-            return; // closed: the reply port drops and the caller hears the actor stopped
-        };
         // Every peer heard from, and every member of the group not heard from yet: those count
         // as missing until their heartbeats say they applied it.
         let mut peers: Vec<String> = self.peers.peers().map(|(name, _)| name.clone()).collect();
@@ -27,7 +27,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 peers.push(node);
             }
         }
-        let deadline = now_us() + timeout.as_micros() as u64;
+        let timeout = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
+        let deadline = now_us().saturating_add(timeout);
         self.waiters.push(Waiter {
             seq,
             peers,

@@ -401,9 +401,9 @@ impl Node {
     /// actors leave at once.
     ///
     /// Stop this node's caches first (`cache.actor().stop_and_wait(..)`): each then tells its
-    /// peers it leaves cleanly, so they drop it from their peer sets at once instead of
-    /// waiting for `forget_after`. Shutdown waits 100 ms for those last envelopes
-    /// to reach the sockets before closing the sessions.
+    /// peers it leaves cleanly, so they drop it at once instead of checking their entries
+    /// against the source until there is evidence it is gone. Shutdown waits 100 ms for those
+    /// last envelopes to reach the sockets before closing the sessions.
     pub async fn shutdown(self) {
         for task in &self.tasks {
             task.abort();
@@ -412,6 +412,23 @@ impl Node {
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         // Session ids are only unique within one NodeServer: a node started later in this
         // process must not find these.
+        let closing: Vec<ractor::ActorId> = self.sessions.borrow().keys().copied().collect();
+        for session in closing {
+            crate::sessions::unregister(session);
+        }
+        self.server.stop(None);
+    }
+}
+
+/// A node dropped without [`shutdown`](Node::shutdown) stops all the same — its accept loop,
+/// dialers, watchdog, node-level actor and `NodeServer` — but without the grace that lets its
+/// clean leave reach the peers: they treat it as vanished.
+impl Drop for Node {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.liveness.stop_now();
         let closing: Vec<ractor::ActorId> = self.sessions.borrow().keys().copied().collect();
         for session in closing {
             crate::sessions::unregister(session);
@@ -517,5 +534,37 @@ impl std::fmt::Debug for Node {
             .field("name", &self.name)
             .field("peers", &self.peers())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_node_dropped_without_shutdown_stops_its_tasks_and_frees_its_address() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let config = NodeConfig::new("dropped", "dropped-cookie-0123456789abcdef").listen(addr);
+        let node = Node::start(config).await.unwrap();
+        let server = node.actor();
+        let node_level = node.liveness.current().unwrap().actor();
+        drop(node);
+        let stopped = |cell: &ActorCell| cell.get_status() == ractor::ActorStatus::Stopped;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !(stopped(&server)
+            && stopped(&node_level)
+            && std::net::TcpListener::bind(addr).is_ok())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dropped node still runs: server {:?}, node-level actor {:?}, address bound: {}",
+                server.get_status(),
+                node_level.get_status(),
+                std::net::TcpListener::bind(addr).is_err()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -380,4 +380,13 @@ mod tests {
         }
         assert_eq!(sync.stats().published, 3);
     }
+
+    #[tokio::test]
+    async fn a_node_name_peers_could_not_read_back_is_refused() {
+        for name in ["", "a/b@h"] {
+            let topic: Topic<Vec<u8>> = Topic::new("names-peers-can-read");
+            let spawned = Synchronization::spawn(topic, name).await;
+            assert!(matches!(spawned, Err(Error::Config(_))), "{name:?}");
+        }
+    }
 }

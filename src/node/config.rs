@@ -40,7 +40,8 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// A node called `name` (unique in the cluster; peers see it as `name@hostname`) that
-    /// authenticates peers with the shared secret `cookie`.
+    /// authenticates peers with the shared secret `cookie`. The name may not contain `@`, `/`,
+    /// spaces or control characters (refused when the node starts).
     pub fn new(name: impl Into<String>, cookie: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -72,7 +73,8 @@ impl NodeConfig {
     }
 
     /// Host name peers know this node by (the part after `@` in its name). Default: the
-    /// listen address's IP.
+    /// listen address's IP. Like the name: no `@`, `/`, spaces or control characters, and
+    /// `name@hostname` at most 255 bytes.
     pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
         self.hostname = Some(hostname.into());
         self
@@ -264,8 +266,19 @@ impl NodeConfig {
         ] {
             at_most_30_days(what, setting)?;
         }
-        if self.name.is_empty() || self.name.contains('@') {
-            return bad("node name must be non-empty and contain no '@'");
+        // Actor names carry the node's name before a '/', peers refuse members whose name is
+        // over 255 bytes, and the name is printed in logs and replies.
+        let plain = |part: &str| {
+            !part.is_empty()
+                && !part
+                    .chars()
+                    .any(|c| c == '@' || c == '/' || c.is_whitespace() || c.is_control())
+        };
+        if !plain(&self.name) || !plain(&self.host()) {
+            return bad("node name and hostname must be non-empty, without '@', '/', spaces or control characters");
+        }
+        if self.name.len() + 1 + self.host().len() > crate::node::membership::MAX_FIELD {
+            return bad("name@hostname must be at most 255 bytes");
         }
         if self.cookie.is_empty() {
             return bad("cookie must not be empty");
@@ -343,6 +356,13 @@ mod tests {
     fn rejects_out_of_bounds_values() {
         assert!(NodeConfig::new("", "c").validate().is_err());
         assert!(NodeConfig::new("a@b", "c").validate().is_err());
+        for name in ["a/b", "a b", "a\nb", &"a".repeat(250)] {
+            assert!(NodeConfig::new(name, "c").validate().is_err(), "{name:?}");
+        }
+        assert!(NodeConfig::new("a", "c")
+            .hostname("h/x")
+            .validate()
+            .is_err());
         assert!(NodeConfig::new("a", "").validate().is_err());
         let backwards = NodeConfig::new("a", "c")
             .redial_backoff(Duration::from_secs(2), Duration::from_secs(1));

@@ -56,6 +56,18 @@ impl Liveness {
             supervisor.stop(None);
         }
     }
+
+    /// Stops the node-level actor and its supervisor without waiting (a `Node` dropped
+    /// without `shutdown`).
+    pub(crate) fn stop_now(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(current) = self.current() {
+            current.actor().stop(None);
+        }
+        if let Some(supervisor) = self.supervisor.get() {
+            supervisor.stop(None);
+        }
+    }
 }
 
 /// The supervisor's mailbox takes no messages: it only hears supervision events.

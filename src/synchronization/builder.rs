@@ -93,8 +93,8 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid configuration; [`Error::Spawn`] if the actor fails to
-    /// start.
+    /// [`Error::Config`] for an invalid configuration or a node name that is empty or
+    /// contains `/`; [`Error::Spawn`] if the actor fails to start.
     pub async fn spawn(self, node: &(impl AsRef<str> + ?Sized)) -> Result<Synchronization<M>> {
         self.start(node.as_ref(), None).await
     }
@@ -120,6 +120,12 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
         supervisor: Option<ActorCell>,
     ) -> Result<Synchronization<M>> {
         self.config.validate()?;
+        // Peers read the node's name off the actor's name, up to the first '/'.
+        if node_name.is_empty() || node_name.contains('/') {
+            return Err(crate::error::Error::Config(format!(
+                "node name {node_name:?} must be non-empty and contain no '/'"
+            )));
+        }
         if self.gossip.is_none() {
             // (The node-level topic is the node's own: one per node.)
             refuse_a_second(self.topic.name())?;

@@ -54,11 +54,12 @@ impl SyncConfig {
         self
     }
 
-    /// How long a peer that fell silent (crashed, partitioned) stays in the peer set. While it
-    /// is there and its lease has run out, bounded-mode reads go to the source; once it is
-    /// forgotten the cache is repaired and served again. Longer is safer against long
-    /// partitions, shorter gives the cache back sooner after a crash. Default 30 s; at least
-    /// the lease.
+    /// How long the state of a peer that fell silent (crashed, partitioned) is kept in the
+    /// topic's peer set: its sequence numbers, so that it can return without a repair. Once
+    /// it is forgotten the cache is repaired. This frees memory and never reopens the serve
+    /// rule: the node keeps a vanished member, and caches keep checking their entries against
+    /// the source, until there is evidence it is gone (see
+    /// [`Node::members`](crate::Node::members)). Default 30 s; at least the lease.
     pub fn forget_after(mut self, after: Duration) -> Self {
         self.forget_after = after;
         self

@@ -129,12 +129,7 @@ pub(crate) async fn dial(
     server: &ActorRef<NodeServerMessage>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let connect = TcpStream::connect(addr);
-    let stream = tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| "connect timed out")?
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect(addr, timeout).await?;
     let (peer_addr, local_addr) = (
         stream.peer_addr().map_err(|e| e.to_string())?,
         stream.local_addr().map_err(|e| e.to_string())?,
@@ -160,6 +155,39 @@ pub(crate) async fn dial(
         .map_err(|e| e.to_string())
 }
 
+/// Dials `addr` in plaintext and hands the connection to the NodeServer: what
+/// `ractor_cluster::client_connect` does, with a connect timeout (a blackholed address would
+/// otherwise hold the dialer for the kernel's SYN retries, about two minutes, and the session
+/// would re-form up to a minute after the link heals).
+pub(crate) async fn dial_plain(
+    addr: &str,
+    server: &ActorRef<NodeServerMessage>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let stream = connect(addr, timeout).await?;
+    let stream = NetworkStream::Raw {
+        peer_addr: stream.peer_addr().map_err(|e| e.to_string())?,
+        local_addr: stream.local_addr().map_err(|e| e.to_string())?,
+        stream,
+    };
+    server
+        .cast(NodeServerMessage::ConnectionOpened {
+            stream: Box::new(stream),
+            is_server: false,
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// A TCP connection to `addr` within `timeout`, without Nagle's delay.
+async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out")?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// The secret both ends of a TLS connection derive from its keying material (RFC 5705): what
 /// proves the origin of every envelope on the session that runs over it (`sessions::verify`).
 fn session_secret<D>(connection: &tokio_rustls::rustls::ConnectionCommon<D>) -> Option<u128> {
@@ -167,4 +195,42 @@ fn session_secret<D>(connection: &tokio_rustls::rustls::ConnectionCommon<D>) -> 
         .export_keying_material([0u8; 16], b"ractor_cache_sync session secret", None)
         .ok()?;
     Some(u128::from_le_bytes(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dial_to_an_address_that_drops_connection_requests_gives_up_in_time() {
+        // A listener that never accepts, its queue full: the kernel drops further SYNs, as
+        // a firewall dropping traffic to a dead host would.
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        listener
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        listener.listen(0).expect("listen");
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut queued = Vec::new();
+        let mut blackholed = false;
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(stream) => queued.push(stream),
+                Err(_) => {
+                    blackholed = true;
+                    break;
+                }
+            }
+        }
+        assert!(blackholed, "the listener's queue never filled");
+        let started = std::time::Instant::now();
+        let dialled = connect(&addr.to_string(), Duration::from_millis(300)).await;
+        assert_eq!(dialled.err().as_deref(), Some("connect timed out"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the dial waited {:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -128,9 +128,9 @@ impl Dialer {
             Some(tls) => {
                 super::acceptor::dial(&self.addr, tls, &self.server, self.handshake_timeout).await
             }
-            None => ractor_cluster::client_connect(&self.server, self.addr.as_str())
-                .await
-                .map_err(|e| format!("{e:?}")),
+            None => {
+                super::acceptor::dial_plain(&self.addr, &self.server, self.handshake_timeout).await
+            }
         };
         if let Err(error) = dialled {
             tracing::debug!(peer = %self.addr, %error, "dial failed");

@@ -6,7 +6,9 @@
 //!   if the id is not a number.
 //! - `PUT /users/{id}` with `{"name":"..."}` commits the row (its version one higher, in the
 //!   same statement), then invalidates the key on every replica:
-//!   `200 {"id":1,"name":"ada","version":3}`.
+//!   `200 {"id":1,"name":"ada","version":3}`. Commit and invalidation run together on a task
+//!   of their own (`Cache::write`): a client that hangs up mid-commit cannot skip the
+//!   invalidation.
 //! - `GET /health` says whether this replica serves from its cache: `healthy`, `repairing` or
 //!   `bypassing: REASON`.
 //!
@@ -155,9 +157,14 @@ async fn put_user(
     Path(id): Path<u64>,
     Json(body): Json<Rename>,
 ) -> Result<Json<Value>, Internal> {
-    let version = app.users.put(id, body.name.clone()).await?;
-    // Committed: now every replica drops what it holds of an older version.
-    app.cache.invalidate_version(&id, version)?;
+    let (users, name) = (app.users.clone(), body.name.clone());
+    // Once committed, every replica drops what it holds of an older version, even if this
+    // handler is dropped first (its client hung up while the commit waited for a lock).
+    let commit = async move {
+        let version = users.put(id, name).await?;
+        Ok::<_, Error>((version, Some(version)))
+    };
+    let version = app.cache.write(id, commit).await?;
     Ok(Json(
         json!({"id": id, "name": body.name, "version": version}),
     ))

@@ -19,6 +19,7 @@ mod stats;
 mod store;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -136,6 +137,11 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// Drops `key` here at once and tells every other node to drop it. Call it right after
     /// committing the change to the source of truth.
     ///
+    /// Nothing runs it for you if the caller's future is dropped between the commit and this
+    /// call (an HTTP handler whose client disconnected, a timeout layer): the change is then
+    /// committed and no node hears of it. Where that can happen, commit through
+    /// [`write`](Self::write) instead.
+    ///
     /// # Errors
     ///
     /// [`Error::ActorStopped`] if the cache actor has stopped: the local entry is dropped
@@ -152,6 +158,64 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// As [`invalidate`](Self::invalidate).
     pub fn invalidate_version(&self, key: &K, version: Version) -> Result<()> {
         self.invalidate_one(key, Some(version))
+    }
+
+    /// Runs `commit` (your write to the source of truth, returning what the caller needs and
+    /// the version it committed, if known) and then invalidates `key` here and on every other
+    /// node — both on a task of their own, so that dropping the returned future (an HTTP
+    /// handler whose client disconnected, a timeout layer, a `select!`) cannot separate them.
+    ///
+    /// The invalidation runs whatever the commit's outcome: after an `Ok`, with its version;
+    /// after an `Err`, a panic or a cancellation of the task (the runtime shutting down), with
+    /// no version, since a commit may land before it reports failing (a connection lost
+    /// during `COMMIT`). Dropping the returned future before it is first polled runs nothing.
+    ///
+    /// ```no_run
+    /// # use ractor_cache_sync::{Cache, Version};
+    /// # async fn rename(id: u64, name: String) -> Result<Version, ractor_cache_sync::Error> { Ok(1) }
+    /// # async fn handler(users: Cache<u64, String>) -> ractor_cache_sync::Result<()> {
+    /// let version = users
+    ///     .write(7, async move {
+    ///         let version = rename(7, "ada".into()).await?; // UPDATE ... RETURNING version
+    ///         Ok((version, Some(version)))
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The commit's error, or, after a commit that succeeded, the invalidation's (as
+    /// [`invalidate`](Self::invalidate)'s: the local entry is dropped anyway) converted into
+    /// `E`; [`Error::ActorStopped`] as `E` if the runtime ended the task.
+    ///
+    /// # Panics
+    ///
+    /// If `commit` panics (after the invalidation has run).
+    pub async fn write<T, E, F>(&self, key: K, commit: F) -> std::result::Result<T, E>
+    where
+        F: Future<Output = std::result::Result<(T, Option<Version>), E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let mut pending = PendingInvalidation {
+            cache: self.clone(),
+            key: Some(key),
+        };
+        let task = tokio::spawn(async move {
+            let committed = commit.await;
+            let key = pending.key.take().expect("taken once, here");
+            let version = committed.as_ref().map_or(None, |(_, version)| *version);
+            let invalidated = pending.cache.invalidate_one(&key, version);
+            let (value, _) = committed?;
+            invalidated?;
+            Ok(value)
+        });
+        match task.await {
+            Ok(written) => written,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(Error::stopped_by("write task", error).into()),
+        }
     }
 
     /// One key, without building a list.
@@ -310,6 +374,23 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// The cache actor, for supervision. Stopping it stops its Synchronization actor too.
     pub fn actor(&self) -> ActorCell {
         self.inner.actor().get_cell()
+    }
+}
+
+/// A write's invalidation not yet run: the drop runs it (with no version) if the write's task
+/// unwinds or is cancelled before it gets there.
+struct PendingInvalidation<K: CacheKey, V: Clone + Send + Sync + 'static> {
+    cache: Cache<K, V>,
+    key: Option<K>,
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> Drop for PendingInvalidation<K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Err(error) = self.cache.invalidate_one(&key, None) {
+                tracing::warn!(%error, "a write ended early; its key was dropped here only");
+            }
+        }
     }
 }
 
@@ -505,6 +586,142 @@ mod tests {
             published,
             "nothing was published after the stop"
         );
+        node.shutdown().await;
+    }
+
+    /// A table in memory: `key → (value, version)`.
+    #[derive(Clone, Default)]
+    struct Table(Arc<std::sync::Mutex<std::collections::HashMap<u32, (u32, Version)>>>);
+
+    impl Table {
+        fn set(&self, key: u32, value: u32) -> Version {
+            let mut rows = self.0.lock().unwrap();
+            let version = rows.get(&key).map_or(1, |(_, v)| v + 1);
+            rows.insert(key, (value, version));
+            version
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Source<u32, u32> for Table {
+        async fn load(&self, key: &u32) -> Result<Option<(u32, Version)>> {
+            Ok(self.0.lock().unwrap().get(key).copied())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_caller_is_dropped_mid_commit_still_invalidates_everywhere() {
+        let node = Node::start(NodeConfig::new("writer", "writer-cookie-0123456789abcdef"))
+            .await
+            .unwrap();
+        let table = Table::default();
+        table.set(1, 10);
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("cancel-safe-write"), table.clone())
+            .mode(Mode::Eventual)
+            .spawn(&node)
+            .await
+            .unwrap();
+        assert_eq!(cache.get(&1).await.unwrap(), Some(10));
+        let published = cache.stats().sync.published;
+
+        // The commit waits for a lock (here: a signal) while its caller gives up.
+        let (release, locked) = tokio::sync::oneshot::channel::<()>();
+        let committing = table.clone();
+        let write = cache.write(1, async move {
+            locked.await.expect("released");
+            let version = committing.set(1, 11);
+            Ok::<_, Error>((version, Some(version)))
+        });
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), write).await;
+        assert!(
+            gave_up.is_err(),
+            "the commit cannot finish before it is released"
+        );
+        assert_eq!(
+            cache.get(&1).await.unwrap(),
+            Some(10),
+            "nothing committed yet"
+        );
+
+        release.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while cache.stats().sync.published == published && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            cache.stats().sync.published,
+            published + 1,
+            "the commit's invalidation was never published"
+        );
+        assert_eq!(
+            cache.get(&1).await.unwrap(),
+            Some(11),
+            "stale after the write"
+        );
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_fails_or_panics_still_invalidates_and_reports_it() {
+        let node = Node::start(NodeConfig::new(
+            "failing",
+            "failing-cookie-0123456789abcdef",
+        ))
+        .await
+        .unwrap();
+        let table = Table::default();
+        table.set(1, 10);
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("failing-write"), table.clone())
+            .mode(Mode::Eventual)
+            .spawn(&node)
+            .await
+            .unwrap();
+
+        // An error after the row changed (a connection lost during COMMIT).
+        cache.get(&1).await.unwrap();
+        let committing = table.clone();
+        let failed = cache
+            .write(1, async move {
+                committing.set(1, 11);
+                Err::<(u32, Option<Version>), _>(Error::Config("lost during commit".into()))
+            })
+            .await;
+        assert!(matches!(failed, Err(Error::Config(_))), "{failed:?}");
+        assert_eq!(
+            cache.get(&1).await.unwrap(),
+            Some(11),
+            "stale after a failed write"
+        );
+
+        // A panic after the row changed reaches the caller, after the invalidation.
+        let (committing, writer) = (table.clone(), cache.clone());
+        let panicked = tokio::spawn(async move {
+            let commit = async move {
+                committing.set(1, 12);
+                panic!("the commit panicked");
+            };
+            writer.write::<u32, Error, _>(1, commit).await
+        })
+        .await
+        .unwrap_err();
+        assert!(panicked.is_panic());
+        assert_eq!(
+            cache.get(&1).await.unwrap(),
+            Some(12),
+            "stale after a panic"
+        );
+
+        // And a write that succeeds returns what the commit returned.
+        let committing = table.clone();
+        let version = cache
+            .write(1, async move {
+                let version = committing.set(1, 13);
+                Ok::<_, Error>((version, Some(version)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, 4);
+        assert_eq!(cache.lookup(&1).await.unwrap().value, Some((13, 4)));
         node.shutdown().await;
     }
 

@@ -5,7 +5,7 @@
 //! HTTP/1.1 is spoken by hand over `std::net::TcpStream` (one request per connection), so the
 //! test needs no HTTP client crate.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -231,6 +231,96 @@ fn a_write_through_any_replica_is_served_by_every_other() {
             not_a_number.status, 400,
             "{}: {not_a_number:?}",
             replica.name
+        );
+    }
+}
+
+#[test]
+fn a_put_whose_client_hangs_up_mid_commit_still_reaches_every_replica() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("users.db");
+    let a = NodeSpec::new("a", &db);
+    let b = NodeSpec::new("b", &db).peer(&a);
+    let replicas: Vec<Replica> = [a, b].into_iter().map(Replica::start).collect();
+    for replica in &replicas {
+        replica.wait_until_healthy();
+    }
+    let [a, b] = &replicas[..] else {
+        unreachable!()
+    };
+    let first = a.put(1, "ada");
+    for replica in [a, b] {
+        eventually(DEADLINE, || {
+            let (name, version, hit) = replica.user(1);
+            assert_eq!((name.as_str(), version), ("ada", first), "{}", replica.name);
+            hit.then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} never served user 1 from its cache", replica.name));
+    }
+
+    // Another writer's long transaction holds the database's write lock...
+    let holder = rusqlite::Connection::open(&db).expect("open the database");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    // ...while a client sends a rename through a and hangs up before the reply.
+    let mut client = TcpStream::connect_timeout(&a.http, Duration::from_secs(5)).expect("connect");
+    let body = r#"{"name":"grace"}"#;
+    let request = format!(
+        "PUT /users/1 HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        a.http,
+        body.len()
+    );
+    client.write_all(request.as_bytes()).expect("send the PUT");
+    // No reply while the lock is held: the handler is in its commit, waiting for the lock.
+    client
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("read timeout");
+    let mut early = [0u8; 1];
+    match client.read(&mut early) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("the PUT was answered while the write lock was held: {other:?}"),
+    }
+    client
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    client.shutdown(std::net::Shutdown::Write).expect("hang up");
+    // The server closes a connection whose client hung up mid-request: no reply means the
+    // handler was dropped while its commit waited for the lock.
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).expect("the server closes");
+    assert!(
+        reply.is_empty(),
+        "the PUT was answered while the write lock was held: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    drop(holder); // the other writer rolls back: the rename commits now
+
+    let committed = std::time::Instant::now();
+    let check = rusqlite::Connection::open(&db).expect("open the database");
+    let row = || -> Option<(String, u64)> {
+        check
+            .query_row("SELECT name, version FROM users WHERE id = 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .ok()
+    };
+    let second = eventually(DEADLINE, || match row() {
+        Some((name, version)) if name == "grace" => Some(version),
+        _ => None,
+    })
+    .unwrap_or_else(|| panic!("the rename never committed: {:?}", row()));
+    for replica in [a, b] {
+        eventually(DEADLINE, || {
+            let (name, version, _) = replica.user(1);
+            (name == "grace" && version == second).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} still serves {:?}", replica.name, replica.user(1)));
+        eprintln!(
+            "{} serves the rename {:?} after it committed",
+            replica.name,
+            committed.elapsed()
         );
     }
 }

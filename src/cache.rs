@@ -725,6 +725,60 @@ mod tests {
         node.shutdown().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cache_whose_actors_stopped_or_were_killed_serves_nothing_it_cannot_vouch_for() {
+        let node = Node::start(NodeConfig::new("alone", "alone-cookie-0123456789abcdef"))
+            .await
+            .unwrap();
+        let lease = Duration::from_millis(300);
+        let sync = crate::synchronization::SyncConfig::default()
+            .heartbeat(Duration::from_millis(60))
+            .lease(lease);
+        for (topic, kill) in [("stopped-alone", false), ("killed-alone", true)] {
+            let table = Table::default();
+            table.set(1, 10);
+            let cache: Cache<u32, u32> = Cache::builder(Topic::new(topic), table.clone())
+                .sync(sync.clone())
+                .spawn(&node)
+                .await
+                .unwrap();
+            // Alone on its topic, the cache serves its heap.
+            assert_eq!(cache.get(&1).await.unwrap(), Some(10));
+            assert_eq!(cache.peek(&1), Some(10), "{topic}: alone, a hit");
+
+            if kill {
+                // Killed actors run no clean-up: only the gate's own expiry can close it.
+                cache.actor().kill();
+            } else {
+                cache
+                    .actor()
+                    .stop_and_wait(None, Some(Duration::from_secs(5)))
+                    .await
+                    .unwrap();
+            }
+            // Nobody hears other nodes' invalidations for this handle any more, so a change
+            // made meanwhile must be read from the source, not served from the heap.
+            table.set(1, 11);
+            let deadline = std::time::Instant::now() + lease * 20;
+            while cache.peek(&1) == Some(10) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // (What it serves from now on is what its checks against the source vouch for.)
+            assert_ne!(
+                cache.peek(&1),
+                Some(10),
+                "{topic}: served from a gate nobody keeps"
+            );
+            assert!(
+                matches!(cache.health(), Health::Bypassing { ref reason } if reason.contains("Synchronization actor")),
+                "{topic}: {}",
+                cache.health()
+            );
+            assert_eq!(cache.get(&1).await.unwrap(), Some(11), "{topic}: stale");
+        }
+        node.shutdown().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_heartbeat_publishes_a_pending_burst_before_it_goes_out() {
         let node = Node::start(NodeConfig::new("beat", "beat-cookie-0123456789abcdef"))

@@ -17,6 +17,7 @@ use super::message::{Gossip, Pending, Subscriber, SyncMessage};
 use super::outbox::{remote_members, Outbox};
 use super::shared::SyncShared;
 use super::{Confirmation, SyncConfig, TopicMessage};
+use crate::clock::now_us;
 use crate::counter::bump;
 use crate::delivery::MissCause;
 use crate::protocol::peer_table::{LeaseParams, PeerTable};
@@ -195,6 +196,14 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         // What was accepted before the leave goes out before it.
         state.publish_pending();
         state.outbox.leave();
+        // Nobody keeps the topic's leases from here on: caches still holding a handle check
+        // against the source until a new actor computes the gate again.
+        state.shared.gate.renew(
+            0,
+            now_us(),
+            Some("the topic's Synchronization actor stopped".to_owned()),
+        );
+        state.shared.gate.closed.notify_one();
         pg::demonitor_scope(PG_SCOPE.to_owned(), myself.get_id());
         Ok(())
     }

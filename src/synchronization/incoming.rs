@@ -15,6 +15,10 @@ use crate::protocol::envelope::{Body, Echo, Envelope, Member};
 use crate::protocol::peer_table::{unvouched, Beat};
 use crate::topic::PG_SCOPE;
 
+/// Why a gate lapsed that no newer look renewed: its actor stopped, was killed, or stalled.
+pub(super) const NOT_RENEWED: &str =
+    "no lease renewed for a lease: the topic's Synchronization actor stopped or stalled";
+
 impl<M: TopicMessage> SynchronizationState<M> {
     /// Bytes from a peer, with the token of the cast that carried them.
     pub(super) fn receive(&mut self, bytes: &[u8], token: Option<&[u8]>) {
@@ -222,8 +226,12 @@ impl<M: TopicMessage> SynchronizationState<M> {
     pub(super) fn refresh_gate(&mut self) {
         let now = now_us();
         let members = super::outbox::remote_members(&self.group).len();
-        let until = self.peers.valid_until(members);
-        let weakest = self.weakest_reason(members, now);
+        // Never valid for longer than one lease past this actor's last look, peers or none: if
+        // the actor stops, is killed or stalls, the gate lapses on its own and the caches check
+        // against the source instead of serving under a gate nobody keeps.
+        let lease = self.shared.gate.lease_us();
+        let until = (self.peers.valid_until(members)).min(now.saturating_add(lease));
+        let weakest = self.weakest_reason(members, until);
         self.shared.gate.renew(until, now, weakest);
         let valid = now < until;
         if self.leases_were_valid && !valid {
@@ -233,7 +241,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.leases_were_valid = valid;
     }
 
-    pub(super) fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {
+    /// Why the gate is closed, or will be when it lapses at `until` with no newer look.
+    pub(super) fn weakest_reason(&self, members: usize, until: u64) -> Option<String> {
         if members > self.peers.len() {
             return Some(format!(
                 "{} remote members, {} heard from",
@@ -241,8 +250,12 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 self.peers.len()
             ));
         }
-        let (name, until) = self.peers.weakest()?;
-        (until <= now).then(|| format!("no valid lease from {name}"))
+        Some(match self.peers.weakest() {
+            Some((name, lease_until)) if lease_until <= until => {
+                format!("no valid lease from {name}")
+            }
+            _ => NOT_RENEWED.to_owned(),
+        })
     }
 }
 

@@ -738,7 +738,7 @@ mod tests {
             let table = Table::default();
             table.set(1, 10);
             let cache: Cache<u32, u32> = Cache::builder(Topic::new(topic), table.clone())
-                .sync(sync.clone())
+                .sync(sync)
                 .spawn(&node)
                 .await
                 .unwrap();

@@ -8,7 +8,8 @@ pub enum Delivery<M> {
     /// A message published on another node (or on this one, with
     /// `Recipients::RemoteAndLocal`).
     Message {
-        /// Name of the publishing node (`name@host`).
+        /// Name of the publishing node (`name@host`), as proven by the cast that carried the
+        /// message (it echoed the secret this node sends over its session with that node).
         origin: String,
         /// The decoded message.
         message: M,
@@ -45,6 +46,14 @@ pub enum MissCause {
     PeerJoined,
     /// This node's own Synchronization actor (re)started: it was not listening for a while.
     Restarted,
+    /// A message naming `origin` did not prove it came from there, and a typed topic delivers
+    /// nothing under a name it did not prove: it was dropped. Either a forgery by a peer with
+    /// the cluster's credentials, or, on a plaintext cluster, one of `origin`'s first casts of
+    /// a session (sent before it had this node's secret to echo).
+    Unverified {
+        /// The node the message claimed to come from.
+        origin: String,
+    },
     /// `origin` was silent for longer than `forget_after` and was dropped from the peer set.
     PeerForgotten {
         /// The forgotten node.

@@ -310,6 +310,16 @@ pub(crate) fn identity(peer_addr: &str) -> Option<String> {
     with_identities(|ids| ids.names.get(peer_addr).map(|i| i.name.clone()))
 }
 
+/// Registers a stand-in session with `peer` (only its id and secrets are real) and returns
+/// the secret a cast from `peer` must echo to prove itself.
+#[cfg(test)]
+pub(crate) async fn stand_in(peer: &str, node_id: NodeId) -> u128 {
+    let session = tests::session_of(node_id).await;
+    let ours = session.ours;
+    with(|r| r.live.entry(peer.to_owned()).or_default().push(session));
+    ours
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +354,7 @@ mod tests {
         }
     }
 
-    async fn session_of(node_id: NodeId) -> Session {
+    pub(super) async fn session_of(node_id: NodeId) -> Session {
         let (actor, _handle) = ractor::Actor::spawn(None, Idle, ()).await.expect("spawns");
         Session {
             actor: actor.get_cell(),

@@ -323,6 +323,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_typed_topic_delivers_nothing_under_a_name_it_did_not_prove_and_nothing_twice() {
+        use crate::protocol::envelope::{encode, Body};
+        let topic: Topic<u32> = Topic::new("typed-proven-origins");
+        let sync = Synchronization::spawn(topic, "me@here").await.unwrap();
+        let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+        sync.subscribe(move |delivery| {
+            let _ = tx.send(delivery);
+        })
+        .unwrap();
+        let origin = "typed-writer@there";
+        let ours = crate::sessions::stand_in(origin, 4242).await;
+        let cast = |seq: u64, message: u32, proof: Option<Vec<u8>>| {
+            let payload = postcard::to_allocvec(&message).unwrap();
+            let body = Body::Publish { seq, payload };
+            let bytes = encode("typed-proven-origins", origin, 7, &body).unwrap();
+            sync.actor.cast(SyncMessage::Wire(bytes, proof)).unwrap();
+        };
+        let proof = || Some([7u128.to_le_bytes(), ours.to_le_bytes()].concat());
+        let next = |deliveries: &mut tokio::sync::mpsc::UnboundedReceiver<Delivery<u32>>| {
+            let mut next = None;
+            while let Ok(delivery) = deliveries.try_recv() {
+                if !matches!(delivery, Delivery::PossiblyMissed(MissCause::Restarted)) {
+                    next = Some(delivery);
+                    break;
+                }
+            }
+            next
+        };
+
+        // A cast that does not prove its origin (a forgery, or a replay without the secret).
+        cast(1, 666, None);
+        // One that does, then the same one again.
+        cast(1, 1, proof());
+        cast(1, 1, proof());
+        cast(2, 2, proof());
+        // A replay of a proven message by someone without the secret.
+        cast(2, 2, None);
+        cast(3, 3, proof());
+        // The actor takes casts in order: once the last is delivered, all were taken.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            match next(&mut deliveries) {
+                Some(Delivery::Message { message: 3, .. }) => break,
+                Some(delivery) => seen.push(delivery),
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let messages: Vec<u32> = seen
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Message { origin: o, message } => {
+                    assert_eq!(o, origin);
+                    Some(*message)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(messages, [1, 2], "delivered: {seen:?}");
+        let unproven = seen
+            .iter()
+            .filter(|d| {
+                matches!(d, Delivery::PossiblyMissed(MissCause::Unverified { origin: o }) if o == origin)
+            })
+            .count();
+        assert_eq!(unproven, 2, "each unproven cast is reported: {seen:?}");
+        assert_eq!(sync.stats().unverified, 2);
+        assert_eq!(sync.stats().duplicates, 1);
+    }
+
+    #[tokio::test]
     async fn a_second_actor_for_a_topic_is_refused_until_the_first_stops() {
         let topic: Topic<u32> = Topic::new("one-actor-per-topic");
         let first = Synchronization::spawn(topic.clone(), "me@here")

@@ -118,12 +118,21 @@ impl<M: TopicMessage> SynchronizationState<M> {
     }
 
     /// An envelope that does not prove its origin: a peer's first casts before it had one of
-    /// ours to echo (a few per session start), or a forgery.
+    /// ours to echo (a few per session start), or a forgery. A cache applies its
+    /// invalidations (idempotent, no values: the worst a forgery does is a reload); a typed
+    /// topic delivers nothing under a name it did not prove, and tells its subscribers that
+    /// something from that name may be missing.
     fn receive_unverified(&mut self, envelope: Envelope) {
         bump(&self.shared.counters.unverified);
         tracing::debug!(topic = %self.group, origin = %envelope.origin, "envelope that does not prove its origin");
         if let Body::Publish { payload, .. } = envelope.body {
-            self.receive_publish(envelope.origin, Arrival::Unverified, &payload);
+            if self.idempotent {
+                self.receive_publish(envelope.origin, Arrival::Unverified, &payload);
+            } else {
+                self.possibly_missed(MissCause::Unverified {
+                    origin: envelope.origin,
+                });
+            }
         }
     }
 

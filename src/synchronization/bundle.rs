@@ -76,9 +76,18 @@ pub(crate) fn withdraw(topic: &str) {
 }
 
 /// Every topic's heartbeat to send at `now`: the latest deposit, or the one before it when the
-/// latest is too recent.
+/// latest is too recent. A deposit whose actor is gone without withdrawing it (killed: no
+/// clean-up runs) is dropped, so that peers stop hearing of an actor that no longer exists.
 pub(crate) fn collect(now: u64) -> Vec<(String, Vec<u8>)> {
+    let live: std::collections::HashSet<String> = with_sinks(|sinks| {
+        sinks
+            .iter()
+            .filter(|(_, sink)| sink.strong_count() > 0)
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    });
     with(|all| {
+        all.retain(|topic, _| live.contains(topic));
         all.iter()
             .filter_map(|(topic, d)| {
                 let envelope = if now.saturating_sub(d.at) >= MIN_AGE_US {
@@ -150,4 +159,48 @@ pub(crate) fn sinks_of<'t>(
             .map(|topic| all.get(topic).and_then(Weak::upgrade))
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sink;
+
+    impl BeatSink for Sink {
+        fn offer(&self, _: &[u8], _: Option<&[u8]>) -> bool {
+            false
+        }
+        fn slept(&self) {}
+    }
+
+    fn collected(topic: &str, now: u64) -> Option<Vec<u8>> {
+        collect(now)
+            .into_iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, envelope)| envelope)
+    }
+
+    #[test]
+    fn a_killed_actor_s_deposit_stops_going_out() {
+        // Process-wide: a topic name of this test's own.
+        let topic = "bundle-killed-actor";
+        let sink: Arc<dyn BeatSink> = Arc::new(Sink);
+        register(topic, Arc::downgrade(&sink));
+        deposit(topic, vec![1, 2, 3], 1_000);
+        assert_eq!(collected(topic, 1_000 + MIN_AGE_US), Some(vec![1, 2, 3]));
+
+        // Killed: its state (the sink) is dropped, and neither `withdraw` nor `unregister` ran.
+        drop(sink);
+        assert_eq!(collected(topic, 2_000 + MIN_AGE_US), None);
+        assert!(with(|all| !all.contains_key(topic)), "the deposit is kept");
+
+        // A new actor of the topic bundles again.
+        let sink: Arc<dyn BeatSink> = Arc::new(Sink);
+        register(topic, Arc::downgrade(&sink));
+        deposit(topic, vec![4], 3_000);
+        assert_eq!(collected(topic, 3_000 + MIN_AGE_US), Some(vec![4]));
+        unregister(topic, &Arc::downgrade(&sink));
+        withdraw(topic);
+    }
 }

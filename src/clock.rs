@@ -1,6 +1,7 @@
 //! This process's monotonic clock in microseconds: the only clock leases use. No clock sync
 //! between nodes is needed, because a node only ever compares its own timestamps.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -77,6 +78,67 @@ impl SuspendDetector {
     }
 }
 
+/// Notices that [`now_us`] stopped or went back: between two readings, the system's monotonic
+/// clock advanced by at least `MIN_SPAN_US` and [`now_us`] by less than half as much. (A
+/// suspension makes the monotonic clock the slower one, never this.) Fed explicit readings,
+/// so that it is tested with any clock.
+#[derive(Debug, Default)]
+pub(crate) struct StallDetector {
+    last: Option<(u64, u64)>,
+}
+
+impl StallDetector {
+    /// Readings closer than this are not judged: jitter, not a stall.
+    const MIN_SPAN_US: u64 = 20_000;
+
+    /// Takes one pair of readings (`now_us`, monotonic µs); says whether `now_us` fell behind.
+    pub(crate) fn observe(&mut self, now: u64, mono: u64) -> bool {
+        let Some((last_now, last_mono)) = self.last else {
+            self.last = Some((now, mono));
+            return false;
+        };
+        let mono_span = mono.saturating_sub(last_mono);
+        if mono_span < Self::MIN_SPAN_US {
+            return false;
+        }
+        self.last = Some((now, mono));
+        now < last_now || now - last_now < mono_span / 2
+    }
+
+    /// Forgets the last readings (the clock was replaced).
+    pub(crate) fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
+/// µs since this process first asked, on the system's monotonic clock (`CLOCK_MONOTONIC`):
+/// what [`StallDetector`] holds [`now_us`] against, and what [`now_us`] reads once the
+/// time-stamp counter has failed.
+pub(crate) fn monotonic_us() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `i64::MIN` while [`now_us`] reads the time-stamp counter; once that failed, what to add to
+/// [`monotonic_us`] to continue where the counter left off.
+static SHIFT: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// The time-stamp counter stopped or went back: from now on [`now_us`] reads the system's
+/// monotonic clock, continuing from just past `highest` (the highest reading handed out that
+/// the caller knows of), so it never goes back. Returns the new reading.
+pub(crate) fn abandon_counter(highest: u64) -> u64 {
+    let shift = i64::try_from(highest.saturating_add(1)).unwrap_or(i64::MAX)
+        - i64::try_from(monotonic_us()).unwrap_or(i64::MAX);
+    SHIFT.store(shift.max(i64::MIN + 1), Ordering::Release);
+    shifted(monotonic_us(), shift)
+}
+
+/// `mono` moved by `shift`, never 0.
+fn shifted(mono: u64, shift: i64) -> u64 {
+    mono.saturating_add_signed(shift).max(1)
+}
+
 /// Microseconds since this process first asked; never 0, so 0 can mean "never".
 ///
 /// A cache hit reads it (the lease check, expiry), so it must not stall the pipeline: the
@@ -86,8 +148,16 @@ impl SuspendDetector {
 /// 97 ns to 274 ns. `quanta` reads the invariant time-stamp counter without that fence,
 /// calibrated against the monotonic clock (and falls back to the monotonic clock where the
 /// counter is not usable). Skew between cores is nanoseconds, far below the microsecond unit.
+///
+/// Should the counter ever stop or go back (some platforms reset it on resume from
+/// suspend-to-RAM; a live migration can move it), the node's watchdog notices within a tick
+/// and switches this to the system's monotonic clock for good ([`abandon_counter`]).
 #[cfg(not(test))]
 pub(crate) fn now_us() -> u64 {
+    let shift = SHIFT.load(Ordering::Relaxed);
+    if shift != i64::MIN {
+        return shifted(monotonic_us(), shift);
+    }
     static CLOCK: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
     let (clock, start) = CLOCK.get_or_init(|| {
         let clock = quanta::Clock::new();
@@ -123,6 +193,35 @@ mod tests {
         assert_eq!(detector.observe(601_000, 650_050 + hour, 100), None);
         // A clock that stepped back is no suspension.
         assert_eq!(detector.observe(801_000, 10, 100), None);
+    }
+
+    #[test]
+    fn a_counter_that_stops_or_goes_back_is_noticed_a_suspension_is_not() {
+        let mut detector = StallDetector::default();
+        assert!(!detector.observe(1_000, 5_000), "first reading");
+        // Both advance alike.
+        assert!(!detector.observe(201_000, 205_100));
+        // Too close together to judge.
+        assert!(!detector.observe(201_000, 210_000));
+        // Stopped: the monotonic clock moved 200 ms, the counter not at all.
+        assert!(detector.observe(201_000, 405_100));
+        // Went back.
+        assert!(detector.observe(50_000, 605_100));
+        detector.reset();
+        assert!(!detector.observe(50_000, 605_100));
+        // A suspension: the monotonic clock stood still while the counter ran on.
+        assert!(!detector.observe(10_050_000, 625_100));
+    }
+
+    #[test]
+    fn the_monotonic_fallback_continues_past_the_highest_reading() {
+        // What `now_us` returns after `abandon_counter(highest)`: never back, never 0.
+        let mono = monotonic_us();
+        let highest = mono + 7_000_000;
+        let shift = i64::try_from(highest + 1).unwrap() - i64::try_from(mono).unwrap();
+        assert_eq!(shifted(mono, shift), highest + 1);
+        assert!(shifted(mono + 10, shift) > highest);
+        assert_eq!(shifted(0, -5), 1);
     }
 
     #[test]

@@ -53,9 +53,30 @@ impl Watchdog {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sleep = crate::clock::SuspendDetector::default();
+        let mut stall = crate::clock::StallDetector::default();
+        let mut highest = 0;
         loop {
             ticks.tick().await;
-            let now = now_us();
+            let before = crate::clock::monotonic_us();
+            let mut now = now_us();
+            let mono = crate::clock::monotonic_us();
+            // Judged only on readings not split by a preemption; and in the crate's unit tests
+            // `now_us` is tokio's (possibly paused) clock: only a real counter is held against
+            // the system's.
+            let judged = mono.saturating_sub(before) < 5_000;
+            if cfg!(not(test)) && judged && stall.observe(now, mono) {
+                // Leases, expiry and flights would freeze with it: switch clocks, and treat the
+                // time in between as a suspension (leases taken on it are not trusted).
+                now = crate::clock::abandon_counter(highest.max(now));
+                tracing::error!(
+                    "the time-stamp counter stopped or went back: now reading the system's monotonic clock; closing every lease gate and repairing"
+                );
+                stall.reset();
+                sleep = crate::clock::SuspendDetector::default();
+                bump(&self.counters.suspensions);
+                crate::synchronization::slept();
+            }
+            highest = highest.max(now);
             let slept = crate::clock::boottime_us()
                 .and_then(|boot| sleep.observe(now, boot, SUSPENSION_THRESHOLD_US));
             if let Some(slept) = slept {

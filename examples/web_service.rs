@@ -77,7 +77,10 @@ struct Args {
 }
 
 /// The source of truth: table `users(id, name, version)`, one connection behind a mutex,
-/// used from `spawn_blocking` so SQLite never blocks the async runtime.
+/// used from `spawn_blocking` so SQLite never blocks the async runtime. Versions come from
+/// the database (one higher in the same statement as the change). `load_many` and `versions`
+/// answer a whole chunk in one statement: the cache checks its entries with them after a
+/// possible loss and while a replica is unreachable.
 struct Users(Arc<Mutex<Connection>>);
 
 impl Users {
@@ -127,6 +130,46 @@ impl Source<u64, String> for Users {
             let sql = "SELECT name, version FROM users WHERE id = ?1";
             conn.query_row(sql, [id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()
+        })
+        .await
+    }
+
+    /// One statement for the whole chunk (the cache asks for up to 1 000 keys at a time when
+    /// it checks its entries, after a possible loss or while a peer is unreachable).
+    async fn load_many(&self, ids: &[u64]) -> Result<Vec<Option<(String, Version)>>> {
+        let ids = ids.to_vec();
+        self.run(move |conn| {
+            let mut found = std::collections::HashMap::with_capacity(ids.len());
+            let sql = "SELECT id, name, version FROM users
+                       WHERE id IN (SELECT value FROM json_each(?1))";
+            let mut statement = conn.prepare_cached(sql)?;
+            let list = serde_json::to_string(&ids).expect("a list of numbers");
+            let rows = statement.query_map([list], |row| {
+                Ok((row.get::<_, u64>(0)?, (row.get(1)?, row.get(2)?)))
+            })?;
+            for row in rows {
+                let (id, user) = row?;
+                found.insert(id, user);
+            }
+            Ok(ids.iter().map(|id| found.remove(id)).collect())
+        })
+        .await
+    }
+
+    async fn versions(&self, ids: &[u64]) -> Result<Vec<Option<Version>>> {
+        let ids = ids.to_vec();
+        self.run(move |conn| {
+            let mut found = std::collections::HashMap::with_capacity(ids.len());
+            let sql = "SELECT id, version FROM users WHERE id IN (SELECT value FROM json_each(?1))";
+            let mut statement = conn.prepare_cached(sql)?;
+            let list = serde_json::to_string(&ids).expect("a list of numbers");
+            let rows =
+                statement.query_map([list], |row| Ok((row.get::<_, u64>(0)?, row.get(1)?)))?;
+            for row in rows {
+                let (id, version) = row?;
+                found.insert(id, version);
+            }
+            Ok(ids.iter().map(|id| found.get(id).copied()).collect())
         })
         .await
     }

@@ -23,7 +23,12 @@ pub type Version = u64;
 /// - `load` reads committed data, at least as new as every commit that finished before the call
 ///   started (read-after-commit). A lagging replica breaks the staleness promise.
 /// - The returned [`Version`] of a key never goes backwards, and a changed value always has a
-///   higher version.
+///   higher version — across a failover too. A counter that can resume lower on a promoted
+///   replica (an asynchronous replica that had not received its last values, a crash with
+///   `synchronous_commit = off`) would leave nodes holding a lost, higher version that ignores
+///   every later invalidation naming a lower one: put an epoch that every failover raises in
+///   the high bits (PostgreSQL's timeline: see the node example's PostgreSQL source), or call
+///   [`Cache::invalidate_all`](crate::Cache::invalidate_all) on one node after each failover.
 /// - `Ok(None)` means "the key does not exist"; it is not cached.
 /// - Errors are returned, never panicked; they are passed to the reader and nothing is cached.
 /// - [`load_many`](Source::load_many) and [`versions`](Source::versions) answer for every key

@@ -17,6 +17,9 @@ fn a_put_through_postgres_reaches_every_node() {
     // The database outlives test runs: a fresh key each run.
     let key = format!("pg-{}", std::process::id());
     let first = put(&mut nodes[0], &key, "one");
+    // Versions carry the server's timeline (1 or more) above bit 40: those written after a
+    // failover (a higher timeline) are higher than any written before it.
+    assert!(first >> 40 >= 1, "version {first} carries no timeline");
     for node in &mut nodes {
         assert_eq!(node.value(&key).as_deref(), Some("one"));
     }

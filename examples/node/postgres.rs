@@ -3,10 +3,13 @@
 //!
 //! Connections come from a pool (`deadpool-postgres`) that replaces a broken connection on the
 //! next call, so a restarted server or a dropped connection costs the calls in flight, not
-//! every later one. Versions come from a database sequence, set by a trigger on every insert
-//! and update — also those made outside the application (a SQL session, a migration) — so a
-//! version is never reused, not even after a failover, and a bulk version check sees every
-//! write.
+//! every later one. Versions are set by a trigger on every insert and update — also those made
+//! outside the application (a SQL session, a migration) — so a bulk version check sees every
+//! write. A version is the server's timeline (bits 40 and up) over a database sequence: a
+//! sequence can resume lower after a failover (the promoted replica had not received the last
+//! values, or `synchronous_commit = off` lost them), but every promotion starts a higher
+//! timeline, so versions written after it are still higher than any written before it, lost
+//! ones included, and no node keeps a lost value that later writes would not replace.
 
 use std::time::Duration;
 
@@ -68,9 +71,14 @@ impl PostgresSource {
                      PERFORM setval('kv_version', GREATEST((SELECT MAX(version) FROM kv), 1));
                  END IF;
              END $$;
+             -- The timeline of the WAL being written (the first 8 hex digits of its file name)
+             -- over the sequence: 2^40 versions per timeline.
              CREATE OR REPLACE FUNCTION kv_next_version() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-                 NEW.version := nextval('kv_version');
+                 NEW.version :=
+                     (('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
+                         << 40)
+                     + nextval('kv_version');
                  RETURN NEW;
              END $$;
              DO $$ BEGIN

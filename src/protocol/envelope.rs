@@ -478,4 +478,79 @@ mod tests {
             prop_assert_eq!(Envelope::decode(&envelope.encode().unwrap()).unwrap(), envelope);
         }
     }
+
+    /// Envelopes of every body as this wire version (2) encodes them, byte for byte: a node of
+    /// a later build must still read what nodes of this one send (see "Rolling upgrades" in
+    /// `docs/operations.md`). A change that breaks one of these is a new wire version.
+    const WIRE_V2: [&str; 3] = [
+        "5243530216726163746f725f63616368655f73796e632e6e6f6465046140683107002a03010203",
+        "5243530216726163746f725f63616368655f73796e632e6e6f646504614068310701c0c4072901046240683209890628010462406832090d31302e302e302e323a3430303101010575736572731e524353020575736572730461406831070105030104624068320904020000",
+        "5243530216726163746f725f63616368655f73796e632e6e6f6465046140683107022a",
+    ];
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn what_nodes_of_wire_version_2_send_still_decodes_and_encodes_the_same() {
+        let echo = |peer: &str, incarnation, stamp, applied| Echo {
+            peer: peer.into(),
+            incarnation,
+            stamp,
+            applied,
+        };
+        let topic_beat = Envelope {
+            topic: "users".into(),
+            origin: "a@h1".into(),
+            incarnation: 7,
+            body: Body::Heartbeat {
+                stamp: 5,
+                last_seq: 3,
+                echoes: vec![echo("b@h2", 9, 4, 2)],
+                members: vec![],
+                bundled: vec![],
+            },
+        };
+        let bodies = [
+            Body::Publish {
+                seq: 42,
+                payload: vec![1, 2, 3],
+            },
+            Body::Heartbeat {
+                stamp: 123_456,
+                last_seq: 41,
+                echoes: vec![echo("b@h2", 9, 777, 40)],
+                members: vec![Member {
+                    name: "b@h2".into(),
+                    incarnation: 9,
+                    addr: "10.0.0.2:4001".into(),
+                    ready: true,
+                }],
+                bundled: vec![("users".into(), topic_beat.encode().unwrap())],
+            },
+            Body::Leave { last_seq: 42 },
+        ];
+        assert_eq!(
+            ENVELOPE_VERSION, 2,
+            "a new wire version: keep these, add its own"
+        );
+        for (hex, body) in WIRE_V2.iter().zip(bodies) {
+            let envelope = Envelope {
+                topic: "ractor_cache_sync.node".into(),
+                origin: "a@h1".into(),
+                incarnation: 7,
+                body,
+            };
+            let bytes = unhex(hex);
+            assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+            assert_eq!(envelope.encode().unwrap(), bytes);
+            if let Body::Heartbeat { bundled, .. } = &envelope.body {
+                assert_eq!(Envelope::decode(&bundled[0].1).unwrap(), topic_beat);
+            }
+        }
+    }
 }

@@ -107,6 +107,13 @@ impl Watchdog {
             let sessions = self.sessions.borrow().clone();
             heard.retain(|peer, _| sessions.values().any(|s| s.name == *peer));
             publish_node(&self.counters.snapshot(super::peers::names(&sessions).len()));
+            if let Some(liveness) = self.liveness.current() {
+                // The node-level topic's own counters (heartbeats split, bundled dropped...).
+                let topic = liveness.topic().name().to_owned();
+                for (_, metric, value) in liveness.stats().counters() {
+                    metrics::counter!(metric, "topic" => topic.clone()).absolute(value);
+                }
+            }
             closed.retain(|id| sessions.contains_key(id));
             for (id, session) in sessions {
                 let last = heard.get(&session.name).copied().unwrap_or(0);

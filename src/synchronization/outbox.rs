@@ -16,7 +16,7 @@ use super::message::SyncMessage;
 use super::shared::SyncShared;
 use super::TopicMessage;
 use crate::clock::now_us;
-use crate::counter::bump;
+use crate::counter::{add, bump};
 use crate::protocol::backlog::Backlog;
 use crate::protocol::envelope::{self, Body, Echo, Member};
 use crate::topic::PG_SCOPE;
@@ -101,8 +101,59 @@ impl<M: TopicMessage> Outbox<M> {
         members: Vec<Member>,
         bundled: Vec<(String, Vec<u8>)>,
     ) {
-        if let Some((_, body)) = self.heartbeat_body(echoes, members, bundled) {
-            self.send(body);
+        let Some((_, body)) = self.heartbeat_body(echoes, members, bundled) else {
+            return;
+        };
+        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
+            Ok(bytes) => self.cast_to_remote_members(bytes),
+            Err(error) => match body {
+                Body::Heartbeat {
+                    stamp,
+                    last_seq,
+                    echoes,
+                    members,
+                    bundled,
+                } if !bundled.is_empty() => {
+                    let beat = |bundled| Body::Heartbeat {
+                        stamp,
+                        last_seq,
+                        echoes: echoes.clone(),
+                        members: members.clone(),
+                        bundled,
+                    };
+                    self.send_split(&beat, bundled);
+                }
+                _ => tracing::error!(%error, topic = %self.group, "heartbeat not sent"),
+            },
+        }
+    }
+
+    /// A node-level heartbeat too large for one envelope goes out as several, each complete
+    /// (stamp, echoes, members: a receiver reads each as the heartbeat it is) with as many of
+    /// the topics' heartbeats as fit.
+    fn send_split(&self, beat: &dyn Fn(Vec<(String, Vec<u8>)>) -> Body, bundled: Bundled) {
+        let encode =
+            |body: &Body| envelope::encode(&self.group, &self.node_name, self.incarnation, body);
+        let base = match encode(&beat(Vec::new())) {
+            Ok(bytes) => bytes.len(),
+            Err(error) => {
+                return tracing::error!(%error, topic = %self.group, "heartbeat not sent");
+            }
+        };
+        let budget = envelope::MAX_ENVELOPE_BYTES.saturating_sub(base + SPLIT_MARGIN);
+        let (parts, dropped) = split_bundled(bundled, budget);
+        bump(&self.shared.counters.heartbeats_split);
+        if dropped > 0 {
+            add(&self.shared.counters.bundled_dropped, dropped as u64);
+            tracing::error!(dropped, topic = %self.group, "topic heartbeats too large to carry: left out");
+        }
+        for part in parts {
+            match encode(&beat(part)) {
+                Ok(bytes) => self.cast_to_remote_members(bytes),
+                Err(error) => {
+                    tracing::error!(%error, topic = %self.group, "heartbeat part not sent")
+                }
+            }
         }
     }
 
@@ -230,6 +281,37 @@ pub(crate) fn remote_members(group: &str) -> Vec<ractor::ActorCell> {
     members
 }
 
+/// Topic heartbeats carried by a node-level heartbeat: (topic, encoded envelope).
+type Bundled = Vec<(String, Vec<u8>)>;
+
+/// Room kept in each part of a split heartbeat for the encoding's length prefixes.
+const SPLIT_MARGIN: usize = 1024;
+
+/// Splits `bundled` into parts whose entries take at most `budget` bytes each (an entry: its
+/// topic, its bytes and their length prefixes), in order; entries larger than `budget` alone
+/// are left out and counted.
+fn split_bundled(bundled: Bundled, budget: usize) -> (Vec<Bundled>, usize) {
+    let mut parts: Vec<Bundled> = Vec::new();
+    let (mut part, mut used, mut dropped) = (Vec::new(), 0, 0);
+    for (topic, bytes) in bundled {
+        let cost = topic.len() + bytes.len() + 20;
+        if cost > budget {
+            dropped += 1;
+            continue;
+        }
+        if used + cost > budget {
+            parts.push(std::mem::take(&mut part));
+            used = 0;
+        }
+        used += cost;
+        part.push((topic, bytes));
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    (parts, dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +325,155 @@ mod tests {
         outbox.leave();
         assert_eq!(outbox.publish(vec![2]), None);
         assert_eq!(outbox.last_seq(), 1);
+    }
+
+    fn node(i: usize) -> String {
+        format!("node-{i:04}@10.0.{}.{}", i / 256, i % 256)
+    }
+
+    fn echoes(peers: usize) -> Vec<Echo> {
+        (1..=peers)
+            .map(|i| Echo {
+                peer: node(i),
+                incarnation: 0x1234_5678_9abc_def0 + i as u64,
+                stamp: 1_700_000_000 + i as u64,
+                applied: 10_000 + i as u64,
+            })
+            .collect()
+    }
+
+    /// The node-level heartbeat one node of `nodes` sends each peer with `topics` topics, every
+    /// field as large as a long-running cluster makes it; and its topic heartbeats.
+    fn heartbeat(nodes: usize, topics: usize) -> (Body, Bundled) {
+        let peers = nodes - 1;
+        let bundled: Bundled = (0..topics)
+            .map(|t| {
+                let topic = format!("app.topic-{t:03}");
+                let body = Body::Heartbeat {
+                    stamp: 1_700_000_000,
+                    last_seq: 123_456,
+                    echoes: echoes(peers),
+                    members: Vec::new(),
+                    bundled: Vec::new(),
+                };
+                let bytes = envelope::encode(&topic, &node(0), u64::MAX / 3, &body).unwrap();
+                (topic, bytes)
+            })
+            .collect();
+        let members = (1..=peers)
+            .map(|i| Member {
+                name: node(i),
+                incarnation: 0x1234_5678_9abc_def0 + i as u64,
+                addr: format!("10.0.{}.{}:4001", i / 256, i % 256),
+                ready: true,
+            })
+            .collect();
+        let body = Body::Heartbeat {
+            stamp: 1_700_000_000,
+            last_seq: 0,
+            echoes: echoes(peers),
+            members,
+            bundled: bundled.clone(),
+        };
+        (body, bundled)
+    }
+
+    #[test]
+    fn a_heartbeat_over_the_envelope_limit_is_split_not_silenced() {
+        let shared: Arc<SyncShared> = Arc::default();
+        let outbox: Outbox<u8> = Outbox::new("outbox-split".into(), node(0), 7, shared.clone());
+        let (body, bundled) = heartbeat(1024, 120);
+        let Body::Heartbeat {
+            echoes, members, ..
+        } = body
+        else {
+            unreachable!()
+        };
+        outbox.heartbeat(echoes.clone(), members.clone(), bundled);
+        let stats = shared.counters.snapshot();
+        assert_eq!((stats.heartbeats_split, stats.bundled_dropped), (1, 0));
+
+        // A topic heartbeat that cannot fit even alone is left out, and counted.
+        let huge = vec![("huge".to_owned(), vec![0; envelope::MAX_ENVELOPE_BYTES])];
+        outbox.heartbeat(echoes, members, huge);
+        let stats = shared.counters.snapshot();
+        assert_eq!((stats.heartbeats_split, stats.bundled_dropped), (2, 1));
+    }
+
+    #[test]
+    fn a_split_keeps_every_topic_in_order_within_the_budget() {
+        let entry = |t: &str, n: usize| (t.to_owned(), vec![0u8; n]);
+        let (parts, dropped) = split_bundled(
+            vec![
+                entry("a", 40),
+                entry("b", 40),
+                entry("c", 200),
+                entry("d", 10),
+            ],
+            130,
+        );
+        assert_eq!(dropped, 1, "c alone is over the budget");
+        let topics: Vec<Vec<&str>> = parts
+            .iter()
+            .map(|p| p.iter().map(|(t, _)| t.as_str()).collect())
+            .collect();
+        assert_eq!(topics, [vec!["a", "b"], vec!["d"]]);
+        let (parts, dropped) = split_bundled(vec![entry("a", 40), entry("b", 40)], 1_000);
+        assert_eq!((parts.len(), dropped), (1, 0), "what fits goes in one");
+    }
+
+    /// Bytes per node-level heartbeat as the cluster grows (printed: `cargo test --lib
+    /// heartbeat_size -- --nocapture`), and the largest sizes split into envelopes that fit.
+    #[test]
+    fn heartbeat_size_grows_with_topics_times_peers_and_the_largest_are_split() {
+        for (nodes, topics) in [(16, 8), (32, 8), (100, 20), (1024, 8), (1024, 120)] {
+            let (body, bundled) = heartbeat(nodes, topics);
+            let whole = envelope::encode("ractor_cache_sync.node", &node(0), 1, &body);
+            let size = whole.as_ref().map_or(None, |b| Some(b.len()));
+            let Body::Heartbeat {
+                stamp,
+                last_seq,
+                echoes,
+                members,
+                ..
+            } = body
+            else {
+                unreachable!()
+            };
+            let beat = |bundled| Body::Heartbeat {
+                stamp,
+                last_seq,
+                echoes: echoes.clone(),
+                members: members.clone(),
+                bundled,
+            };
+            let base = envelope::encode("ractor_cache_sync.node", &node(0), 1, &beat(vec![]))
+                .unwrap()
+                .len();
+            let budget = envelope::MAX_ENVELOPE_BYTES - base - SPLIT_MARGIN;
+            let (parts, dropped) = split_bundled(bundled, budget);
+            assert_eq!(dropped, 0);
+            assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), topics);
+            for part in parts.iter().cloned() {
+                let bytes =
+                    envelope::encode("ractor_cache_sync.node", &node(0), 1, &beat(part)).unwrap();
+                assert!(bytes.len() <= envelope::MAX_ENVELOPE_BYTES);
+            }
+            let size = size.map_or_else(
+                || "over the 4 MiB envelope limit".to_owned(),
+                |s| format!("{s} bytes per peer, {} to all peers", s * (nodes - 1)),
+            );
+            println!(
+                "{nodes} nodes x {topics} topics: one heartbeat {size}; sent as {} envelope(s)",
+                parts.len()
+            );
+            if nodes * topics <= 2_000 {
+                assert_eq!(parts.len(), 1, "{nodes} x {topics} fits in one envelope");
+                assert!(whole.is_ok());
+            }
+        }
+        // The cliff the split removes: 1 024 nodes x 120 topics does not fit in one envelope.
+        let (body, _) = heartbeat(1024, 120);
+        assert!(envelope::encode("ractor_cache_sync.node", &node(0), 1, &body).is_err());
     }
 }

@@ -42,9 +42,16 @@ crate::counter::counter_table! {
         unknown_origins: AtomicU64 => "ractor_cache_sync_unknown_origins_total",
         /// Envelopes whose cast did not prove it came from the origin it names (it did not echo
         /// the secret this node sends over its session with that origin): a peer's first casts
-        /// of each session, before it has had one of ours, and forgeries. Their invalidations are
-        /// applied; they renew no lease and move no sequence number.
+        /// of each session, before it has had one of ours, and forgeries. A cache applies their
+        /// invalidations, a typed topic drops them; they renew no lease and move no sequence
+        /// number.
         unverified: AtomicU64 => "ractor_cache_sync_unverified_total",
+        /// Node-level heartbeats too large for one envelope (many topics × many peers), sent as
+        /// several, each with the members and echoes and a share of the topics' heartbeats.
+        heartbeats_split: AtomicU64 => "ractor_cache_sync_heartbeats_split_total",
+        /// Topic heartbeats left out of a node-level heartbeat because even alone they did not
+        /// fit beside its members and echoes (that topic's peers then bypass it: safe).
+        bundled_dropped: AtomicU64 => "ractor_cache_sync_bundled_dropped_total",
     }
     extra {
     }

@@ -11,7 +11,14 @@
 //! - **loads that take time**: a miss starts a load that reads the source when it starts and
 //!   installs when it finishes, unless an invalidation or a repair came in between; a read
 //!   joins a load only if it started less than a lease ago;
-//! - **forgetting**: a writer silent for `forget_after` is forgotten (a repair);
+//! - **forgetting**: a writer silent for `forget_after` is forgotten from the table (a repair);
+//! - **membership**: the reader's member set, whose size the gate compares with the table.
+//!   A writer is a member from the moment its session is ready (before any heartbeat), and
+//!   stops being one only on evidence that it is gone: its clean leave (after which it writes
+//!   nothing until it starts again under a new incarnation). Silence is no evidence: a writer
+//!   partitioned away for any length of time stays a member and may go on writing to the
+//!   shared source. (`Membership` holds the two earlier rules, forgetting on silence and
+//!   membership from the first heartbeat, for the schedules that show what they broke.)
 //! - **forgeries**: a peer posing as a writer sends heartbeats echoing R's latest stamp (it
 //!   receives R's heartbeats too) and publishes with absurd sequence numbers. They do not prove
 //!   their origin (see `sessions::verify`), so R applies their invalidations and feeds nothing
@@ -43,6 +50,11 @@ enum Body {
         stamp: u64,
         last_seq: u64,
         echo: Option<u64>,
+    },
+    /// A clean leave after publishing up to `last_seq`.
+    Leave {
+        inc: u64,
+        last_seq: u64,
     },
 }
 
@@ -79,7 +91,11 @@ enum Step {
     FinishLoad(usize),
     /// The reader's actor ticks: silent peers are forgotten.
     Tick,
+    /// A writer crashes, and starts again under a new incarnation (also after a leave).
     CrashWriter(usize),
+    /// A writer leaves cleanly: it publishes its batch, announces its last sequence number,
+    /// and writes nothing more until it starts again.
+    Leave(usize),
     Partition {
         writer: usize,
         on: bool,
@@ -109,6 +125,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0usize..4).prop_map(Step::FinishLoad),
         1 => Just(Step::Tick),
         1 => w.clone().prop_map(Step::CrashWriter),
+        1 => w.clone().prop_map(Step::Leave),
         1 => (w.clone(), any::<bool>()).prop_map(|(writer, on)| Step::Partition { writer, on }),
         1 => (w.clone(), prop_oneof![Just(0u64), Just(1u64), Just(1_000_000_000)])
             .prop_map(|(writer, last_seq)| Step::ForgeBeat { writer, last_seq }),
@@ -127,6 +144,24 @@ struct Writer {
     batch: Vec<u64>,
     to_writer: Vec<u64>, // reader heartbeat stamps on their way to this writer
     partitioned: bool,
+    /// Left cleanly: writes and sends nothing until it starts again.
+    gone: bool,
+    /// The reader knows this incarnation: it has had a ready session with it (the writers the
+    /// model starts with count as known, as members reported by gossip would). An incarnation
+    /// started while partitioned from the reader is unknown to it until the partition heals,
+    /// and writes nothing until then: a node that has reached nobody in the cluster is outside
+    /// what the mesh can vouch for (see `docs/semantics.md`, *Membership*).
+    known: bool,
+}
+
+/// How the reader's member set changes. The default is the rule the crate follows; each flag
+/// brings back an earlier rule, for the schedules that show what it broke.
+#[derive(Debug, Default, Clone, Copy)]
+struct Membership {
+    /// Forget a member not heard from for `forget_after`, as the table does.
+    forget_on_silence: bool,
+    /// Count a writer as a member only once one of its heartbeats arrived.
+    from_first_beat: bool,
 }
 
 /// A load in flight on the reader.
@@ -150,6 +185,11 @@ struct World {
     reader_stamp: Option<u64>,
     /// (writer, incarnation) pairs whose join R has seen.
     joined: Vec<(usize, u64)>,
+    /// The reader's member set: which writers it counts.
+    member: Vec<bool>,
+    /// When the reader last heard from each writer (a verified message).
+    heard_at: Vec<u64>,
+    rule: Membership,
 }
 
 fn name(writer: usize) -> String {
@@ -157,7 +197,7 @@ fn name(writer: usize) -> String {
 }
 
 impl World {
-    fn new(writers: usize) -> Self {
+    fn new(writers: usize, rule: Membership) -> Self {
         let params = LeaseParams {
             lease: LEASE,
             forget_after: FORGET_AFTER,
@@ -168,6 +208,7 @@ impl World {
             writers: (0..writers)
                 .map(|_| Writer {
                     inc: 1,
+                    known: true,
                     ..Writer::default()
                 })
                 .collect(),
@@ -177,6 +218,16 @@ impl World {
             to_reader: Vec::new(),
             reader_stamp: None,
             joined: Vec::new(),
+            member: vec![!rule.from_first_beat; writers],
+            heard_at: vec![1; writers],
+            rule,
+        }
+    }
+
+    /// A writer's session became ready (it started, or started again).
+    fn ready(&mut self, w: usize) {
+        if !self.rule.from_first_beat {
+            self.member[w] = true;
         }
     }
 
@@ -187,6 +238,11 @@ impl World {
     fn run(&mut self, step: Step) -> Result<(), TestCaseError> {
         let n = self.writers.len();
         match step {
+            Step::Write { writer, .. }
+            | Step::Flush(writer)
+            | Step::WriterBeat(writer)
+            | Step::Leave(writer)
+                if self.writers[writer % n].gone || !self.writers[writer % n].known => {}
             Step::Write { writer, batch } => {
                 let w = writer % n;
                 let version = self.current_version() + 1;
@@ -271,6 +327,24 @@ impl World {
                 if !forgotten.is_empty() {
                     self.repair();
                 }
+                if self.rule.forget_on_silence {
+                    for w in 0..n {
+                        if self.now.saturating_sub(self.heard_at[w]) > FORGET_AFTER {
+                            self.member[w] = false;
+                        }
+                    }
+                }
+            }
+            Step::Leave(w) => {
+                let w = w % n;
+                self.flush(w);
+                let writer = &mut self.writers[w];
+                writer.gone = true;
+                let body = Body::Leave {
+                    inc: writer.inc,
+                    last_seq: writer.seq,
+                };
+                self.send(w, body);
             }
             Step::CrashWriter(w) => {
                 let w = w % n;
@@ -281,8 +355,19 @@ impl World {
                     ..Writer::default()
                 };
                 self.to_reader.retain(|m| m.from != w || !m.verified);
+                if !self.writers[w].partitioned {
+                    self.writers[w].known = true;
+                    self.ready(w);
+                }
             }
-            Step::Partition { writer, on } => self.writers[writer % n].partitioned = on,
+            Step::Partition { writer, on } => {
+                let w = writer % n;
+                self.writers[w].partitioned = on;
+                if !on && !self.writers[w].known {
+                    self.writers[w].known = true;
+                    self.ready(w);
+                }
+            }
             Step::ForgeBeat { writer, last_seq } => {
                 let w = writer % n;
                 let body = Body::Beat {
@@ -373,7 +458,9 @@ impl World {
             }
             return;
         }
-        let (Body::Publish { inc, .. } | Body::Beat { inc, .. }) = msg.body;
+        let (Body::Publish { inc, .. } | Body::Beat { inc, .. } | Body::Leave { inc, .. }) =
+            msg.body;
+        self.heard_at[msg.from] = self.now;
         if !self.joined.contains(&(msg.from, inc)) {
             self.joined.push((msg.from, inc));
             self.repair(); // the join's repair (PeerJoined)
@@ -403,12 +490,22 @@ impl World {
                 if self.table.on_beat(&origin, beat, self.now).is_some() {
                     self.repair();
                 }
+                self.member[msg.from] = true;
+            }
+            Body::Leave { inc, last_seq } => {
+                if self.table.on_leave(&origin, inc, last_seq).is_some() {
+                    self.repair();
+                }
+                // Evidence it is gone, if it is the incarnation that runs now.
+                if self.writers[msg.from].inc == inc {
+                    self.member[msg.from] = false;
+                }
             }
         }
     }
 
     fn read(&mut self) -> Result<(), TestCaseError> {
-        let members = self.writers.len();
+        let members = self.member.iter().filter(|m| **m).count();
         let served = match self.cached {
             Some(version) if self.now < self.table.valid_until(members) => version,
             // A miss (or a bypass): join a load that started less than a lease ago, or start
@@ -460,7 +557,7 @@ proptest! {
         writers in 1..=MAX_WRITERS,
         steps in prop::collection::vec(step(), 1..300)
     ) {
-        let mut world = World::new(writers);
+        let mut world = World::new(writers, Membership::default());
         for step in steps {
             world.run(step)?;
         }
@@ -469,7 +566,15 @@ proptest! {
 
 /// Runs a hand-written schedule; the error names the read that broke the bound.
 fn run_schedule(writers: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let mut world = World::new(writers);
+    run_schedule_under(Membership::default(), writers, steps)
+}
+
+fn run_schedule_under(
+    rule: Membership,
+    writers: usize,
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    let mut world = World::new(writers, rule);
     if let Some(&Step::Partition { writer, on: true }) = steps.first() {
         world.writers[writer].partitioned = true; // from the start: never heard from
     }
@@ -610,4 +715,88 @@ fn a_restart_before_the_first_message_arrived_is_caught_by_the_join() {
         Step::Read,
     ];
     run_schedule(1, steps).unwrap();
+}
+
+/// Keeps writer 0's lease valid through `LEASE` of time: the reader heartbeats, writer 0
+/// echoes it.
+fn renew_writer_0() -> Vec<Step> {
+    vec![
+        Step::Advance(LEASE / 2),
+        Step::ReaderBeat,
+        to_writer(0),
+        Step::WriterBeat(0),
+        TO_READER,
+    ]
+}
+
+/// A partition longer than `forget_after`: writer 1 is cut off, forgotten by the table, and
+/// writes. Silence is no evidence that it is gone, so it stays a member and the reader serves
+/// only what it loads; forgetting members on silence (the earlier rule) reopens the gate and
+/// serves v0 with no time limit.
+#[test]
+fn a_partition_longer_than_forget_after_keeps_the_gate_closed() {
+    let mut steps = established(2);
+    steps.push(Step::Partition {
+        writer: 1,
+        on: true,
+    });
+    for _ in 0..8 {
+        steps.extend(renew_writer_0());
+    }
+    // Past forget_after: the table forgets writer 1 (a repair), the key is loaded again.
+    steps.extend([Step::Tick, Step::Read, Step::FinishLoad(0)]);
+    steps.push(Step::Write {
+        writer: 1,
+        batch: false,
+    });
+    for _ in 0..3 {
+        steps.extend(renew_writer_0());
+    }
+    steps.push(Step::Read);
+    run_schedule(2, steps.clone()).unwrap();
+    let forgetting = Membership {
+        forget_on_silence: true,
+        ..Membership::default()
+    };
+    assert!(
+        run_schedule_under(forgetting, 2, steps).is_err(),
+        "the schedule no longer shows what forgetting on silence breaks"
+    );
+}
+
+/// Writer 1's session is ready but none of its heartbeats has arrived when it writes, its
+/// invalidation is lost and it vanishes. It is a member from the moment its session is ready,
+/// so the reader serves only what it loads; counting members from their first heartbeat (the
+/// earlier rule) leaves the gate open on writer 0's lease alone and serves v0 with no time
+/// limit.
+#[test]
+fn a_member_is_counted_from_its_ready_session_not_its_first_heartbeat() {
+    let mut steps = established(1);
+    steps.extend([
+        Step::Write {
+            writer: 1,
+            batch: false,
+        },
+        Step::Drop {
+            to_reader: true,
+            pick: 0,
+        },
+        Step::Partition {
+            writer: 1,
+            on: true,
+        },
+    ]);
+    for _ in 0..3 {
+        steps.extend(renew_writer_0());
+    }
+    steps.push(Step::Read);
+    run_schedule(2, steps.clone()).unwrap();
+    let from_first_beat = Membership {
+        from_first_beat: true,
+        ..Membership::default()
+    };
+    assert!(
+        run_schedule_under(from_first_beat, 2, steps).is_err(),
+        "the schedule no longer shows what counting members from their first heartbeat breaks"
+    );
 }

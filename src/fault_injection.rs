@@ -123,6 +123,13 @@ impl<'a> FaultInjector<'a> {
         self.node.forge_leave(origin, incarnation);
     }
 
+    /// Makes the node-level actor list `count` made-up members (unreachable addresses) in its
+    /// heartbeats from now on, as a peer with the cluster's credentials could: peers must keep
+    /// what they admit bounded. 0 stops it.
+    pub fn gossip_made_up_members(&self, count: usize) {
+        self.node.gossip_made_up_members(count);
+    }
+
     /// Kills the node-level actor, as a bug in it would: its supervisor spawns it again.
     pub fn kill_node_level_actor(&self) {
         self.node.kill_liveness();

@@ -321,6 +321,15 @@ impl Node {
         self.liveness.current().map(|l| l.incarnation())
     }
 
+    /// Makes the node-level actor list `count` made-up members in its heartbeats (fault
+    /// injection).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn gossip_made_up_members(&self, count: usize) {
+        if let Some(current) = self.liveness.current() {
+            let _ = current.gossip_made_up_members(count);
+        }
+    }
+
     /// Makes the node-level actor forge a clean leave under another node's name and node-level
     /// incarnation, as a peer posing as it would (fault injection).
     #[cfg(feature = "fault-injection")]

@@ -240,6 +240,17 @@ impl<M: TopicMessage> Synchronization<M> {
         self.send(SyncMessage::Impersonate(origin.to_owned(), incarnation))
     }
 
+    /// Makes the node-level actor list `count` made-up members in its heartbeats too (fault
+    /// injection: what a peer with the cluster's credentials could gossip).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ActorStopped`] if the actor has stopped.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn gossip_made_up_members(&self, count: usize) -> Result<()> {
+        self.send(SyncMessage::MadeUpMembers(count))
+    }
+
     /// Makes the actor forge a clean leave under `origin`'s name and `incarnation` (fault
     /// injection; see [`impersonate`](Self::impersonate)).
     ///

@@ -10,7 +10,10 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{eventually, put, served_within, wait_for_health, wait_for_stat, Cluster, DEADLINE};
+use cluster::{
+    eventually, put, served_within, wait_for_health, wait_for_stat, wait_for_value, Cluster,
+    DEADLINE,
+};
 
 const LEASE: Duration = Duration::from_secs(1);
 
@@ -99,4 +102,73 @@ fn made_up_origins_are_dropped_and_cost_nothing() {
         "the made-up origins were not all dropped"
     );
     wait_for_health(b, "healthy");
+}
+
+/// A peer with the cluster's credentials gossips 20 000 made-up members (about 1.2 MB per
+/// heartbeat). The other node admits a bounded number of them (64 not reached yet per
+/// reporter), refuses and counts the rest, keeps every session up (its heartbeats and the
+/// gossiper's still go out), still serves a write within the lease, and is healthy again, with
+/// the gossiper, once the operator removes what it admitted on one node.
+#[test]
+fn gossip_of_twenty_thousand_made_up_members_is_bounded_and_silences_nobody() {
+    let cluster = Cluster::new();
+    let specs = cluster.mesh_specs(&["a", "b"]);
+    let mut nodes = cluster.start_mesh(&specs);
+    let (a, rest) = nodes.split_first_mut().unwrap();
+    let b = &mut rest[0];
+    put(b, "key", "v1");
+    assert_eq!(a.value("key").as_deref(), Some("v1"));
+    wait_for_health(a, "healthy");
+    let down = (a.stat("peers_declared_down"), b.stat("peers_declared_down"));
+
+    let injected = b.ask("inject gossip 20000");
+    assert_eq!(injected["ok"], "inject", "{injected}");
+    wait_for_stat(a, "members_refused", 19_000);
+    let members = a.stat("members");
+    assert!(
+        members <= 1 + 64,
+        "a keeps {members} members: more than b and the 64 it may introduce"
+    );
+    // Bypassing while members it cannot reach are listed: writes are served within the lease.
+    put(b, "key", "v2");
+    let committed = Instant::now();
+    let delay = served_within(a, "key", "v2", committed, LEASE);
+    println!("with 20 000 made-up members gossiped, a served b's write {delay:?} after its commit");
+
+    // Made-up members are kept (a member nobody here reached may be a real node writing
+    // behind a partition) until there is evidence they are gone: the operator removes them on
+    // one node, which stops listing them, and the others drop what it dropped.
+    let stopped = b.ask("inject gossip 0");
+    assert_eq!(stopped["ok"], "inject", "{stopped}");
+    let listed = a.ask("members");
+    let made_up: Vec<String> = listed["members"]
+        .as_array()
+        .expect("a list of members")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .filter(|name| name.starts_with("made-up-"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(made_up.len() as u64, members - 1, "{listed}");
+    for name in &made_up {
+        let removed = a.ask(&format!("remove-member {name}"));
+        assert_eq!(removed["removed"], true, "{removed}");
+    }
+    wait_for_health(a, "healthy");
+    wait_for_health(b, "healthy");
+    assert!(
+        a.stat("members") <= 1,
+        "made-up members outlived their removal"
+    );
+    assert!(
+        b.stat("members") <= 1,
+        "b kept the made-up members a removed"
+    );
+    assert_eq!(
+        (a.stat("peers_declared_down"), b.stat("peers_declared_down")),
+        down,
+        "a session was declared down: heartbeats stopped going out"
+    );
+    put(b, "key", "v3");
+    wait_for_value(a, "key", "v3");
 }

@@ -56,6 +56,8 @@ pub enum Injection {
     /// From now on, after each heartbeat, one forged under another node's name:
     /// `(origin, incarnation)`.
     Impersonate(String, u64),
+    /// The node-level heartbeats list this many made-up members from now on (0 stops it).
+    Gossip(usize),
     /// A node-level clean leave forged under another node's name: `(origin, node-level
     /// incarnation)`.
     Leave(String, u64),
@@ -107,6 +109,10 @@ impl Command {
             "quit" => Ok(Self::Quit),
             "inject" if rest == "foreign" => Ok(Self::Inject(Injection::Foreign)),
             "inject" if rest == "other-topic" => Ok(Self::Inject(Injection::OtherTopic)),
+            "inject" if rest.starts_with("gossip ") => match rest["gossip ".len()..].trim().parse::<usize>() {
+                Ok(n) if n <= 1_000_000 => Ok(Self::Inject(Injection::Gossip(n))),
+                _ => Err("usage: inject gossip COUNT (<= 1 000 000; 0 stops it)".into()),
+            },
             "inject" if ["size ", "flood ", "block "].iter().any(|p| rest.starts_with(p)) => {
                 let (what, n) = rest.split_once(' ').unwrap_or_default();
                 match (what, n.trim().parse::<u64>()) {

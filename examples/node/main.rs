@@ -537,6 +537,10 @@ impl NodeProcess {
                 self.faults().forge_leave(&origin, incarnation);
                 json!(0)
             }
+            Injection::Gossip(count) => {
+                self.faults().gossip_made_up_members(count);
+                json!(count)
+            }
             Injection::Foreign => {
                 let group = self.cache_topic_members();
                 for member in &group {

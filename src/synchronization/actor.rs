@@ -92,6 +92,9 @@ pub(crate) struct SynchronizationState<M> {
     /// this node's own, as a peer posing as another would.
     #[cfg(feature = "fault-injection")]
     pub(super) impersonating: Option<(String, u64)>,
+    /// Fault injection: made-up members the node-level heartbeats list too.
+    #[cfg(feature = "fault-injection")]
+    pub(super) made_up_members: usize,
 }
 
 /// The actor's state, shared with the node-level actor: a topic heartbeat that arrives inside
@@ -161,6 +164,8 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             unheard: std::collections::HashMap::new(),
             #[cfg(feature = "fault-injection")]
             impersonating: None,
+            #[cfg(feature = "fault-injection")]
+            made_up_members: 0,
         };
         // Whatever was published while no actor listened on this node is unknown.
         state.possibly_missed(MissCause::Restarted);
@@ -243,6 +248,8 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             }
             #[cfg(feature = "fault-injection")]
             SyncMessage::ForgeLeave(origin, incarnation) => state.forge_leave(&origin, incarnation),
+            #[cfg(feature = "fault-injection")]
+            SyncMessage::MadeUpMembers(count) => state.made_up_members = count,
         }
         if leases_may_change {
             state.refresh_gate();

@@ -59,6 +59,9 @@ pub(crate) enum SyncMessage<M> {
     /// Fault injection: forge a clean leave from this origin (name, incarnation).
     #[cfg(feature = "fault-injection")]
     ForgeLeave(String, u64),
+    /// Fault injection: the node-level heartbeats list this many made-up members too.
+    #[cfg(feature = "fault-injection")]
+    MadeUpMembers(usize),
     /// Report which peers applied the message published as `seq` (from the caller's task)
     /// within `timeout` (`Duration::MAX`: no limit).
     AwaitApplied {

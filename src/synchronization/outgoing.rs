@@ -168,7 +168,15 @@ impl<M: TopicMessage> SynchronizationState<M> {
             // The node-level topic carries every other topic's heartbeat, and the members.
             Some(gossip) => {
                 let bundled = super::bundle::collect(now_us());
-                let members = gossip.members();
+                #[allow(unused_mut)]
+                let mut members = gossip.members();
+                #[cfg(feature = "fault-injection")]
+                members.extend((0..self.made_up_members).map(|i| Member {
+                    name: format!("made-up-{i}@10.255.{}.{}", i / 256 % 256, i % 256),
+                    incarnation: i as u64 + 1,
+                    addr: format!("10.255.{}.{}:4001", i / 256 % 256, i % 256),
+                    ready: true,
+                }));
                 self.outbox.heartbeat(self.peers.echoes(), members, bundled);
             }
             // Carried inside the node-level heartbeat, whose members the receiving node

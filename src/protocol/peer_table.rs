@@ -76,6 +76,10 @@ pub(crate) struct PeerTable {
     /// Echoes of our stamps older than this (our clock) renew nothing: the clock was found to
     /// have missed time (a suspension) after they were sent.
     echo_floor: u64,
+    /// Peers that left cleanly: name → (incarnation, until when it is remembered, our clock).
+    /// A heartbeat of that incarnation delivered after the leave (a bundle collected before
+    /// it, on another path) does not bring the peer back.
+    left: HashMap<String, (u64, u64)>,
 }
 
 impl PeerTable {
@@ -84,6 +88,7 @@ impl PeerTable {
             params,
             peers: HashMap::new(),
             echo_floor: 0,
+            left: HashMap::new(),
         }
     }
 
@@ -117,6 +122,13 @@ impl PeerTable {
     /// A heartbeat arrived. Returns why to repair, if anything was missed; once the caller has
     /// applied that repair the lease is already renewed (the repair covers the gap).
     pub(crate) fn on_beat(&mut self, origin: &str, beat: Beat, now: u64) -> Option<MissCause> {
+        if self
+            .left
+            .get(origin)
+            .is_some_and(|&(incarnation, _)| incarnation == beat.incarnation)
+        {
+            return None; // sent before its leave, delivered after it
+        }
         let lease = self.params.lease;
         let origin_name = origin.to_owned();
         let cause = match self.peers.get_mut(origin) {
@@ -155,14 +167,18 @@ impl PeerTable {
         cause
     }
 
-    /// The peer left cleanly after publishing up to `last_seq`: forget it at once, repairing
-    /// first if its last messages never arrived.
+    /// The peer left cleanly after publishing up to `last_seq` (at `now`): forget it at once,
+    /// repairing first if its last messages never arrived; its later heartbeats of the same
+    /// incarnation are ignored for `forget_after`.
     pub(crate) fn on_leave(
         &mut self,
         origin: &str,
         incarnation: u64,
         last_seq: u64,
+        now: u64,
     ) -> Option<MissCause> {
+        let until = now.saturating_add(self.params.forget_after);
+        self.left.insert(origin.to_owned(), (incarnation, until));
         let peer = self.peers.remove(origin)?;
         let complete = peer.incarnation == incarnation && peer.applied >= last_seq;
         (!complete).then(|| MissCause::Gap {
@@ -184,6 +200,7 @@ impl PeerTable {
         for name in &silent {
             self.peers.remove(name);
         }
+        self.left.retain(|_, &mut (_, until)| until > now);
         silent
     }
 
@@ -433,10 +450,26 @@ mod tests {
         let mut t = table();
         t.on_beat("p", beat(0, None), 1);
         t.on_publish("p", 1, 1, 2);
-        assert_eq!(t.on_leave("p", 1, 1), None);
+        assert_eq!(t.on_leave("p", 1, 1, 3), None);
         assert_eq!(t.len(), 0);
         t.on_beat("q", beat(0, None), 1);
-        assert!(t.on_leave("q", 1, 3).is_some());
+        assert!(t.on_leave("q", 1, 3, 3).is_some());
+    }
+
+    #[test]
+    fn a_heartbeat_delivered_after_the_leave_does_not_bring_the_peer_back() {
+        let mut t = table();
+        t.on_beat("p", beat(0, None), 1);
+        assert_eq!(t.on_leave("p", 1, 0, 10), None);
+        // A bundle collected before the leave, delivered after it.
+        assert_eq!(t.on_beat("p", beat(0, Some(5)), 20), None);
+        assert_eq!(t.len(), 0, "the departed peer is back");
+        assert_eq!(t.valid_until(0), u64::MAX, "alone again");
+        // Its next incarnation is a new peer.
+        let mut restarted = beat(0, None);
+        restarted.incarnation = 2;
+        t.on_beat("p", restarted, 30);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 if let Some(gossip) = &self.gossip {
                     gossip.left(&origin, incarnation);
                 }
-                if let Some(cause) = self.peers.on_leave(&origin, incarnation, last_seq) {
+                if let Some(cause) = self.peers.on_leave(&origin, incarnation, last_seq, now) {
                     self.count_cause(&cause);
                     self.possibly_missed(cause);
                 }

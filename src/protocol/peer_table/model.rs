@@ -493,7 +493,11 @@ impl World {
                 self.member[msg.from] = true;
             }
             Body::Leave { inc, last_seq } => {
-                if self.table.on_leave(&origin, inc, last_seq).is_some() {
+                if self
+                    .table
+                    .on_leave(&origin, inc, last_seq, self.now)
+                    .is_some()
+                {
                     self.repair();
                 }
                 // Evidence it is gone, if it is the incarnation that runs now.

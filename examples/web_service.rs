@@ -11,6 +11,8 @@
 //!   invalidation.
 //! - `GET /health` says whether this replica serves from its cache: `healthy`, `repairing` or
 //!   `bypassing: REASON`.
+//! - `GET /stats` gives the cache's counters as JSON, each under its field name
+//!   (`{"hits":12,"source_calls":3,...}`).
 //!
 //! Three replicas by hand, in three terminals (Ctrl-C or end of input stops one):
 //!
@@ -217,6 +219,13 @@ async fn health(State(app): State<App>) -> String {
     app.cache.health().to_string()
 }
 
+async fn stats(State(app): State<App>) -> Json<Value> {
+    let stats = app.cache.stats();
+    let counters = stats.counters().chain(stats.sync.counters());
+    let counters = counters.map(|(name, _, value)| (name.to_owned(), Value::from(value)));
+    Json(Value::Object(counters.collect()))
+}
+
 /// A failed load, commit or invalidation: `500` with the error.
 struct Internal(Error);
 
@@ -254,6 +263,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let router = Router::new()
         .route("/users/{id}", get(get_user).put(put_user))
         .route("/health", get(health))
+        .route("/stats", get(stats))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(args.http).await?;
     let http = listener.local_addr()?.to_string();

@@ -185,9 +185,12 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// # Errors
     ///
-    /// The commit's error, or, after a commit that succeeded, the invalidation's (as
-    /// [`invalidate`](Self::invalidate)'s: the local entry is dropped anyway) converted into
-    /// `E`; [`Error::ActorStopped`] as `E` if the runtime ended the task.
+    /// The commit's error; or, **after a commit that succeeded**, the invalidation's converted
+    /// into `E`: [`Error::ActorStopped`] when the cache actor has stopped (as
+    /// [`invalidate`](Self::invalidate): the local entry is dropped, no other node is told).
+    /// The change is in the source then: do not retry a write that is not idempotent on this
+    /// error. [`Error::ActorStopped`] as `E` too if the runtime ended the task (the commit may
+    /// or may not have run; the invalidation has).
     ///
     /// # Panics
     ///

@@ -215,12 +215,15 @@ mod tests {
 
     #[test]
     fn the_monotonic_fallback_continues_past_the_highest_reading() {
-        // What `now_us` returns after `abandon_counter(highest)`: never back, never 0.
-        let mono = monotonic_us();
-        let highest = mono + 7_000_000;
-        let shift = i64::try_from(highest + 1).unwrap() - i64::try_from(mono).unwrap();
-        assert_eq!(shifted(mono, shift), highest + 1);
-        assert!(shifted(mono + 10, shift) > highest);
+        // (In unit tests `now_us` reads tokio's clock, so switching here changes nothing else.)
+        let highest = monotonic_us() + 7_000_000;
+        let first = abandon_counter(highest);
+        assert!(first > highest, "went back: {first} after {highest}");
+        let shift = SHIFT.load(Ordering::Acquire);
+        assert_ne!(shift, i64::MIN, "still on the counter");
+        let later = shifted(monotonic_us(), shift);
+        assert!(later >= first, "{later} after {first}");
+        // Far behind (the counter had run ahead of the monotonic clock): still never 0.
         assert_eq!(shifted(0, -5), 1);
     }
 

@@ -46,6 +46,12 @@ pub enum Mode {
     Eventual,
 }
 
+/// Why a gate that was open at its last computation is closed now: a peer's lease ran out
+/// since (the topic's actor looks again within a heartbeat), or nobody renews it any more (the
+/// actor stopped, was killed, or is stalled: the gate never holds longer than one lease past
+/// its last look).
+pub(crate) const LAPSED: &str = "no valid lease: it lapsed since the topic's Synchronization actor last renewed it (a peer's lease ran out, or the actor stopped or is stalled)";
+
 /// One topic's lease gate. Written by the topic's Synchronization actor after every change
 /// and heartbeat; read by every cache read (one atomic load) and by health reports.
 #[derive(Debug, Default)]
@@ -110,7 +116,7 @@ impl LeaseGate {
         if !self.valid(now) {
             let reason = lock(&self.weakest)
                 .clone()
-                .unwrap_or_else(|| "no valid lease".to_owned());
+                .unwrap_or_else(|| LAPSED.to_owned());
             return Health::Bypassing { reason };
         }
         let last_repair = self.last_repair.load(Ordering::Acquire);

@@ -359,6 +359,13 @@ fn with_a_replica_killed_the_bulk_checks_keep_hits_and_catch_outside_writes() {
     };
     eventually(DEADLINE, || all_hits(&b).then_some(()))
         .expect("b never served every user from its cache");
+    let stat = |b: &Replica, name: &str| {
+        let stats = b.request("GET", "/stats", None).json();
+        stats[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    let (passes, calls) = (stat(&b, "revalidations"), stat(&b, "source_calls"));
 
     a.process.kill();
     // A row changed where no replica sees it.
@@ -398,4 +405,16 @@ fn with_a_replica_killed_the_bulk_checks_keep_hits_and_catch_outside_writes() {
             .then_some(())
     })
     .expect("b no longer serves unchanged users from its cache with a replica down");
+    // Each check of the 40 entries is one statement (`versions`), not one load per key: the
+    // source calls are the passes plus the reloads of user 7 (once per pass at most).
+    let (passes, calls) = (
+        stat(&b, "revalidations") - passes,
+        stat(&b, "source_calls") - calls,
+    );
+    assert!(passes > 0, "no check ran with a replica down");
+    assert!(
+        calls <= 2 * passes + 2,
+        "{calls} source calls for {passes} checks of 40 entries: not bulk"
+    );
+    eprintln!("{passes} checks of 40 entries took {calls} source calls");
 }

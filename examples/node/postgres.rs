@@ -9,7 +9,12 @@
 //! sequence can resume lower after a failover (the promoted replica had not received the last
 //! values, or `synchronous_commit = off` lost them), but every promotion starts a higher
 //! timeline, so versions written after it are still higher than any written before it, lost
-//! ones included, and no node keeps a lost value that later writes would not replace.
+//! ones included, and no node keeps a lost value that later writes would not replace. This
+//! covers physical failover (a streaming replica promoted). A move to another cluster that
+//! starts again at timeline 1 (a dump restored, a logical-replication switchover) is not: an
+//! update still gets at least its row's version plus one, but after such a move call
+//! `invalidate_all` once, or start the sequence above the old versions. (Timelines past 2^23
+//! would overflow: no cluster gets there.)
 
 use std::time::Duration;
 
@@ -72,13 +77,15 @@ impl PostgresSource {
                  END IF;
              END $$;
              -- The timeline of the WAL being written (the first 8 hex digits of its file name)
-             -- over the sequence: 2^40 versions per timeline.
+             -- over the sequence: 2^40 versions per timeline. And never below the row's own
+             -- version plus one (a table restored into a new cluster starts at timeline 1).
              CREATE OR REPLACE FUNCTION kv_next_version() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-                 NEW.version :=
+                 NEW.version := GREATEST(
                      (('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
                          << 40)
-                     + nextval('kv_version');
+                     + nextval('kv_version'),
+                     CASE WHEN TG_OP = 'UPDATE' THEN OLD.version + 1 ELSE 0 END);
                  RETURN NEW;
              END $$;
              DO $$ BEGIN

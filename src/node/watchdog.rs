@@ -67,7 +67,13 @@ impl Watchdog {
             if cfg!(not(test)) && judged && stall.observe(now, mono) {
                 // Leases, expiry and flights would freeze with it: switch clocks, and treat the
                 // time in between as a suspension (leases taken on it are not trusted).
-                now = crate::clock::abandon_counter(highest.max(now));
+                // Readings taken on other threads since the last tick may be up to a tick
+                // past the highest seen here: start beyond them (a jump forward only ends
+                // leases early).
+                let margin = u64::try_from(self.interval.as_micros()).unwrap_or(u64::MAX);
+                now = crate::clock::abandon_counter(
+                    highest.max(now).saturating_add(margin.saturating_mul(2)),
+                );
                 tracing::error!(
                     "the time-stamp counter stopped or went back: now reading the system's monotonic clock; closing every lease gate and repairing"
                 );

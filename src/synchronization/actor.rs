@@ -88,6 +88,9 @@ pub(crate) struct SynchronizationState<M> {
     /// Remote members not heard from (by session id), with the last sequence number published
     /// when this actor first saw each: what bounds their backlog.
     pub(super) unheard: std::collections::HashMap<u64, u64>,
+    /// The actor stopped: nothing may renew the gate it closed (a bundled heartbeat the
+    /// node-level task offers late, a suspension notice).
+    pub(super) stopped: bool,
     /// Fault injection: the origin (name, incarnation) to forge a heartbeat for after each of
     /// this node's own, as a peer posing as another would.
     #[cfg(feature = "fault-injection")]
@@ -162,6 +165,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
             waiters: Vec::new(),
             idempotent: args.idempotent,
             unheard: std::collections::HashMap::new(),
+            stopped: false,
             #[cfg(feature = "fault-injection")]
             impersonating: None,
             #[cfg(feature = "fault-injection")]
@@ -190,7 +194,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let sink = Arc::downgrade(state) as std::sync::Weak<dyn super::bundle::BeatSink>;
-        let state = lock(state);
+        let mut state = lock(state);
         if state.gossip.is_none() {
             super::bundle::unregister(&state.group, &sink);
         }
@@ -203,6 +207,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         state.outbox.leave();
         // Nobody keeps the topic's leases from here on: caches still holding a handle check
         // against the source until a new actor computes the gate again.
+        state.stopped = true;
         state.shared.gate.renew(
             0,
             now_us(),

@@ -15,10 +15,6 @@ use crate::protocol::envelope::{Body, Echo, Envelope, Member};
 use crate::protocol::peer_table::{unvouched, Beat};
 use crate::topic::PG_SCOPE;
 
-/// Why a gate lapsed that no newer look renewed: its actor stopped, was killed, or stalled.
-pub(super) const NOT_RENEWED: &str =
-    "no lease renewed for a lease: the topic's Synchronization actor stopped or stalled";
-
 impl<M: TopicMessage> SynchronizationState<M> {
     /// Bytes from a peer, with the token of the cast that carried them.
     pub(super) fn receive(&mut self, bytes: &[u8], token: Option<&[u8]>) {
@@ -233,6 +229,9 @@ impl<M: TopicMessage> SynchronizationState<M> {
 
     /// Recomputes until when cached reads are safe, after every change.
     pub(super) fn refresh_gate(&mut self) {
+        if self.stopped {
+            return; // the gate stays closed: nobody keeps it any more
+        }
         let now = now_us();
         let members = super::outbox::remote_members(&self.group).len();
         // Never valid for longer than one lease past this actor's last look, peers or none: if
@@ -240,7 +239,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         // against the source instead of serving under a gate nobody keeps.
         let lease = self.shared.gate.lease_us();
         let until = (self.peers.valid_until(members)).min(now.saturating_add(lease));
-        let weakest = self.weakest_reason(members, until);
+        let weakest = self.weakest_reason(members, now);
         self.shared.gate.renew(until, now, weakest);
         let valid = now < until;
         if self.leases_were_valid && !valid {
@@ -250,8 +249,9 @@ impl<M: TopicMessage> SynchronizationState<M> {
         self.leases_were_valid = valid;
     }
 
-    /// Why the gate is closed, or will be when it lapses at `until` with no newer look.
-    pub(super) fn weakest_reason(&self, members: usize, until: u64) -> Option<String> {
+    /// Why the gate is closed at `now`; `None` while it is open (a gate that lapses before the
+    /// next look reports [`crate::gate::LAPSED`]).
+    pub(super) fn weakest_reason(&self, members: usize, now: u64) -> Option<String> {
         if members > self.peers.len() {
             return Some(format!(
                 "{} remote members, {} heard from",
@@ -259,12 +259,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 self.peers.len()
             ));
         }
-        Some(match self.peers.weakest() {
-            Some((name, lease_until)) if lease_until <= until => {
-                format!("no valid lease from {name}")
-            }
-            _ => NOT_RENEWED.to_owned(),
-        })
+        let (name, until) = self.peers.weakest()?;
+        (until <= now).then(|| format!("no valid lease from {name}"))
     }
 }
 
@@ -290,6 +286,9 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
+        if state.stopped {
+            return true; // nobody listens on this topic here any more
+        }
         if !state.announces_nothing_new(&envelope) {
             return false;
         }

@@ -141,7 +141,10 @@ impl<M: TopicMessage> Outbox<M> {
             }
         };
         let budget = envelope::MAX_ENVELOPE_BYTES.saturating_sub(base + SPLIT_MARGIN);
-        let (parts, dropped) = split_bundled(bundled, budget);
+        let (mut parts, dropped) = split_bundled(bundled, budget);
+        if parts.is_empty() {
+            parts.push(Vec::new()); // the members and echoes go out whatever was left out
+        }
         bump(&self.shared.counters.heartbeats_split);
         if dropped > 0 {
             add(&self.shared.counters.bundled_dropped, dropped as u64);

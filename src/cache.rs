@@ -125,13 +125,50 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.inner.store.peek(key)
     }
 
-    /// Like [`get`](Self::get), with the value's version and whether it was a hit.
+    /// Like [`get`](Self::get), with the value's version, whether it was a hit, and how old
+    /// the guarantee behind it is ([`Lookup`]).
     ///
     /// # Errors
     ///
     /// [`Error::Source`] if the load failed; nothing is cached then.
     pub async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
         self.inner.store.lookup(key).await
+    }
+
+    /// `key` at `version` or newer: from the heap if the entry holds such a version (a key
+    /// cached as absent never does), else from one load shared with the other readers whose
+    /// load started after this call. The caller's own committed write, say, which this node
+    /// has not heard of yet: the answer reflects it once the source does. If the source
+    /// answers with an older version (a lagging replica), that answer is returned: compare.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Source`] if the load failed; [`Error::Timeout`] if it took longer than
+    /// `deadline` (it goes on for the readers that share it).
+    pub async fn get_at_least(
+        &self,
+        key: &K,
+        version: Version,
+        deadline: Duration,
+    ) -> Result<Lookup<V>> {
+        let read = self.inner.store.lookup_at_least(key, version);
+        tokio::time::timeout(deadline, read)
+            .await
+            .map_err(|_| Error::Timeout(deadline))?
+    }
+
+    /// `key`, from the heap only if what vouches for the entry (the peers' leases, or its last
+    /// check against the source) is at most `max_age` old, else from a load that started at
+    /// most `max_age` ago: a per-read staleness budget. Tighter than the lease in
+    /// [`Mode::Bounded`] (where the lease rule applies too); in [`Mode::Eventual`] it is the
+    /// only rule, so it may be looser. [`Lookup::age`] says how old the guarantee was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Source`] if the load failed.
+    pub async fn get_within(&self, key: &K, max_age: Duration) -> Result<Lookup<V>> {
+        let max_age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+        self.inner.store.lookup_within(key, max_age).await
     }
 
     /// Drops `key` here at once and tells every other node to drop it. Call it right after

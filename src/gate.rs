@@ -98,6 +98,14 @@ impl LeaseGate {
         self.refreshed_at.load(Ordering::Acquire) >= since && self.valid(now)
     }
 
+    /// The time (our clock) every peer's lease is anchored at or after: every invalidation a
+    /// peer sent before it has been applied here. Meaningful while [`valid`](Self::valid).
+    pub(crate) fn anchor(&self) -> u64 {
+        self.valid_until
+            .load(Ordering::Acquire)
+            .saturating_sub(self.lease_us())
+    }
+
     /// Stores the gate computed from what was known at `computed_at`, and why it is closed
     /// when it is.
     pub(crate) fn renew(&self, until: u64, computed_at: u64, weakest: Option<String>) {
@@ -244,6 +252,23 @@ impl ServeRule {
     #[inline]
     pub(crate) fn serves(verified: u64, repaired: u64, open: bool, lease: u64, now: u64) -> bool {
         verified >= repaired && (open || now < verified.saturating_add(lease))
+    }
+
+    /// As of when (our clock) the gates vouch for every entry verified since the last repair:
+    /// the leases' anchor, while every gate is open (in either mode); `None` otherwise.
+    pub(crate) fn gates_vouch_since(&self, now: u64) -> Option<u64> {
+        self.leases
+            .valid_since(now, self.members.open_since())
+            .then(|| self.leases.anchor())
+    }
+
+    /// As of when (our clock) an entry verified at `verified` is known current: the later of
+    /// its check and what the gates vouch for (`gates`, from
+    /// [`gates_vouch_since`](Self::gates_vouch_since)); `None` for an entry verified before
+    /// the last repair, which nothing vouches for.
+    #[inline]
+    pub(crate) fn current_as_of(verified: u64, repaired: u64, gates: Option<u64>) -> Option<u64> {
+        (verified >= repaired).then(|| gates.map_or(verified, |anchor| anchor.max(verified)))
     }
 
     /// Whether a load that started at `started` may still be joined at `now`: one older than a

@@ -18,6 +18,16 @@ pub enum Command {
     Get {
         key: String,
     },
+    /// `KEY` at `VERSION` or newer: from the heap if held, else from the source.
+    GetAtLeast {
+        key: String,
+        version: u64,
+    },
+    /// `KEY`, from the heap only if its guarantee is at most `MS` old.
+    GetWithin {
+        key: String,
+        max_age_ms: u64,
+    },
     Peers,
     /// Every other member this node knows of, with its address and state.
     Members,
@@ -89,6 +99,26 @@ impl Command {
                 key: rest.to_owned(),
             }),
             "get" => Err("usage: get KEY".into()),
+            "get-at-least" | "get-within" => {
+                let usage = if verb == "get-at-least" {
+                    "usage: get-at-least KEY VERSION"
+                } else {
+                    "usage: get-within KEY MILLISECONDS (at most a day)"
+                };
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                let [key, n] = parts[..] else {
+                    return Err(usage.into());
+                };
+                let Ok(n) = n.parse::<u64>() else {
+                    return Err(usage.into());
+                };
+                let key = key.to_owned();
+                match verb {
+                    "get-at-least" => Ok(Self::GetAtLeast { key, version: n }),
+                    _ if n <= 86_400_000 => Ok(Self::GetWithin { key, max_age_ms: n }),
+                    _ => Err(usage.into()),
+                }
+            }
             "peers" | "members" | "stats" | "quit" | "kill-sync" | "kill-liveness"
                 if !rest.is_empty() => {
                 Err(format!("{verb} takes no arguments"))
@@ -148,7 +178,7 @@ impl Command {
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
             other => Err(format!(
-                "unknown command {other:?} (expected put, put-confirmed, get, peers, members, remove-member, stats, burst, inject, kill-sync or quit)"
+                "unknown command {other:?} (expected put, put-confirmed, get, get-at-least, get-within, peers, members, remove-member, stats, burst, inject, kill-sync or quit)"
             )),
         }
     }

@@ -7,7 +7,8 @@
 //!     [--peer 127.0.0.1:4002]... [--discover HOST:PORT]... --db /tmp/kv.db [--cookie SECRET]
 //! ```
 //!
-//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `peers`, `members`, `stats`,
+//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `get-at-least KEY VERSION`,
+//! `get-within KEY MS`, `peers`, `members`, `stats`,
 //! `burst N`, `inject ...` (fault injection), `kill-sync`, `kill-liveness`, `simulate-suspend MS`,
 //! `quit`.
 //! See `examples/README.md` for the reply formats.
@@ -174,6 +175,8 @@ struct NodeProcess {
     topic: String,
     /// How long `put-confirmed` waits for every peer to apply.
     confirm_timeout: Duration,
+    /// The lease: how long `get-at-least` and `get-within` wait before they give up.
+    lease: Duration,
     /// The `--slow-topic` cache, if any.
     slow: Option<Cache<String, String>>,
     /// The keys of the last invalidation another node sent ("*" for everything), as seen by
@@ -293,6 +296,7 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
         source,
         topic: args.topic.clone(),
         confirm_timeout: ms(args.confirm_timeout_ms),
+        lease: ms(args.lease_ms),
         slow,
         last_remote,
     })
@@ -354,6 +358,18 @@ impl NodeProcess {
             Command::PutConfirmed { key, value } => self.put_confirmed(key, value).await,
             Command::Burst(n) => self.burst(n).await,
             Command::Get { key } => self.get(key).await,
+            Command::GetAtLeast { key, version } => {
+                let started = std::time::Instant::now();
+                let read = self.cache.get_at_least(&key, version, self.lease).await;
+                Self::got(key, read, started)
+            }
+            Command::GetWithin { key, max_age_ms } => {
+                let started = std::time::Instant::now();
+                let read = self.cache.get_within(&key, ms(max_age_ms));
+                let read = tokio::time::timeout(self.lease, read).await;
+                let read = read.unwrap_or(Err(ractor_cache_sync::Error::Timeout(self.lease)));
+                Self::got(key, read, started)
+            }
             Command::Peers => Ok(json!({ "ok": "peers", "peers": self.node.peers() })),
             Command::Stats => Ok(self.stats()),
             Command::Members => Ok(self.members()),
@@ -436,6 +452,21 @@ impl NodeProcess {
         Ok(
             json!({ "ok": "get", "key": key, "value": value, "version": version, "hit": lookup.hit }),
         )
+    }
+
+    /// A `get` reply, plus how long the read took.
+    fn got(
+        key: String,
+        read: ractor_cache_sync::Result<ractor_cache_sync::cache::Lookup<String>>,
+        started: std::time::Instant,
+    ) -> Result<Value, String> {
+        let lookup = read.map_err(|e| e.to_string())?;
+        let (value, version) = lookup.value.unzip();
+        let waited_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(json!({
+            "ok": "get", "key": key, "value": value, "version": version, "hit": lookup.hit,
+            "waited_ms": waited_ms, "age_ms": lookup.age.as_secs_f64() * 1e3,
+        }))
     }
 
     fn members(&self) -> Value {

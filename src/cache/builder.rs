@@ -45,6 +45,7 @@ pub struct CacheBuilder<K, V> {
     revalidation: Revalidation,
     bounds: Bounds<K, V>,
     expiry: [Option<Duration>; 3],
+    stale_if_error: Option<Duration>,
 }
 
 impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
@@ -60,6 +61,7 @@ impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
             .field("max_entries", &limits.entries)
             .field("max_weight", &limits.weight)
             .field("expiry", &self.expiry)
+            .field("stale_if_error", &self.stale_if_error)
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +79,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             revalidation: Revalidation::default(),
             bounds: Bounds::default(),
             expiry: [None; 3],
+            stale_if_error: None,
         }
     }
 
@@ -224,6 +227,18 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
+    /// Serve stale on source error, boundedly: when a load fails (the source is down), a read
+    /// is answered with the cached entry if its last check against the source is at most `max`
+    /// old, whatever the leases say, instead of with the error. Such answers are counted
+    /// (`stale_served`) and marked ([`Lookup::stale`](crate::cache::Lookup::stale)). **This
+    /// trades the staleness bound for availability while the source fails**: a value up to
+    /// `max` old may be served, plus however long a write's invalidation took. Off by default;
+    /// at most 30 days.
+    pub fn stale_if_error(mut self, max: Duration) -> Self {
+        self.stale_if_error = Some(max);
+        self
+    }
+
     /// Spawns the cache (and its topic's Synchronization actor) on `node`, unsupervised.
     ///
     /// # Errors
@@ -267,13 +282,19 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             }
             crate::clock::at_most_30_days("revalidate_every", every)?;
         }
+        if let Some(max) = self.stale_if_error {
+            crate::clock::at_most_30_days("stale_if_error", max)?;
+        }
         let bounds = self.checked_bounds()?;
         let sweep = bounds.expiry;
         // The topic's lease gate knows the lease before the cache exists (its actor publishes
         // the same value again whenever it starts).
         let sync = Arc::<crate::synchronization::SyncShared>::default();
         self.sync.configure(&sync.gate);
-        let store = Store::new(self.source, self.mode, sync, node.member_gate(), bounds);
+        let mut store = Store::new(self.source, self.mode, sync, node.member_gate(), bounds);
+        store.stale_if_error = self.stale_if_error.map_or(0, |max| {
+            u64::try_from(max.as_micros()).unwrap_or(u64::MAX).max(1)
+        });
         let batch = Batch::new(self.max_batch_keys, self.coalesce);
         let inner = Arc::new(Inner::new(self.topic, store, batch));
         let args = CacheArguments {

@@ -17,6 +17,9 @@ crate::counter::counter_table! {
         /// Reads sent to the source because no gate and no recent check vouched for the entry
         /// (bounded mode: some peer's lease had run out, or a member is out of reach).
         bypasses: AtomicU64 => "ractor_cache_sync_bypasses_total",
+        /// Reads answered with an entry nothing vouched for because the source failed
+        /// ([`CacheBuilder::stale_if_error`](crate::cache::CacheBuilder::stale_if_error)).
+        stale_served: AtomicU64 => "ractor_cache_sync_stale_served_total",
         /// Calls to [`Source::load`](crate::Source::load).
         loads: AtomicU64 => "ractor_cache_sync_loads_total",
         /// Every call into the source: loads, and the bulk version checks of revalidation.

@@ -21,6 +21,7 @@
 use std::hash::Hash;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -88,6 +89,30 @@ pub struct Lookup<V> {
     pub value: Option<(V, Version)>,
     /// Whether the value came from the cache without a source load.
     pub hit: bool,
+    /// How old the guarantee behind the answer is: the answer reflects every write committed
+    /// and invalidated (through any node) this long before it was given, and every write
+    /// committed before the load or check behind it started. For a hit, the younger of the
+    /// entry's last check against the source and the peers' leases; for a load, how long ago
+    /// the load started.
+    pub age: Duration,
+    /// Served although nothing vouches for it, because the source failed: see
+    /// [`CacheBuilder::stale_if_error`](crate::cache::CacheBuilder::stale_if_error).
+    pub stale: bool,
+}
+
+impl<V> Lookup<V> {
+    fn hit(value: Option<(V, Version)>, as_of: u64, now: u64) -> Self {
+        Self::answer(value, true, as_of, now)
+    }
+
+    fn answer(value: Option<(V, Version)>, hit: bool, as_of: u64, now: u64) -> Self {
+        Self {
+            value,
+            hit,
+            age: Duration::from_micros(now.saturating_sub(as_of)),
+            stale: false,
+        }
+    }
 }
 
 /// What an invalidation did to the local entry.
@@ -118,6 +143,9 @@ pub(crate) struct Store<K, V> {
     /// for a refresh).
     pub(crate) reloads: ReloadQueue<K>,
     pub(crate) counters: Arc<CacheCounters>,
+    /// Stale-if-error window (µs): when a load fails, an entry checked this recently is
+    /// served instead; 0: off.
+    pub(crate) stale_if_error: u64,
 }
 
 impl<K, V> Store<K, V> {
@@ -154,6 +182,7 @@ where
             wake: Arc::default(),
             reloads: ReloadQueue::default(),
             counters,
+            stale_if_error: 0,
         }
     }
 
@@ -162,16 +191,89 @@ where
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
         let now = now_us();
         let open = self.rule.open(now);
-        if let Some(value) = self.cached(key, now, open) {
-            return Ok(Lookup { value, hit: true });
+        let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
+        let serves = |verified| ServeRule::serves(verified, repaired, open, lease, now);
+        if let Some((value, verified)) = self.cached_with(key, now, serves) {
+            let as_of =
+                ServeRule::current_as_of(verified, repaired, self.rule.gates_vouch_since(now));
+            return Ok(Lookup::hit(value, as_of.unwrap_or(verified), now));
         }
+        self.count_miss(open);
+        self.load_answer(key, 0).await
+    }
+
+    /// Like [`lookup`](Self::lookup), from the heap only if the guarantee behind the entry is
+    /// at most `max_age` µs old (and, in bounded mode, the serve rule allows it); else from a
+    /// load that started at most `max_age` ago (joined, or started now).
+    pub(crate) async fn lookup_within(&self, key: &K, max_age: u64) -> Result<Lookup<V>> {
+        let now = now_us();
+        let open = self.rule.open(now);
+        let gates = self.rule.gates_vouch_since(now);
+        let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
+        let bounded = self.rule.mode() == Mode::Bounded;
+        let young = |verified| {
+            (!bounded || ServeRule::serves(verified, repaired, open, lease, now))
+                && ServeRule::current_as_of(verified, repaired, gates)
+                    .is_some_and(|as_of| now.saturating_sub(as_of) <= max_age)
+        };
+        if let Some((value, verified)) = self.cached_with(key, now, young) {
+            let as_of = ServeRule::current_as_of(verified, repaired, gates).unwrap_or(verified);
+            return Ok(Lookup::hit(value, as_of, now));
+        }
+        self.count_miss(open);
+        self.load_answer(key, now.saturating_sub(max_age)).await
+    }
+
+    /// Like [`lookup`](Self::lookup), from the heap only if the entry holds a value at
+    /// `version` or newer (a key cached as absent never does); else from a load that started
+    /// after this call (joined, or started now).
+    pub(crate) async fn lookup_at_least(&self, key: &K, version: Version) -> Result<Lookup<V>> {
+        let now = now_us();
+        let open = self.rule.open(now);
+        let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
+        let serves = |verified| ServeRule::serves(verified, repaired, open, lease, now);
+        if let Some((value @ Some((_, held)), verified)) = self.cached_with(key, now, serves) {
+            if held >= version {
+                let gates = self.rule.gates_vouch_since(now);
+                let as_of = ServeRule::current_as_of(verified, repaired, gates);
+                return Ok(Lookup::hit(value, as_of.unwrap_or(verified), now));
+            }
+        }
+        self.count_miss(open);
+        self.load_answer(key, now).await
+    }
+
+    fn count_miss(&self, open: bool) {
         if open {
             bump(&self.counters.misses);
         } else {
             bump(&self.counters.bypasses);
         }
-        let value = self.load_once(key).await?;
-        Ok(Lookup { value, hit: false })
+    }
+
+    /// The answer of a load started at or after `since` (joined, or started now); if the
+    /// source fails and stale-if-error allows it, the entry checked within its window instead.
+    async fn load_answer(&self, key: &K, since: u64) -> Result<Lookup<V>> {
+        match self.load_since(key, since).await {
+            (Ok(value), started) => Ok(Lookup::answer(value, false, started, now_us())),
+            (Err(error), _) => self.stale_answer(key).ok_or(error),
+        }
+    }
+
+    /// What stale-if-error serves when the source fails: the entry, if its last check against
+    /// the source is at most the configured window old.
+    fn stale_answer(&self, key: &K) -> Option<Lookup<V>> {
+        let window = self.stale_if_error;
+        if window == 0 {
+            return None;
+        }
+        let now = now_us();
+        let recent = |verified: u64| now.saturating_sub(verified) <= window;
+        let (value, verified) = self.cached_with(key, now, recent)?;
+        bump(&self.counters.stale_served);
+        let mut answer = Lookup::hit(value, verified, now);
+        answer.stale = true;
+        Some(answer)
     }
 
     /// The cached value, if it may be served now; never loads.
@@ -186,18 +288,32 @@ where
     /// the gates open or its verification less than a lease old. (The gates are read before
     /// the repair mark and the entry: a repair marked before the gate renewal that is read
     /// here.) `Some(None)`: the key is cached as absent from the source.
-    fn cached(&self, key: &K, now: u64, open: bool) -> Option<Option<(V, Version)>> {
-        let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
+    /// The entry and when it was last verified, if `serve(verified)` allows it at `now`
+    /// (unexpired, and the caller's rule).
+    fn cached_with(
+        &self,
+        key: &K,
+        now: u64,
+        serve: impl FnOnce(u64) -> bool,
+    ) -> Option<(Option<(V, Version)>, u64)> {
         let hit = self.entries.read(key, now, |entry| {
             let verified = entry.verified_at.load(SeqCst);
-            let vouched = ServeRule::serves(verified, repaired, open, lease, now);
-            vouched.then(|| entry.value.clone().map(|value| (value, entry.version)))
+            serve(verified).then(|| {
+                let value = entry.value.clone().map(|value| (value, entry.version));
+                (value, verified)
+            })
         })?;
         self.counters.hits.bump();
         if hit.refresh {
             self.queue_reload(vec![key.clone()]);
         }
         Some(hit.answer)
+    }
+
+    fn cached(&self, key: &K, now: u64, open: bool) -> Option<Option<(V, Version)>> {
+        let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
+        let serves = |verified| ServeRule::serves(verified, repaired, open, lease, now);
+        self.cached_with(key, now, serves).map(|(value, _)| value)
     }
 
     /// Queues `keys` for the reloader (each once; what does not fit loads on its next read).
@@ -215,16 +331,22 @@ where
         }
     }
 
-    /// Joins the key's flight (or starts one) and installs its result if still current.
+    /// Joins the key's flight that started at or after `since` (or starts one) and installs
+    /// its result if still current; with when the flight that answered started.
     ///
     /// A flight that started more than a lease ago, or before the last repair, is not joined
-    /// (its answer could be older than the staleness bound allows, or miss what the repair is
-    /// about): the reader starts a new one, which replaces it.
-    pub(crate) async fn load_once(&self, key: &K) -> Loaded<V> {
+    /// either (its answer could be older than the staleness bound allows, or miss what the
+    /// repair is about): the reader starts a new one, which replaces it.
+    async fn load_since(&self, key: &K, since: u64) -> (Loaded<V>, u64) {
         let now = now_us();
-        let flight = self
-            .flights
-            .join_or_start(key, now, |flight| self.joinable(flight, now));
+        let flight = self.flights.join_or_start(key, now, |flight| {
+            flight.started >= since && self.joinable(flight, now)
+        });
+        let started = flight.started;
+        (self.load_flight(key, flight).await, started)
+    }
+
+    async fn load_flight(&self, key: &K, flight: Arc<Flight<V>>) -> Loaded<V> {
         if let Some(done) = &flight.bulk {
             let loaded = flight.bulk_result(done).await;
             self.install(key, &flight, &loaded);

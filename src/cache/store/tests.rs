@@ -33,11 +33,16 @@ struct Rows {
     /// When set, a version check waits for `gate` before it answers.
     gated: std::sync::atomic::AtomicBool,
     gate: Notify,
+    /// When set, loads fail (the source is down).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
 impl Source<u32, String> for Rows {
     async fn load(&self, key: &u32) -> Result<Option<(String, Version)>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(crate::Error::Config("the source is down".into()));
+        }
         let version = self.rows.lock().unwrap().get(key).copied();
         Ok(version.map(|v| (format!("{key}@{v}"), v)))
     }
@@ -722,4 +727,78 @@ async fn the_listener_hears_every_removal_with_its_cause() {
         ]
     );
     assert_eq!(heard[4].0, 13);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_least_a_version_is_a_hit_only_when_the_entry_holds_it() {
+    let (source, store) = rows_store(Mode::Eventual, Duration::from_secs(1));
+    cached_keys(&store, &source, 1..2).await;
+    let read = store.lookup_at_least(&1, 1).await.unwrap();
+    assert!(read.hit && read.value.unwrap().1 == 1);
+    // Committed elsewhere, not invalidated here yet: a plain read still serves version 1.
+    source.rows.lock().unwrap().insert(1, 2);
+    assert_eq!(store.lookup(&1).await.unwrap().value.unwrap().1, 1);
+    let read = store.lookup_at_least(&1, 2).await.unwrap();
+    assert!(!read.hit, "served version 1 as at least 2");
+    assert_eq!(read.value.unwrap().1, 2);
+    // The load installed it: now a hit.
+    assert!(store.lookup_at_least(&1, 2).await.unwrap().hit);
+    // A key the source does not have: loaded every time, never a hit.
+    assert!(!store.lookup_at_least(&7, 1).await.unwrap().hit);
+    assert_eq!(store.lookup_at_least(&7, 1).await.unwrap().value, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn within_a_budget_an_entry_is_served_only_while_its_guarantee_is_young_enough() {
+    let (source, store) = rows_store(Mode::Eventual, Duration::from_secs(1));
+    cached_keys(&store, &source, 1..2).await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let ms = |n: u64| n * 1_000;
+    let read = store.lookup_within(&1, ms(500)).await.unwrap();
+    assert!(read.hit, "a 300 ms old check is within 500 ms");
+    assert_eq!(read.age, Duration::from_millis(300));
+    source.rows.lock().unwrap().insert(1, 2);
+    let read = store.lookup_within(&1, ms(100)).await.unwrap();
+    assert!(!read.hit, "a 300 ms old check served within 100 ms");
+    assert_eq!(read.value.unwrap().1, 2, "the load reads the source now");
+    assert_eq!(read.age, Duration::ZERO);
+    assert!(store.lookup_within(&1, ms(100)).await.unwrap().hit);
+    // A plain lookup says how old its guarantee is too.
+    tokio::time::advance(Duration::from_millis(40)).await;
+    assert_eq!(
+        store.lookup(&1).await.unwrap().age,
+        Duration::from_millis(40)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_serves_a_recent_check_while_the_source_fails_and_no_older() {
+    let (source, mut store) = rows_store(Mode::Bounded, Duration::from_secs(1));
+    store.stale_if_error = 2_000_000;
+    cached_keys(&store, &source, 1..2).await;
+    // Past the lease: no lease vouches (none is valid here), so reads go to the source.
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    source.failing.store(true, Ordering::SeqCst);
+    let read = store.lookup(&1).await.unwrap();
+    assert!(read.stale && read.hit, "{read:?}");
+    assert_eq!(read.value.unwrap().1, 1);
+    assert_eq!(read.age, Duration::from_millis(1_500));
+    assert_eq!(
+        store
+            .counters
+            .snapshot(0, 0, Default::default())
+            .stale_served,
+        1
+    );
+    // Past the window: the error.
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert!(store.lookup(&1).await.is_err());
+    // Off (the default): the error at once.
+    store.stale_if_error = 0;
+    tokio::time::advance(Duration::from_millis(1)).await;
+    source.failing.store(false, Ordering::SeqCst);
+    cached_keys(&store, &source, 2..3).await;
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    source.failing.store(true, Ordering::SeqCst);
+    assert!(store.lookup(&2).await.is_err());
 }

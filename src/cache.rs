@@ -17,6 +17,7 @@ mod reloader;
 mod revalidation;
 mod stats;
 mod store;
+mod token;
 
 use std::fmt;
 use std::future::Future;
@@ -34,6 +35,7 @@ pub use self::invalidation::Invalidation;
 pub use self::stats::CacheStats;
 pub use self::store::Lookup;
 use self::store::Store;
+pub use self::token::{BadToken, WriteToken};
 use crate::clock::now_us;
 use crate::counter::{add, bump};
 use crate::error::{Error, Result};
@@ -238,6 +240,47 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
+        Ok(self.write_and(key, commit, false).await?.0)
+    }
+
+    /// Like [`write`](Self::write), with the [`WriteToken`] of what the write published: hand
+    /// it to the client (a response header, a cookie) and a later read on any node can wait
+    /// for it ([`get_after`](Self::get_after)). The invalidation goes out at once, without
+    /// waiting for the coalescing window.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    ///
+    /// # Panics
+    ///
+    /// As [`write`](Self::write).
+    pub async fn write_with_token<T, E, F>(
+        &self,
+        key: K,
+        commit: F,
+    ) -> std::result::Result<(T, WriteToken), E>
+    where
+        F: Future<Output = std::result::Result<(T, Option<Version>), E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (value, token) = self.write_and(key, commit, true).await?;
+        let token = token.ok_or_else(|| Error::stopped("synchronization actor"))?;
+        Ok((value, token))
+    }
+
+    async fn write_and<T, E, F>(
+        &self,
+        key: K,
+        commit: F,
+        with_token: bool,
+    ) -> std::result::Result<(T, Option<WriteToken>), E>
+    where
+        F: Future<Output = std::result::Result<(T, Option<Version>), E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
         let mut pending = PendingInvalidation {
             cache: self.clone(),
             key: Some(key),
@@ -249,13 +292,99 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             let invalidated = pending.cache.invalidate_one(&key, version);
             let (value, _) = committed?;
             invalidated?;
-            Ok(value)
+            let token = if with_token {
+                Some(pending.cache.token_now()?)
+            } else {
+                None
+            };
+            Ok((value, token))
         });
         match task.await {
             Ok(written) => written,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(error) => Err(Error::stopped_by("write task", error).into()),
         }
+    }
+
+    /// Like [`invalidate_version`](Self::invalidate_version) (with `version` if known), with
+    /// the [`WriteToken`] of what it published; the invalidation goes out at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate`](Self::invalidate); also [`Error::ActorStopped`] if no
+    /// Synchronization actor is running (the invalidation waits for the next one, and no
+    /// token can name it).
+    pub fn invalidate_with_token(&self, key: &K, version: Option<Version>) -> Result<WriteToken> {
+        self.invalidate_one(key, version)?;
+        self.token_now()
+    }
+
+    /// Publishes what waits in the coalescing batch now, and names everything this node has
+    /// published on the topic so far.
+    fn token_now(&self) -> Result<WriteToken> {
+        // Drained under the batch's lock: whoever drained our key earlier has numbered it.
+        if !self.inner.publish_batch() {
+            return Err(Error::stopped("synchronization actor"));
+        }
+        let (origin, incarnation, seq) = self
+            .inner
+            .with_sync(Synchronization::published_through)
+            .ok_or_else(|| Error::stopped("synchronization actor"))?;
+        Ok(WriteToken::new(
+            self.inner.topic.name(),
+            &origin,
+            incarnation,
+            seq,
+        ))
+    }
+
+    /// `key`, once this node has applied every write `token` names (or a repair covered it):
+    /// typically one network hop after the write, without a source load when the entry was
+    /// reloaded meanwhile. Writes of this node are applied here already. A token of another
+    /// topic is an error; a forged or unknown one makes the call wait for `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a token of another topic; [`Error::Timeout`] if `deadline`
+    /// passes first — then read the source if you must have the write
+    /// ([`get_within`](Self::get_within) with zero, or [`get_at_least`](Self::get_at_least)),
+    /// or fail the request; [`Error::Source`] if the load failed.
+    pub async fn get_after(
+        &self,
+        token: &WriteToken,
+        key: &K,
+        deadline: Duration,
+    ) -> Result<Lookup<V>> {
+        if token.topic() != self.inner.topic.name() {
+            return Err(Error::Config(format!(
+                "a write token of topic {:?} read on topic {:?}",
+                token.topic(),
+                self.inner.topic.name()
+            )));
+        }
+        let me = self
+            .inner
+            .with_sync(|sync| sync.published_through().0)
+            .unwrap_or_default();
+        let shared = self.inner.store.sync();
+        let applied = async {
+            loop {
+                let changed = shared.applied_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let covered = token.writes.iter().all(|(origin, incarnation, seq)| {
+                    *origin == me || shared.covers(origin, *incarnation, *seq)
+                });
+                if covered {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(deadline, applied)
+            .await
+            .map_err(|_| Error::Timeout(deadline))?;
+        self.lookup(key).await
     }
 
     /// One key, without building a list.
@@ -480,7 +609,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
     fn added(&self, added: Added) -> Result<()> {
         self.ensure_running()?;
         match added {
-            Added::Now => self.publish_batch(),
+            Added::Now => {
+                self.publish_batch();
+            }
             Added::Later(delay) => self
                 .actor()
                 .cast(CacheMessage::DrainAfter(delay))
@@ -490,12 +621,13 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Inner<K, V> {
         Ok(())
     }
 
-    /// Publishes the batch through the current Synchronization handle, if there is one running.
-    pub(crate) fn publish_batch(&self) {
+    /// Publishes the batch through the current Synchronization handle, if there is one
+    /// running; whether nothing is left waiting.
+    pub(crate) fn publish_batch(&self) -> bool {
         self.batch.drain(now_us(), |message| {
             self.with_sync(|sync| publish(sync, message))
                 .unwrap_or(false)
-        });
+        })
     }
 
     fn ensure_running(&self) -> Result<()> {
@@ -816,6 +948,52 @@ mod tests {
             );
             assert_eq!(cache.get(&1).await.unwrap(), Some(11), "{topic}: stale");
         }
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_tokens_name_what_went_out_and_a_read_after_one_never_answers_wrong() {
+        let node = Node::start(NodeConfig::new("tokens", "tokens-cookie-0123456789abcdef"))
+            .await
+            .unwrap();
+        let table = Table::default();
+        table.set(1, 10);
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("tokens"), table.clone())
+            .coalesce_window(Duration::from_secs(1))
+            .spawn(&node)
+            .await
+            .unwrap();
+        // In a burst (the second waits for the window), a token still names what went out.
+        let first = cache.invalidate_with_token(&1, None).unwrap();
+        let second = cache.invalidate_with_token(&2, None).unwrap();
+        assert_eq!(cache.stats().sync.published, 2, "the token's write waited");
+        let seq = |token: &WriteToken| token.writes[0].2;
+        assert_eq!((seq(&first), seq(&second)), (1, 2));
+        assert_eq!(second.to_string().parse::<WriteToken>().unwrap(), second);
+
+        // This node's own writes are applied here already: no wait.
+        let version = table.set(1, 11);
+        let (_, token) = cache
+            .write_with_token(1, async move { Ok::<_, Error>(((), Some(version))) })
+            .await
+            .unwrap();
+        let read = cache
+            .get_after(&token, &1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(read.value, Some((11, version)));
+
+        // Another topic's token is an error; one naming a write nobody made times out.
+        let other = WriteToken::new("another", "x@h", 1, 1);
+        assert!(matches!(
+            cache.get_after(&other, &1, Duration::from_secs(5)).await,
+            Err(Error::Config(_))
+        ));
+        let forged = WriteToken::new("tokens", "nobody@h", 1, 1);
+        assert!(matches!(
+            cache.get_after(&forged, &1, Duration::from_millis(50)).await,
+            Err(Error::Timeout(_))
+        ));
         node.shutdown().await;
     }
 

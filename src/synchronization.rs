@@ -272,6 +272,16 @@ impl<M: TopicMessage> Synchronization<M> {
         self.outbox.incarnation()
     }
 
+    /// (This node's name, the actor's incarnation, the last sequence number it published.)
+    pub(crate) fn published_through(&self) -> (String, u64, u64) {
+        let outbox = &self.outbox;
+        (
+            outbox.node_name().to_owned(),
+            outbox.incarnation(),
+            outbox.last_seq(),
+        )
+    }
+
     /// Peer name → when (this process's clock, µs) anything last arrived from it.
     pub(crate) fn last_heard(&self) -> std::collections::HashMap<String, u64> {
         self.shared.status().last_heard

@@ -28,7 +28,7 @@ fn proxied_pair(cluster: &Cluster) -> (NodeProcess, NodeProcess, FaultProxy) {
 }
 
 /// The version a `get`-shaped reply carries (0 for a key that does not exist).
-fn version(reply: &Value) -> u64 {
+fn version_of(reply: &Value) -> u64 {
     assert_eq!(reply["ok"], "get", "{reply}");
     reply["version"].as_u64().unwrap_or(0)
 }
@@ -37,7 +37,7 @@ fn version(reply: &Value) -> u64 {
 fn cached_on(b: &mut NodeProcess, key: &str, at_least: u64) {
     eventually(DEADLINE, || {
         let reply = b.ask(&format!("get {key}"));
-        (version(&reply) >= at_least && reply["hit"] == true).then_some(())
+        (version_of(&reply) >= at_least && reply["hit"] == true).then_some(())
     })
     .unwrap_or_else(|| panic!("b never cached {key} at {at_least}"));
 }
@@ -70,30 +70,30 @@ fn reads_that_name_a_version_or_a_budget_never_return_what_they_exclude() {
         let [v_at_least, v_now, v_budget] = committed;
 
         // A plain read may serve the old version: within the lease, the bound allows it.
-        if version(&b.ask(&format!("get {at_least}"))) < v_at_least {
+        if version_of(&b.ask(&format!("get {at_least}"))) < v_at_least {
             stale_gets += 1;
         }
         let reply = b.ask(&format!("get-at-least {at_least} {v_at_least}"));
         assert!(
-            version(&reply) >= v_at_least,
+            version_of(&reply) >= v_at_least,
             "round {round}: get-at-least {v_at_least} returned {reply}"
         );
         waited.push(reply["waited_ms"].as_f64().expect("waited_ms"));
         let reply = b.ask(&format!("get-within {now} 0"));
         assert!(
-            version(&reply) >= v_now,
+            version_of(&reply) >= v_now,
             "round {round}: get-within 0 returned {reply}"
         );
         // Plain reads go on while the link is held (and serve the old version) until the
         // write is older than the budget; then a read within the budget must not.
         while written.elapsed() < Duration::from_millis(BUDGET_MS) {
-            if version(&b.ask(&format!("get {budget}"))) < v_budget {
+            if version_of(&b.ask(&format!("get {budget}"))) < v_budget {
                 stale_gets += 1;
             }
         }
         let reply = b.ask(&format!("get-within {budget} {BUDGET_MS}"));
         assert!(
-            version(&reply) >= v_budget,
+            version_of(&reply) >= v_budget,
             "round {round}: get-within {BUDGET_MS} sent {:?} after the write returned {reply}",
             written.elapsed()
         );
@@ -112,4 +112,73 @@ fn reads_that_name_a_version_or_a_budget_never_return_what_they_exclude() {
         stale_gets > 0,
         "the held-back link never showed: every plain get was already fresh"
     );
+}
+
+/// `put` on `a`: (version, token).
+fn put_with_token(a: &mut NodeProcess, key: &str, value: &str) -> (u64, String) {
+    let reply = a.ask(&format!("put {key} {value}"));
+    let version = reply["version"].as_u64().expect("a version");
+    let token = reply["token"].as_str().expect("a token").to_owned();
+    assert!(!token.contains(char::is_whitespace), "{token:?}");
+    (version, token)
+}
+
+/// The link from a to b holds each write back for 150 ms: `get-after` with the write's token
+/// waits for it (about the hold, one hop after the link is released) and never returns the
+/// version before; held back past the deadline (the lease), it fails rather than answer old.
+/// Forged and garbled tokens fail; none answers wrong.
+#[test]
+fn a_read_after_a_write_token_waits_for_the_write_and_never_returns_what_came_before() {
+    const ROUNDS: usize = 20;
+    const HOLD: Duration = Duration::from_millis(150);
+    let cluster = Cluster::new();
+    let (mut a, mut b, proxy) = proxied_pair(&cluster);
+    let key = "after";
+    let (mut committed, _) = put_with_token(&mut a, key, "v0");
+    cached_on(&mut b, key, committed);
+
+    let (mut stale_gets, mut waited) = (0, Vec::new());
+    for round in 1..=ROUNDS {
+        proxy.stall(Dir::ToDialer, true);
+        let (version, token) = put_with_token(&mut a, key, &format!("v{round}"));
+        assert!(version > committed);
+        committed = version;
+        if version_of(&b.ask(&format!("get {key}"))) < committed {
+            stale_gets += 1; // allowed: within the lease
+        }
+        let reply = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(HOLD); // the link's delay, not a synchronisation
+                proxy.stall(Dir::ToDialer, false);
+            });
+            b.ask(&format!("get-after {token} {key}"))
+        });
+        assert!(
+            version_of(&reply) >= committed,
+            "round {round}: get-after the write of {committed} returned {reply}"
+        );
+        waited.push(reply["waited_ms"].as_f64().expect("waited_ms"));
+        cached_on(&mut b, key, committed);
+    }
+    waited.sort_by(f64::total_cmp);
+    println!(
+        "{ROUNDS} writes held back {HOLD:?}: plain gets served the old version {stale_gets} times (within the lease), get-after never; it waited {:.1} ms median, {:.1} ms at most",
+        waited[waited.len() / 2],
+        waited[waited.len() - 1]
+    );
+    assert!(stale_gets > 0, "the held-back link never showed");
+
+    // Held back past the deadline: an error, not the old version.
+    proxy.stall(Dir::ToDialer, true);
+    let (_, token) = put_with_token(&mut a, key, "late");
+    let reply = b.ask(&format!("get-after {token} {key}"));
+    assert!(reply["error"].is_string(), "held past the lease: {reply}");
+    proxy.stall(Dir::ToDialer, false);
+
+    // A token naming a write nobody made waits for the deadline and fails; garbage fails now.
+    let forged = token + "-676f7374.1.1"; // and a write of "gost", incarnation 1
+    let reply = b.ask(&format!("get-after {forged} {key}"));
+    assert!(reply["error"].is_string(), "a forged token: {reply}");
+    let reply = b.ask(&format!("get-after not-a-token {key}"));
+    assert!(reply["error"].is_string(), "a garbled token: {reply}");
 }

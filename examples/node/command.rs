@@ -18,6 +18,11 @@ pub enum Command {
     Get {
         key: String,
     },
+    /// `KEY`, once this node applied what the write `TOKEN` names.
+    GetAfter {
+        token: String,
+        key: String,
+    },
     /// `KEY` at `VERSION` or newer: from the heap if held, else from the source.
     GetAtLeast {
         key: String,
@@ -99,6 +104,16 @@ impl Command {
                 key: rest.to_owned(),
             }),
             "get" => Err("usage: get KEY".into()),
+            "get-after" => {
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                let [token, key] = parts[..] else {
+                    return Err("usage: get-after TOKEN KEY".into());
+                };
+                Ok(Self::GetAfter {
+                    token: token.to_owned(),
+                    key: key.to_owned(),
+                })
+            }
             "get-at-least" | "get-within" => {
                 let usage = if verb == "get-at-least" {
                     "usage: get-at-least KEY VERSION"
@@ -178,7 +193,7 @@ impl Command {
             "inject" => decode_hex(rest).map(|b| Self::Inject(Injection::Bytes(b))),
             "" => Err("empty command".into()),
             other => Err(format!(
-                "unknown command {other:?} (expected put, put-confirmed, get, get-at-least, get-within, peers, members, remove-member, stats, burst, inject, kill-sync or quit)"
+                "unknown command {other:?} (expected put, put-confirmed, get, get-after, get-at-least, get-within, peers, members, remove-member, stats, burst, inject, kill-sync or quit)"
             )),
         }
     }

@@ -7,8 +7,8 @@
 //!     [--peer 127.0.0.1:4002]... [--discover HOST:PORT]... --db /tmp/kv.db [--cookie SECRET]
 //! ```
 //!
-//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `get-at-least KEY VERSION`,
-//! `get-within KEY MS`, `peers`, `members`, `stats`,
+//! Commands: `put KEY VALUE`, `put-confirmed KEY VALUE`, `get KEY`, `get-after TOKEN KEY`,
+//! `get-at-least KEY VERSION`, `get-within KEY MS`, `peers`, `members`, `stats`,
 //! `burst N`, `inject ...` (fault injection), `kill-sync`, `kill-liveness`, `simulate-suspend MS`,
 //! `quit`.
 //! See `examples/README.md` for the reply formats.
@@ -363,6 +363,7 @@ impl NodeProcess {
                 let read = self.cache.get_at_least(&key, version, self.lease).await;
                 Self::got(key, read, started)
             }
+            Command::GetAfter { token, key } => self.get_after(&token, key).await,
             Command::GetWithin { key, max_age_ms } => {
                 let started = std::time::Instant::now();
                 let read = self.cache.get_within(&key, ms(max_age_ms));
@@ -413,10 +414,12 @@ impl NodeProcess {
 
     async fn put(&self, key: String, value: String) -> Result<Value, String> {
         let version = self.write(&key, value).await?;
-        self.cache
-            .invalidate_version(&key, version)
+        let token = self
+            .cache
+            .invalidate_with_token(&key, Some(version))
             .map_err(|e| e.to_string())?;
-        Ok(json!({ "ok": "put", "key": key, "version": version }))
+        let token = token.to_string();
+        Ok(json!({ "ok": "put", "key": key, "version": version, "token": token }))
     }
 
     async fn put_confirmed(&self, key: String, value: String) -> Result<Value, String> {
@@ -452,6 +455,15 @@ impl NodeProcess {
         Ok(
             json!({ "ok": "get", "key": key, "value": value, "version": version, "hit": lookup.hit }),
         )
+    }
+
+    async fn get_after(&self, token: &str, key: String) -> Result<Value, String> {
+        let started = std::time::Instant::now();
+        let token: ractor_cache_sync::cache::WriteToken = token
+            .parse()
+            .map_err(|e: ractor_cache_sync::cache::BadToken| e.to_string())?;
+        let read = self.cache.get_after(&token, &key, self.lease).await;
+        Self::got(key, read, started)
     }
 
     /// A `get` reply, plus how long the read took.

@@ -108,7 +108,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Actor for CacheActor<K, V> {
             CacheMessage::DrainAfter(delay) => {
                 myself.send_after(delay, || CacheMessage::Drain);
             }
-            CacheMessage::Drain => state.args.cache.publish_batch(),
+            CacheMessage::Drain => {
+                state.args.cache.publish_batch();
+            }
         }
         Ok(())
     }

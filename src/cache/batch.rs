@@ -123,22 +123,25 @@ impl<K: Hash + Eq> Batch<K> {
     /// Hands what is pending (with `now` as the drain's time) to `publish`, holding the batch's
     /// lock until it returns; keeps it pending if `publish` says it could not publish. Whoever
     /// drains next waits for a publish in progress, which is what lets a heartbeat cover it.
-    pub(crate) fn drain(&self, now: u64, publish: impl FnOnce(&Invalidation<K>) -> bool) {
+    /// Whether nothing is left waiting (all was published, or nothing was pending).
+    pub(crate) fn drain(&self, now: u64, publish: impl FnOnce(&Invalidation<K>) -> bool) -> bool {
         self.with(|p| {
             p.drain_scheduled = false;
             let Some((message, items)) = p.take() else {
                 // Nothing came in since: quiet, so the next invalidation goes out at once.
                 p.last_drain = 0;
                 p.last_drain_items = 0;
-                return;
+                return true;
             };
             if publish(&message) {
                 p.last_drain = now;
                 p.last_drain_items = items;
+                true
             } else {
                 p.restore(message);
+                false
             }
-        });
+        })
     }
 
     #[cfg(test)]

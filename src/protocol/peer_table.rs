@@ -284,6 +284,12 @@ impl PeerTable {
         }
     }
 
+    /// `peer`'s incarnation and the highest of its sequence numbers applied (or covered by a
+    /// repair).
+    pub(crate) fn progress(&self, peer: &str) -> Option<(u64, u64)> {
+        self.peers.get(peer).map(|p| (p.incarnation, p.applied))
+    }
+
     /// Whether `peer` is in the table.
     pub(crate) fn knows(&self, peer: &str) -> bool {
         self.peers.contains_key(peer)

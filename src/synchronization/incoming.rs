@@ -62,6 +62,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         let now = now_us();
         let (origin, incarnation) = (envelope.origin, envelope.incarnation);
+        let progress_of = origin.clone();
         match envelope.body {
             Body::Publish { seq, payload } => {
                 let arrival = self.peers.on_publish(&origin, incarnation, seq, now);
@@ -109,7 +110,14 @@ impl<M: TopicMessage> SynchronizationState<M> {
                     self.count_cause(&cause);
                     self.possibly_missed(cause);
                 }
+                // Everything it published is applied or repaired: write tokens are covered.
+                self.shared.set_applied(&origin, incarnation, last_seq);
+                return;
             }
+        }
+        // Delivered (and any repair applied): what write tokens of this origin wait for.
+        if let Some((incarnation, applied)) = self.peers.progress(&progress_of) {
+            self.shared.set_applied(&progress_of, incarnation, applied);
         }
     }
 

@@ -215,6 +215,11 @@ impl<M: TopicMessage> Outbox<M> {
         self.lock().last_seq
     }
 
+    /// This node's name, as its envelopes carry it.
+    pub(crate) fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
     /// Lends `acks` the count of bytes published after a given acknowledged sequence number.
     pub(crate) fn unacked<T>(&self, acks: impl FnOnce(&dyn Fn(u64) -> u64) -> T) -> T {
         let state = self.lock();

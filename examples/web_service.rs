@@ -2,13 +2,20 @@
 //! one SQLite database and keep their in-memory caches of it in sync.
 //!
 //! - `GET /users/{id}` reads through the cache:
-//!   `200 {"id":1,"name":"ada","version":2,"hit":true}`, `404` if there is no such user, `400`
-//!   if the id is not a number.
+//!   `200 {"id":1,"name":"ada","version":2,"hit":true,"waited_ms":0.0}`, `404` if there is no
+//!   such user, `400` if the id is not a number.
 //! - `PUT /users/{id}` with `{"name":"..."}` commits the row (its version one higher, in the
 //!   same statement), then invalidates the key on every replica:
-//!   `200 {"id":1,"name":"ada","version":3}`. Commit and invalidation run together on a task
-//!   of their own (`Cache::write`): a client that hangs up mid-commit cannot skip the
-//!   invalidation.
+//!   `200 {"id":1,"name":"ada","version":3,"token":"wt1.…"}`. Commit and invalidation run
+//!   together on a task of their own (`Cache::write_with_token`): a client that hangs up
+//!   mid-commit cannot skip the invalidation.
+//! - **Read your writes on any replica**: a PUT's reply carries a write token, in the body, in
+//!   the `X-Write-Token` header and in a `write_token` cookie (combined with the token of the
+//!   session's earlier writes). A GET that sends it back (the header, or the cookie) is answered
+//!   only once this replica has applied those writes — typically one network hop after them —
+//!   or, if that takes longer than a second, from the database; `waited_ms` says how long it
+//!   waited. Behind a load balancer, the PUT and the next GET may land on different replicas:
+//!   the GET still sees the PUT.
 //! - `GET /health` says whether this replica serves from its cache: `healthy`, `repairing` or
 //!   `bypassing: REASON`.
 //! - `GET /stats` gives the cache's counters as JSON, each under its field name
@@ -42,14 +49,15 @@
 use std::net::SocketAddr;
 use std::path::{Path as FilePath, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
+use ractor_cache_sync::cache::WriteToken;
 use ractor_cache_sync::{Cache, Error, Node, NodeConfig, Result, Source, Topic, Version};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
@@ -188,20 +196,57 @@ struct Rename {
     name: String,
 }
 
-async fn get_user(State(app): State<App>, Path(id): Path<u64>) -> Result<Response, Internal> {
-    let lookup = app.cache.lookup(&id).await?;
+/// How long a GET waits for the writes its token names before it reads the database.
+const TOKEN_WAIT: Duration = Duration::from_secs(1);
+
+/// The write token a request carries: the `X-Write-Token` header, else the `write_token`
+/// cookie. Garbage counts as none.
+fn token_of(headers: &HeaderMap) -> Option<WriteToken> {
+    if let Some(token) = headers.get("x-write-token") {
+        return token.to_str().ok()?.parse().ok();
+    }
+    let cookies = headers.get_all(header::COOKIE);
+    cookies
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix("write_token="))
+        .find_map(|token| token.parse().ok())
+}
+
+async fn get_user(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Result<Response, Internal> {
+    let started = Instant::now();
+    let lookup = match token_of(&headers) {
+        // Once this replica has applied the writes the token names; past the wait, from the
+        // database (never an answer older than those writes).
+        Some(token) => match app.cache.get_after(&token, &id, TOKEN_WAIT).await {
+            Err(Error::Timeout(_) | Error::Config(_)) => {
+                app.cache.get_within(&id, Duration::ZERO).await?
+            }
+            read => read?,
+        },
+        None => app.cache.lookup(&id).await?,
+    };
+    let waited_ms = started.elapsed().as_secs_f64() * 1e3;
     let Some((name, version)) = lookup.value else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
-    let user = json!({"id": id, "name": name, "version": version, "hit": lookup.hit});
+    let user = json!({
+        "id": id, "name": name, "version": version, "hit": lookup.hit, "waited_ms": waited_ms,
+    });
     Ok(Json(user).into_response())
 }
 
 async fn put_user(
     State(app): State<App>,
     Path(id): Path<u64>,
+    headers: HeaderMap,
     Json(body): Json<Rename>,
-) -> Result<Json<Value>, Internal> {
+) -> Result<Response, Internal> {
     let (users, name) = (app.users.clone(), body.name.clone());
     // Once committed, every replica drops what it holds of an older version, even if this
     // handler is dropped first (its client hung up while the commit waited for a lock).
@@ -209,10 +254,25 @@ async fn put_user(
         let version = users.put(id, name).await?;
         Ok::<_, Error>((version, Some(version)))
     };
-    let version = app.cache.write(id, commit).await?;
-    Ok(Json(
-        json!({"id": id, "name": body.name, "version": version}),
-    ))
+    let (version, token) = app.cache.write_with_token(id, commit).await?;
+    // The session's token: this write and the earlier ones its cookie named.
+    let mut session = token.clone();
+    if let Some(earlier) = token_of(&headers) {
+        let mut combined = earlier;
+        if combined.combine(&token) {
+            session = combined;
+        }
+    }
+    let user = json!({"id": id, "name": body.name, "version": version, "token": token.to_string()});
+    let cookie = format!("write_token={session}; Path=/; HttpOnly; SameSite=Lax");
+    let headers = [
+        (
+            header::HeaderName::from_static("x-write-token"),
+            token.to_string(),
+        ),
+        (header::SET_COOKIE, cookie),
+    ];
+    Ok((headers, Json(user)).into_response())
 }
 
 async fn health(State(app): State<App>) -> String {

@@ -991,7 +991,9 @@ mod tests {
         ));
         let forged = WriteToken::new("tokens", "nobody@h", 1, 1);
         assert!(matches!(
-            cache.get_after(&forged, &1, Duration::from_millis(50)).await,
+            cache
+                .get_after(&forged, &1, Duration::from_millis(50))
+                .await,
             Err(Error::Timeout(_))
         ));
         node.shutdown().await;

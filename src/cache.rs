@@ -270,6 +270,43 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         Ok((value, token))
     }
 
+    /// Like [`write`](Self::write), and this node keeps what the writer committed: `commit`
+    /// returns the new value and its version too, and the cache installs them here (the
+    /// writer's next read is a hit, not a reload) while every other node is told to drop
+    /// older versions. The value is kept out if an invalidation or a repair of the key arrives
+    /// while the commit runs (a newer write elsewhere wins), or if the commit fails.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    ///
+    /// # Panics
+    ///
+    /// As [`write`](Self::write).
+    pub async fn write_through<T, E, F>(&self, key: K, commit: F) -> std::result::Result<T, E>
+    where
+        F: Future<Output = std::result::Result<(T, V, Version), E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let store_key = key.clone();
+        let cache = self.clone();
+        let commit = async move {
+            let mut writing = Writing {
+                cache: &cache,
+                key: &store_key,
+                flight: Some(cache.inner.store.start_write(&store_key)),
+            };
+            let (value, written, version) = commit.await?;
+            if let Some(flight) = writing.flight.take() {
+                let store = &cache.inner.store;
+                store.finish_write(&store_key, &flight, Some((&written, version)));
+            }
+            Ok::<_, E>((value, Some(version)))
+        };
+        Ok(self.write_and(key, commit, false).await?.0)
+    }
+
     async fn write_and<T, E, F>(
         &self,
         key: K,
@@ -559,6 +596,22 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Drop for PendingInvalidation
             if let Err(error) = self.cache.invalidate_one(&key, None) {
                 tracing::warn!(%error, "a write ended early; its key was dropped here only");
             }
+        }
+    }
+}
+
+/// A write's flight not yet finished: the drop ends it without installing anything (the
+/// commit failed, panicked or was cancelled), so that it neither lingers nor installs.
+struct Writing<'a, K: CacheKey, V: Clone + Send + Sync + 'static> {
+    cache: &'a Cache<K, V>,
+    key: &'a K,
+    flight: Option<Arc<self::flights::Flight<V>>>,
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> Drop for Writing<'_, K, V> {
+    fn drop(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            self.cache.inner.store.finish_write(self.key, &flight, None);
         }
     }
 }
@@ -996,6 +1049,93 @@ mod tests {
                 .await,
             Err(Error::Timeout(_))
         ));
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_keeps_what_it_committed_unless_an_invalidation_came_in_between() {
+        let node = Node::start(NodeConfig::new(
+            "through",
+            "through-cookie-0123456789abcdef",
+        ))
+        .await
+        .unwrap();
+        let table = Table::default();
+        let cache: Cache<u32, u32> = Cache::builder(Topic::new("write-through"), table.clone())
+            .spawn(&node)
+            .await
+            .unwrap();
+        let loads = |cache: &Cache<u32, u32>| cache.stats().loads;
+
+        // Source loads per write, each followed by a read on the writer's node.
+        let before = loads(&cache);
+        for n in 0..20 {
+            let writing = table.clone();
+            cache
+                .write(1, async move {
+                    let version = writing.set(1, n);
+                    Ok::<_, Error>(((), Some(version)))
+                })
+                .await
+                .unwrap();
+            assert_eq!(cache.get(&1).await.unwrap(), Some(n));
+        }
+        let with_write = loads(&cache) - before;
+        let before = loads(&cache);
+        for n in 100..120 {
+            let writing = table.clone();
+            cache
+                .write_through(1, async move {
+                    let version = writing.set(1, n);
+                    Ok::<_, Error>(((), n, version))
+                })
+                .await
+                .unwrap();
+            let read = cache.lookup(&1).await.unwrap();
+            assert_eq!(read.value.map(|(v, _)| v), Some(n));
+        }
+        let with_write_through = loads(&cache) - before;
+        assert_eq!((with_write, with_write_through), (20, 0));
+
+        // An invalidation while the commit runs (a newer write elsewhere): the value stays out.
+        let (release, locked) = tokio::sync::oneshot::channel::<()>();
+        let writing = table.clone();
+        let write = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .write_through(1, async move {
+                        locked.await.expect("released");
+                        let version = writing.set(1, 200);
+                        Ok::<_, Error>(((), 200, version))
+                    })
+                    .await
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while cache.inner.store.flights_in_progress() == 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        table.set(1, 300); // committed by someone else, newer than the write to come
+        cache.invalidate(&1).unwrap();
+        release.send(()).unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(
+            cache.peek(&1),
+            None,
+            "the write's value went in after an invalidation"
+        );
+
+        // A failed commit leaves neither a value nor a flight.
+        let failed = cache
+            .write_through(2, async {
+                Err::<((), u32, Version), _>(Error::Config("no".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(cache.inner.store.flights_in_progress(), 0);
+        assert_eq!(cache.peek(&2), None);
         node.shutdown().await;
     }
 

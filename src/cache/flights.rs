@@ -29,6 +29,10 @@ pub(crate) struct Flight<V> {
     /// Loaded with other keys in one bulk call by the reloader: readers wait for `done`
     /// instead of loading themselves.
     pub(crate) bulk: Option<tokio::sync::Notify>,
+    /// A write's: the value comes from the writer's commit, not a load. Readers never join it
+    /// (they load, and their flight replaces it); an invalidation or a repair cancels it, and
+    /// then the written value is not installed.
+    pub(crate) write: bool,
 }
 
 impl<V> Flight<V> {
@@ -37,6 +41,7 @@ impl<V> Flight<V> {
             started,
             result: OnceCell::new(),
             bulk: None,
+            write: false,
         })
     }
 
@@ -45,6 +50,16 @@ impl<V> Flight<V> {
             started,
             result: OnceCell::new(),
             bulk: Some(tokio::sync::Notify::new()),
+            write: false,
+        })
+    }
+
+    fn write(started: u64) -> Arc<Self> {
+        Arc::new(Self {
+            started,
+            result: OnceCell::new(),
+            bulk: None,
+            write: true,
         })
     }
 
@@ -113,6 +128,15 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
                 vacant.insert(Flight::new(now)).clone()
             }
         }
+    }
+
+    /// A write's flight for `key` (see [`Flight::write`]), replacing any flight there.
+    pub(crate) fn start_write(&self, key: &K, now: u64) -> Arc<Flight<V>> {
+        let flight = Flight::write(now);
+        if self.map.insert(key.clone(), flight.clone()).is_none() {
+            self.count.fetch_add(1, SeqCst);
+        }
+        flight
     }
 
     /// A new bulk flight for `key`, unless one is in flight already.

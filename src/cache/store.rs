@@ -340,7 +340,7 @@ where
     async fn load_since(&self, key: &K, since: u64) -> (Loaded<V>, u64) {
         let now = now_us();
         let flight = self.flights.join_or_start(key, now, |flight| {
-            flight.started >= since && self.joinable(flight, now)
+            !flight.write && flight.started >= since && self.joinable(flight, now)
         });
         let started = flight.started;
         (self.load_flight(key, flight).await, started)
@@ -376,6 +376,39 @@ where
         drop(reading);
         self.install(key, &flight, &loaded);
         loaded
+    }
+
+    /// Starts a write of `key`, before its commit: an invalidation or a repair that comes in
+    /// before [`finish_write`](Self::finish_write) keeps the written value out.
+    pub(crate) fn start_write(&self, key: &K) -> Arc<Flight<V>> {
+        self.flights.start_write(key, now_us())
+    }
+
+    /// Ends a write's flight, installing what the writer committed (`None`: nothing, the
+    /// commit failed or was dropped) unless the flight was cancelled or replaced meanwhile;
+    /// whether it was installed. The entry counts as checked when the write started.
+    pub(crate) fn finish_write(
+        &self,
+        key: &K,
+        flight: &Arc<Flight<V>>,
+        written: Option<(&V, Version)>,
+    ) -> bool {
+        let installed = self.flights.finish(key, flight, || {
+            written.map(|found| self.entries.install(key, Some(found), flight.started))
+        });
+        match installed {
+            Some(Some(removed)) => {
+                self.entries.notify(removed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Flights (loads and writes) in progress.
+    #[cfg(test)]
+    pub(crate) fn flights_in_progress(&self) -> usize {
+        self.flights.len()
     }
 
     /// Whether a reader at `now` may share `flight`'s answer.

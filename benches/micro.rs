@@ -67,6 +67,40 @@ fn hits(c: &mut Criterion) {
     group.finish();
 }
 
+/// Reads with a per-read guarantee, on a hit, against a plain `lookup` hit (all through the
+/// same `block_on`, whose cost they share): a token already applied, a budget the entry meets.
+fn per_read(c: &mut Criterion) {
+    let (runtime, _node, cache) = setup();
+    let token = cache.invalidate_with_token(&5_000, None).unwrap();
+    let mut group = c.benchmark_group("per_read_hit");
+    group.throughput(Throughput::Elements(1));
+    let mut key = 0u64;
+    let mut next = move || {
+        key = (key + 1) & 1023;
+        key
+    };
+    group.bench_function("lookup", |b| {
+        b.iter(|| runtime.block_on(cache.lookup(&next())).unwrap())
+    });
+    group.bench_function("get_after_applied_token", |b| {
+        b.iter(|| {
+            let key = next();
+            runtime
+                .block_on(cache.get_after(&token, &key, Duration::from_secs(1)))
+                .unwrap()
+        })
+    });
+    group.bench_function("get_within_1s", |b| {
+        b.iter(|| {
+            let key = next();
+            runtime
+                .block_on(cache.get_within(&key, Duration::from_secs(1)))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 /// Time per operation when two threads each do `iters` of `op(thread, i)` at once.
 fn on_two_threads(iters: u64, op: impl Fn(u64, u64) + Sync) -> Duration {
     let start = Instant::now();
@@ -159,6 +193,6 @@ fn envelopes(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = hits, reference_scaling, miss_with_single_flight, invalidation_burst, envelopes
+    targets = hits, reference_scaling, per_read, miss_with_single_flight, invalidation_burst, envelopes
 }
 criterion_main!(benches);

@@ -399,28 +399,29 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 self.inner.topic.name()
             )));
         }
-        let me = self
-            .inner
-            .with_sync(|sync| sync.published_through().0)
-            .unwrap_or_default();
         let shared = self.inner.store.sync();
-        let applied = async {
-            loop {
-                let changed = shared.applied_changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let covered = token.writes.iter().all(|(origin, incarnation, seq)| {
-                    *origin == me || shared.covers(origin, *incarnation, *seq)
-                });
-                if covered {
-                    return;
-                }
-                changed.await;
-            }
+        let covered = || {
+            token.writes.iter().all(|(origin, incarnation, seq)| {
+                let mine = self.inner.with_sync(|sync| sync.node_name() == origin);
+                mine == Some(true) || shared.covers(origin, *incarnation, *seq)
+            })
         };
-        tokio::time::timeout(deadline, applied)
-            .await
-            .map_err(|_| Error::Timeout(deadline))?;
+        if !covered() {
+            let applied = async {
+                loop {
+                    let changed = shared.applied_changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if covered() {
+                        return;
+                    }
+                    changed.await;
+                }
+            };
+            tokio::time::timeout(deadline, applied)
+                .await
+                .map_err(|_| Error::Timeout(deadline))?;
+        }
         self.lookup(key).await
     }
 

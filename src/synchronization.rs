@@ -272,6 +272,11 @@ impl<M: TopicMessage> Synchronization<M> {
         self.outbox.incarnation()
     }
 
+    /// This node's name, as the actor's envelopes carry it.
+    pub(crate) fn node_name(&self) -> &str {
+        self.outbox.node_name()
+    }
+
     /// (This node's name, the actor's incarnation, the last sequence number it published.)
     pub(crate) fn published_through(&self) -> (String, u64, u64) {
         let outbox = &self.outbox;

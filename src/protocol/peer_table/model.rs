@@ -91,6 +91,8 @@ enum Step {
     FinishLoad(usize),
     /// The reader's actor ticks: silent peers are forgotten.
     Tick,
+    /// A read after the token of one earlier immediate write (see `World::read_after`).
+    ReadAfter(usize),
     /// A writer crashes, and starts again under a new incarnation (also after a leave).
     CrashWriter(usize),
     /// A writer leaves cleanly: it publishes its batch, announces its last sequence number,
@@ -124,6 +126,7 @@ fn step() -> impl Strategy<Value = Step> {
         6 => Just(Step::Read),
         3 => (0usize..4).prop_map(Step::FinishLoad),
         1 => Just(Step::Tick),
+        3 => (0usize..16).prop_map(Step::ReadAfter),
         1 => w.clone().prop_map(Step::CrashWriter),
         1 => w.clone().prop_map(Step::Leave),
         1 => (w.clone(), any::<bool>()).prop_map(|(writer, on)| Step::Partition { writer, on }),
@@ -187,6 +190,11 @@ struct World {
     joined: Vec<(usize, u64)>,
     /// The reader's member set: which writers it counts.
     member: Vec<bool>,
+    /// Tokens of immediate writes: (writer, incarnation, sequence number, version).
+    tokens: Vec<(usize, u64, u64, u64)>,
+    /// What the reader has applied of each writer, as the Synchronization actor publishes it
+    /// for write tokens.
+    applied: crate::synchronization::SyncShared,
     /// When the reader last heard from each writer (a verified message).
     heard_at: Vec<u64>,
     rule: Membership,
@@ -219,6 +227,8 @@ impl World {
             reader_stamp: None,
             joined: Vec::new(),
             member: vec![!rule.from_first_beat; writers],
+            tokens: Vec::new(),
+            applied: Default::default(),
             heard_at: vec![1; writers],
             rule,
         }
@@ -251,6 +261,8 @@ impl World {
                     self.writers[w].batch.push(version);
                 } else {
                     self.publish(w, version);
+                    let writer = &self.writers[w];
+                    self.tokens.push((w, writer.inc, writer.seq, version));
                 }
             }
             Step::Flush(w) => self.flush(w % n),
@@ -315,7 +327,8 @@ impl World {
                 }
             }
             Step::Advance(by) => self.now += by,
-            Step::Read => return self.read(),
+            Step::Read => return self.read().map(|_| ()),
+            Step::ReadAfter(pick) => return self.read_after(pick),
             Step::FinishLoad(pick) if !self.loads.is_empty() => {
                 let load = self.loads.remove(pick % self.loads.len());
                 if !load.overtaken {
@@ -504,11 +517,18 @@ impl World {
                 if self.writers[msg.from].inc == inc {
                     self.member[msg.from] = false;
                 }
+                // As the Synchronization actor does: all it published is applied or repaired.
+                self.applied.set_applied(&origin, inc, last_seq);
+                return;
             }
+        }
+        // As the Synchronization actor does after each verified envelope (and its repair).
+        if let Some((inc, applied)) = self.table.progress(&origin) {
+            self.applied.set_applied(&origin, inc, applied);
         }
     }
 
-    fn read(&mut self) -> Result<(), TestCaseError> {
+    fn read(&mut self) -> Result<u64, TestCaseError> {
         let members = self.member.iter().filter(|m| **m).count();
         let served = match self.cached {
             Some(version) if self.now < self.table.valid_until(members) => version,
@@ -517,10 +537,12 @@ impl World {
             // than a lease before this read.
             _ => {
                 let recent = self.now.saturating_sub(LEASE);
+                // A load an invalidation or a repair overtook is no longer in the flight map:
+                // nobody joins it.
                 let joined = self
                     .loads
                     .iter()
-                    .filter(|l| l.started > recent)
+                    .filter(|l| l.started > recent && !l.overtaken)
                     .map(|l| l.version)
                     .max();
                 match joined {
@@ -547,6 +569,26 @@ impl World {
         prop_assert!(
             served >= required,
             "at {} served v{served}, but v{required} was committed a lease earlier",
+            self.now
+        );
+        Ok(served)
+    }
+
+    /// A read after the token of one immediate write, if this reader has applied what the
+    /// token names (as `Cache::get_after` would answer): it must serve that write's version or
+    /// a newer one.
+    fn read_after(&mut self, pick: usize) -> Result<(), TestCaseError> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        let (w, inc, seq, version) = self.tokens[pick % self.tokens.len()];
+        if !self.applied.covers(&name(w), inc, seq) {
+            return Ok(()); // the read would wait, or fail at its deadline
+        }
+        let served = self.read()?;
+        prop_assert!(
+            served >= version,
+            "at {} a read after the token of v{version} (w{w} incarnation {inc} seq {seq}) served v{served}",
             self.now
         );
         Ok(())

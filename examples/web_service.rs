@@ -81,6 +81,10 @@ struct Args {
     /// The SQLite file all replicas share (created if missing).
     #[arg(long)]
     db: PathBuf,
+    /// Dial only the `--peer` addresses, not members learnt from gossip (for clusters whose
+    /// links go through a proxy).
+    #[arg(long)]
+    no_gossip_dial: bool,
     /// Cluster cookie (shared secret).
     #[arg(long, env = "RACTOR_CACHE_SYNC_COOKIE", hide_env_values = true)]
     cookie: String,
@@ -312,7 +316,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let users = Arc::new(Users::open(&args.db)?);
-    let config = NodeConfig::new(&args.name, &args.cookie).listen(args.listen);
+    let config = NodeConfig::new(&args.name, &args.cookie)
+        .listen(args.listen)
+        .dial_gossiped(!args.no_gossip_dial);
     let node = Node::start(args.peers.iter().fold(config, |c, p| c.peer(p))).await?;
     let cache = Cache::spawn(Topic::new("users"), users.clone(), &node).await?;
 

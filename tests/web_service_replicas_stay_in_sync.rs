@@ -501,3 +501,70 @@ fn a_get_with_the_put_s_token_sees_the_put_on_another_replica() {
         waited[waited.len() - 1]
     );
 }
+
+/// The same through a link that holds back every write from a to b for 150 ms: a GET right
+/// after the PUT without the token serves the old name (within the lease), with the token it
+/// waits for the write and never does.
+#[test]
+fn through_a_held_back_link_a_get_with_the_token_waits_and_one_without_does_not() {
+    use ractor_cache_sync_testkit::proxy::{Dir, FaultProxy};
+    const HOLD: Duration = Duration::from_millis(150);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("users.db");
+    let a = NodeSpec::new("a", &db).arg("--no-gossip-dial");
+    let proxy = FaultProxy::start(a.listen);
+    let mut b = NodeSpec::new("b", &db).arg("--no-gossip-dial");
+    b.peers.push(proxy.addr());
+    let replicas: Vec<Replica> = [a, b].into_iter().map(Replica::start).collect();
+    for replica in &replicas {
+        replica.wait_until_healthy();
+    }
+    let [a, b] = &replicas[..] else {
+        unreachable!()
+    };
+    a.put(1, "n0");
+    eventually(DEADLINE, || b.user(1).2.then_some(())).expect("b never cached user 1");
+
+    let (mut stale, mut waited) = (0, Vec::new());
+    for round in 1..=10 {
+        proxy.stall(Dir::ToDialer, true);
+        let name = format!("n{round}");
+        let body = serde_json::json!({ "name": name }).to_string();
+        let put = a.request("PUT", "/users/1", Some(&body));
+        assert_eq!(put.status, 200, "{put:?}");
+        let token = put.json()["token"].as_str().expect("a token").to_owned();
+        if b.user(1).0 != name {
+            stale += 1; // allowed: within the lease
+        }
+        let get = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(HOLD); // the link's delay, not a synchronisation
+                proxy.stall(Dir::ToDialer, false);
+            });
+            http_with(
+                b.http,
+                "GET",
+                "/users/1",
+                None,
+                &[("X-Write-Token", &token)],
+            )
+            .expect("GET")
+        });
+        let user = get.json();
+        assert_eq!(
+            user["name"], name,
+            "round {round}: with the token, b answered {user}"
+        );
+        waited.push(user["waited_ms"].as_f64().expect("waited_ms"));
+        eventually(DEADLINE, || {
+            (b.user(1) == (name.clone(), user["version"].as_u64().unwrap(), true)).then_some(())
+        })
+        .expect("b never cached the new name");
+    }
+    waited.sort_by(f64::total_cmp);
+    eprintln!(
+        "10 PUTs held back {HOLD:?}: GETs without the token served the old name {stale} times, with it never, waiting {:.1} ms median",
+        waited[waited.len() / 2]
+    );
+    assert!(stale > 0, "the held-back link never showed");
+}

@@ -7,8 +7,8 @@
 //! - `PUT /users/{id}` with `{"name":"..."}` commits the row (its version one higher, in the
 //!   same statement), then invalidates the key on every replica:
 //!   `200 {"id":1,"name":"ada","version":3,"token":"wt1.…"}`. Commit and invalidation run
-//!   together on a task of their own (`Cache::write_with_token`): a client that hangs up
-//!   mid-commit cannot skip the invalidation.
+//!   together on a task of their own (`Cache::write_through_with_token`): a client that hangs
+//!   up mid-commit cannot skip the invalidation, and this replica keeps the new name.
 //! - **Read your writes on any replica**: a PUT's reply carries a write token, in the body, in
 //!   the `X-Write-Token` header and in a `write_token` cookie (combined with the token of the
 //!   session's earlier writes). A GET that sends it back (the header, or the cookie) is answered
@@ -255,10 +255,11 @@ async fn put_user(
     // Once committed, every replica drops what it holds of an older version, even if this
     // handler is dropped first (its client hung up while the commit waited for a lock).
     let commit = async move {
-        let version = users.put(id, name).await?;
-        Ok::<_, Error>((version, Some(version)))
+        let version = users.put(id, name.clone()).await?;
+        Ok::<_, Error>((version, name, version))
     };
-    let (version, token) = app.cache.write_with_token(id, commit).await?;
+    // This replica keeps the new name (its next GET is a hit); the token is for the others.
+    let (version, token) = app.cache.write_through_with_token(id, commit).await?;
     // The session's token: this write and the earlier ones its cookie named.
     let mut session = token.clone();
     if let Some(earlier) = token_of(&headers) {

@@ -289,6 +289,46 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
+        Ok(self.write_through_and(key, commit, false).await?.0)
+    }
+
+    /// [`write_through`](Self::write_through) and [`write_with_token`](Self::write_with_token)
+    /// at once: the writer's node keeps the value, and the token names the write for reads on
+    /// other nodes.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    ///
+    /// # Panics
+    ///
+    /// As [`write`](Self::write).
+    pub async fn write_through_with_token<T, E, F>(
+        &self,
+        key: K,
+        commit: F,
+    ) -> std::result::Result<(T, WriteToken), E>
+    where
+        F: Future<Output = std::result::Result<(T, V, Version), E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (value, token) = self.write_through_and(key, commit, true).await?;
+        let token = token.ok_or_else(|| Error::stopped("synchronization actor"))?;
+        Ok((value, token))
+    }
+
+    async fn write_through_and<T, E, F>(
+        &self,
+        key: K,
+        commit: F,
+        with_token: bool,
+    ) -> std::result::Result<(T, Option<WriteToken>), E>
+    where
+        F: Future<Output = std::result::Result<(T, V, Version), E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
         let store_key = key.clone();
         let cache = self.clone();
         let commit = async move {
@@ -304,7 +344,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
             }
             Ok::<_, E>((value, Some(version)))
         };
-        Ok(self.write_and(key, commit, false).await?.0)
+        self.write_and(key, commit, with_token).await
     }
 
     async fn write_and<T, E, F>(

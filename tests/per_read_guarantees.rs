@@ -44,7 +44,7 @@ fn cached_on(b: &mut NodeProcess, key: &str, at_least: u64) {
 
 #[test]
 fn reads_that_name_a_version_or_a_budget_never_return_what_they_exclude() {
-    const ROUNDS: usize = 20;
+    const ROUNDS: usize = 100;
     const BUDGET_MS: u64 = 30;
     // One key per kind of read, so that no read refreshes the entry another one is judged on.
     const KEYS: [&str; 3] = ["at-least", "within-0", "within-budget"];
@@ -123,14 +123,14 @@ fn put_with_token(a: &mut NodeProcess, key: &str, value: &str) -> (u64, String) 
     (version, token)
 }
 
-/// The link from a to b holds each write back for 150 ms: `get-after` with the write's token
+/// The link from a to b holds each write back for 50 ms: `get-after` with the write's token
 /// waits for it (about the hold, one hop after the link is released) and never returns the
 /// version before; held back past the deadline (the lease), it fails rather than answer old.
 /// Forged and garbled tokens fail; none answers wrong.
 #[test]
 fn a_read_after_a_write_token_waits_for_the_write_and_never_returns_what_came_before() {
-    const ROUNDS: usize = 20;
-    const HOLD: Duration = Duration::from_millis(150);
+    const ROUNDS: usize = 100;
+    const HOLD: Duration = Duration::from_millis(50);
     let cluster = Cluster::new();
     let (mut a, mut b, proxy) = proxied_pair(&cluster);
     let key = "after";

@@ -203,19 +203,27 @@ struct Rename {
 /// How long a GET waits for the writes its token names before it reads the database.
 const TOKEN_WAIT: Duration = Duration::from_secs(1);
 
-/// The write token a request carries: the `X-Write-Token` header, else the `write_token`
-/// cookie. Garbage counts as none.
+/// The write token a request carries: the `X-Write-Token` header and the `write_token`
+/// cookie, combined. Garbage counts as none.
 fn token_of(headers: &HeaderMap) -> Option<WriteToken> {
-    if let Some(token) = headers.get("x-write-token") {
-        return token.to_str().ok()?.parse().ok();
-    }
-    let cookies = headers.get_all(header::COOKIE);
-    cookies
+    let header = headers
+        .get_all("x-write-token")
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    let cookies = headers
+        .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().strip_prefix("write_token="))
-        .find_map(|token| token.parse().ok())
+        .filter_map(|pair| pair.trim().strip_prefix("write_token="));
+    let mut tokens = header
+        .chain(cookies)
+        .filter_map(|text| text.parse::<WriteToken>().ok());
+    let mut combined = tokens.next()?;
+    for token in tokens {
+        combined.combine(&token);
+    }
+    Some(combined)
 }
 
 async fn get_user(

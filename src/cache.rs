@@ -250,7 +250,10 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// # Errors
     ///
-    /// As [`write`](Self::write).
+    /// As [`write`](Self::write); and, **after a commit that succeeded**,
+    /// [`Error::ActorStopped`] if the topic's Synchronization actor is being restarted: the
+    /// invalidation goes out with the next actor, but no token can name it. Do not retry a
+    /// write that is not idempotent on it; answer without a token.
     ///
     /// # Panics
     ///
@@ -462,7 +465,8 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 .await
                 .map_err(|_| Error::Timeout(deadline))?;
         }
-        self.lookup(key).await
+        // Never stale-if-error here: a read after a token promises that write or newer.
+        self.inner.store.lookup_with(key, false).await
     }
 
     /// One key, without building a list.

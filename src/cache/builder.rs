@@ -232,8 +232,11 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
     /// old, whatever the leases say, instead of with the error. Such answers are counted
     /// (`stale_served`) and marked ([`Lookup::stale`](crate::cache::Lookup::stale)). **This
     /// trades the staleness bound for availability while the source fails**: a value up to
-    /// `max` old may be served, plus however long a write's invalidation took. Off by default;
-    /// at most 30 days.
+    /// `max` old may be served, plus however long a write's invalidation took. It applies to
+    /// [`get`](crate::Cache::get) and [`lookup`](crate::Cache::lookup) only: reads that
+    /// promise more ([`get_after`](crate::Cache::get_after),
+    /// [`get_at_least`](crate::Cache::get_at_least),
+    /// [`get_within`](crate::Cache::get_within)) fail instead. Off by default; at most 30 days.
     pub fn stale_if_error(mut self, max: Duration) -> Self {
         self.stale_if_error = Some(max);
         self

@@ -133,8 +133,10 @@ impl<K: Hash + Eq + Clone, V> Flights<K, V> {
     /// A write's flight for `key` (see [`Flight::write`]), replacing any flight there.
     pub(crate) fn start_write(&self, key: &K, now: u64) -> Arc<Flight<V>> {
         let flight = Flight::write(now);
-        if self.map.insert(key.clone(), flight.clone()).is_none() {
-            self.count.fetch_add(1, SeqCst);
+        // Counted before it is in the map (an invalidation reading 0 skips the map).
+        self.count.fetch_add(1, SeqCst);
+        if self.map.insert(key.clone(), flight.clone()).is_some() {
+            self.count.fetch_sub(1, SeqCst); // it replaced one
         }
         flight
     }

@@ -189,17 +189,25 @@ where
     /// Reads from the heap on a hit (no await, no message); loads once per key on a miss, and
     /// on every read of an entry that cannot be vouched for now (a bypass: see the module).
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
+        self.lookup_with(key, true).await
+    }
+
+    /// As [`lookup`](Self::lookup); with `stale_if_error` applied only if `may_be_stale`
+    /// (never for reads that promise more than the lease).
+    pub(crate) async fn lookup_with(&self, key: &K, may_be_stale: bool) -> Result<Lookup<V>> {
         let now = now_us();
         let open = self.rule.open(now);
+        // The gates' anchor is read before the entry: a renewal after the entry was read
+        // must not vouch for it.
+        let gates = self.rule.gates_vouch_since(now);
         let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
         let serves = |verified| ServeRule::serves(verified, repaired, open, lease, now);
         if let Some((value, verified)) = self.cached_with(key, now, serves) {
-            let as_of =
-                ServeRule::current_as_of(verified, repaired, self.rule.gates_vouch_since(now));
+            let as_of = ServeRule::current_as_of(verified, repaired, gates);
             return Ok(Lookup::hit(value, as_of.unwrap_or(verified), now));
         }
         self.count_miss(open);
-        self.load_answer(key, 0).await
+        self.load_answer(key, 0, may_be_stale).await
     }
 
     /// Like [`lookup`](Self::lookup), from the heap only if the guarantee behind the entry is
@@ -221,7 +229,8 @@ where
             return Ok(Lookup::hit(value, as_of, now));
         }
         self.count_miss(open);
-        self.load_answer(key, now.saturating_sub(max_age)).await
+        self.load_answer(key, now.saturating_sub(max_age), false)
+            .await
     }
 
     /// Like [`lookup`](Self::lookup), from the heap only if the entry holds a value at
@@ -230,17 +239,17 @@ where
     pub(crate) async fn lookup_at_least(&self, key: &K, version: Version) -> Result<Lookup<V>> {
         let now = now_us();
         let open = self.rule.open(now);
+        let gates = self.rule.gates_vouch_since(now);
         let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
         let serves = |verified| ServeRule::serves(verified, repaired, open, lease, now);
         if let Some((value @ Some((_, held)), verified)) = self.cached_with(key, now, serves) {
             if held >= version {
-                let gates = self.rule.gates_vouch_since(now);
                 let as_of = ServeRule::current_as_of(verified, repaired, gates);
                 return Ok(Lookup::hit(value, as_of.unwrap_or(verified), now));
             }
         }
         self.count_miss(open);
-        self.load_answer(key, now).await
+        self.load_answer(key, now, false).await
     }
 
     fn count_miss(&self, open: bool) {
@@ -252,11 +261,13 @@ where
     }
 
     /// The answer of a load started at or after `since` (joined, or started now); if the
-    /// source fails and stale-if-error allows it, the entry checked within its window instead.
-    async fn load_answer(&self, key: &K, since: u64) -> Result<Lookup<V>> {
+    /// source fails and stale-if-error allows it (and `may_be_stale`), the entry checked
+    /// within its window instead.
+    async fn load_answer(&self, key: &K, since: u64, may_be_stale: bool) -> Result<Lookup<V>> {
         match self.load_since(key, since).await {
             (Ok(value), started) => Ok(Lookup::answer(value, false, started, now_us())),
-            (Err(error), _) => self.stale_answer(key).ok_or(error),
+            (Err(error), _) if may_be_stale => self.stale_answer(key).ok_or(error),
+            (Err(error), _) => Err(error),
         }
     }
 
@@ -269,7 +280,13 @@ where
         }
         let now = now_us();
         let recent = |verified: u64| now.saturating_sub(verified) <= window;
-        let (value, verified) = self.cached_with(key, now, recent)?;
+        let hit = self.entries.read(key, now, |entry| {
+            let verified = entry.verified_at.load(SeqCst);
+            let value = entry.value.clone().map(|value| (value, entry.version));
+            recent(verified).then_some((value, verified))
+        })?;
+        let (value, verified) = hit.answer;
+        // Counted once as a miss or bypass (the load), and as served stale: not as a hit.
         bump(&self.counters.stale_served);
         let mut answer = Lookup::hit(value, verified, now);
         answer.stale = true;

@@ -179,7 +179,13 @@ impl PeerTable {
     ) -> Option<MissCause> {
         let until = now.saturating_add(self.params.forget_after);
         self.left.insert(origin.to_owned(), (incarnation, until));
-        let peer = self.peers.remove(origin)?;
+        let Some(peer) = self.peers.remove(origin) else {
+            // Never heard from (or forgotten): what it published may never have arrived.
+            return (last_seq > 0).then(|| MissCause::Gap {
+                origin: origin.to_owned(),
+                missed: last_seq,
+            });
+        };
         let complete = peer.incarnation == incarnation && peer.applied >= last_seq;
         (!complete).then(|| MissCause::Gap {
             origin: origin.to_owned(),
@@ -460,6 +466,9 @@ mod tests {
         assert_eq!(t.len(), 0);
         t.on_beat("q", beat(0, None), 1);
         assert!(t.on_leave("q", 1, 3, 3).is_some());
+        // A leave of a peer never heard from that published something is a repair too.
+        assert!(t.on_leave("r", 1, 2, 3).is_some());
+        assert_eq!(t.on_leave("s", 1, 0, 3), None);
     }
 
     #[test]

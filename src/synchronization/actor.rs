@@ -288,12 +288,18 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
     }
 }
 
+/// A new incarnation: the wall clock's milliseconds above 20 random bits, so that a later
+/// start has (barring a clock set back) a higher incarnation — what lets a reader ignore a
+/// late message of an incarnation older than one it has seen. Unique across restarts;
+/// never secret.
 pub(super) fn random_incarnation() -> u64 {
-    // Falls back to the clock if the OS has no entropy to give: uniqueness across restarts,
-    // not secrecy, is what matters here.
-    getrandom::u64().unwrap_or_else(|_| {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random = getrandom::u64().unwrap_or_else(|_| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
-    })
+    });
+    (now << 20) | (random & 0xF_FFFF)
 }

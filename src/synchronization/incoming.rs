@@ -102,6 +102,10 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 }
             }
             Body::Leave { last_seq } => {
+                let known = self
+                    .peers
+                    .progress(&origin)
+                    .is_some_and(|(known, _)| known == incarnation);
                 bump(&self.shared.counters.peer_leaves);
                 if let Some(gossip) = &self.gossip {
                     gossip.left(&origin, incarnation);
@@ -110,8 +114,11 @@ impl<M: TopicMessage> SynchronizationState<M> {
                     self.count_cause(&cause);
                     self.possibly_missed(cause);
                 }
-                // Everything it published is applied or repaired: write tokens are covered.
-                self.shared.set_applied(&origin, incarnation, last_seq);
+                // Everything it published is applied or repaired: write tokens are covered
+                // (of the incarnation this node knew; an unknown one's leave was repaired).
+                if known {
+                    self.shared.set_applied(&origin, incarnation, last_seq);
+                }
                 return;
             }
         }

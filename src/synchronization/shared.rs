@@ -54,8 +54,12 @@ impl SyncShared {
     }
 
     /// Records what this node has applied of `origin` (or a repair covered) and wakes the
-    /// readers waiting for it. A new incarnation supersedes the one before: its change caused
-    /// a repair, which covers whatever the earlier one published.
+    /// readers waiting for it. A higher incarnation (a later start: see `random_incarnation`)
+    /// supersedes the one before, whose replacement caused a repair that covers whatever it
+    /// published. A late message of an older incarnation changes nothing here: taking it as
+    /// new would call the live incarnation covered. (Incarnations of builds that drew them at
+    /// random may then be ignored: a read after their tokens waits for its deadline, never
+    /// answers older.)
     pub(crate) fn set_applied(&self, origin: &str, incarnation: u64, seq: u64) {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let progress = applied.entry(origin.to_owned()).or_insert(Progress {
@@ -63,6 +67,9 @@ impl SyncShared {
             seq: 0,
             superseded: Vec::new(),
         });
+        if incarnation < progress.incarnation {
+            return;
+        }
         if progress.incarnation != incarnation {
             progress.superseded.push(progress.incarnation);
             if progress.superseded.len() > SUPERSEDED_KEPT {

@@ -790,6 +790,10 @@ async fn stale_if_error_serves_a_recent_check_while_the_source_fails_and_no_olde
             .stale_served,
         1
     );
+    // Reads that promise more than the lease fail instead.
+    assert!(store.lookup_within(&1, 10_000_000).await.is_err());
+    assert!(store.lookup_at_least(&1, 1).await.is_err());
+    assert!(store.lookup_with(&1, false).await.is_err());
     // Past the window: the error.
     tokio::time::advance(Duration::from_millis(600)).await;
     assert!(store.lookup(&1).await.is_err());

@@ -133,9 +133,12 @@ fn with_sinks<T>(f: impl FnOnce(&mut Sinks) -> T) -> T {
     f(&mut sinks().lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// The topic's actor started: bundled heartbeats for it may be taken through `sink`.
+/// The topic's actor started: bundled heartbeats for it may be taken through `sink`. What an
+/// earlier actor of the topic deposited goes (it would otherwise travel, as the "previous"
+/// deposit, after the new actor's first heartbeat).
 pub(crate) fn register(topic: &str, sink: Weak<dyn BeatSink>) {
     with_sinks(|all| all.insert(topic.to_owned(), sink));
+    withdraw(topic);
 }
 
 /// The topic's actor behind `sink` stopped (a later actor's registration is kept).
@@ -201,6 +204,28 @@ mod tests {
         deposit(topic, vec![4], 3_000);
         assert_eq!(collected(topic, 3_000 + MIN_AGE_US), Some(vec![4]));
         unregister(topic, &Arc::downgrade(&sink));
+        withdraw(topic);
+    }
+
+    #[test]
+    fn a_new_actor_of_the_topic_never_carries_the_previous_one_s_heartbeat() {
+        let topic = "bundle-new-actor";
+        let old: Arc<dyn BeatSink> = Arc::new(Sink);
+        register(topic, Arc::downgrade(&old));
+        deposit(topic, vec![1], 1_000);
+        // Spawned again while the old state still lives (a kill is cleaned up later).
+        let new: Arc<dyn BeatSink> = Arc::new(Sink);
+        register(topic, Arc::downgrade(&new));
+        assert_eq!(collected(topic, 1_000 + MIN_AGE_US), None);
+        // Its first heartbeat, too recent to go out, has no old one to stand in for it.
+        deposit(topic, vec![2], 2_000);
+        assert_eq!(
+            collected(topic, 2_001),
+            None,
+            "the old actor's heartbeat went out"
+        );
+        assert_eq!(collected(topic, 2_000 + MIN_AGE_US), Some(vec![2]));
+        unregister(topic, &Arc::downgrade(&new));
         withdraw(topic);
     }
 }

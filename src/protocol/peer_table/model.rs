@@ -361,13 +361,16 @@ impl World {
             }
             Step::CrashWriter(w) => {
                 let w = w % n;
-                // Its session dies with whatever it had not sent, its batch included.
+                // Its session dies with whatever it had not sent, its batch included; a
+                // heartbeat of it may still arrive late, carried by its node's next bundle,
+                // after the new incarnation's first messages.
                 self.writers[w] = Writer {
                     inc: self.writers[w].inc + 1,
                     partitioned: self.writers[w].partitioned,
                     ..Writer::default()
                 };
-                self.to_reader.retain(|m| m.from != w || !m.verified);
+                self.to_reader
+                    .retain(|m| m.from != w || !m.verified || matches!(m.body, Body::Beat { .. }));
                 if !self.writers[w].partitioned {
                     self.writers[w].known = true;
                     self.ready(w);

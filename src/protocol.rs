@@ -8,3 +8,4 @@ pub(crate) mod arrival;
 pub(crate) mod backlog;
 pub(crate) mod envelope;
 pub(crate) mod peer_table;
+pub(crate) mod progress;

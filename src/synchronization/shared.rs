@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::stats::SyncCounters;
 use crate::gate::LeaseGate;
 use crate::health::Health;
+use crate::protocol::progress::Applied;
 
 #[derive(Debug, Default)]
 pub(crate) struct SyncShared {
@@ -17,21 +18,9 @@ pub(crate) struct SyncShared {
     status: Mutex<TopicStatus>,
     /// Per origin: (incarnation, highest sequence number applied here or covered by a
     /// repair), published by the actor after each delivery; what write tokens wait for.
-    applied: Mutex<HashMap<String, Progress>>,
+    applied: Mutex<Applied>,
     /// Signalled after `applied` changes.
     pub(crate) applied_changed: tokio::sync::Notify,
-}
-
-/// How many superseded incarnations of one origin are remembered.
-const SUPERSEDED_KEPT: usize = 8;
-
-/// What this node has applied of one origin.
-#[derive(Debug)]
-struct Progress {
-    incarnation: u64,
-    seq: u64,
-    /// Earlier incarnations, replaced by this one: a repair covered all they published.
-    superseded: Vec<u64>,
 }
 
 /// Refreshed by the actor on every heartbeat; read by reports, never by reads.
@@ -53,46 +42,23 @@ impl SyncShared {
             .clone()
     }
 
-    /// Records what this node has applied of `origin` (or a repair covered) and wakes the
-    /// readers waiting for it. A higher incarnation (a later start: see `random_incarnation`)
-    /// supersedes the one before, whose replacement caused a repair that covers whatever it
-    /// published. A late message of an older incarnation changes nothing here: taking it as
-    /// new would call the live incarnation covered. (Incarnations of builds that drew them at
-    /// random may then be ignored: a read after their tokens waits for its deadline, never
-    /// answers older.)
+    /// Records what this node has applied of `origin` (see [`Applied::set`]) and wakes the
+    /// readers waiting for it.
     pub(crate) fn set_applied(&self, origin: &str, incarnation: u64, seq: u64) {
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        let progress = applied.entry(origin.to_owned()).or_insert(Progress {
-            incarnation,
-            seq: 0,
-            superseded: Vec::new(),
-        });
-        if incarnation < progress.incarnation {
-            return;
+        let changed = self.applied().set(origin, incarnation, seq);
+        if changed {
+            self.applied_changed.notify_waiters();
         }
-        if progress.incarnation != incarnation {
-            progress.superseded.push(progress.incarnation);
-            if progress.superseded.len() > SUPERSEDED_KEPT {
-                progress.superseded.remove(0);
-            }
-            progress.incarnation = incarnation;
-            progress.seq = seq;
-        } else if seq > progress.seq {
-            progress.seq = seq;
-        } else {
-            return;
-        }
-        drop(applied);
-        self.applied_changed.notify_waiters();
     }
 
     /// Whether this node has applied (or a repair covered) what `origin` published at
     /// `incarnation` up to `seq`.
     pub(crate) fn covers(&self, origin: &str, incarnation: u64, seq: u64) -> bool {
-        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        applied.get(origin).is_some_and(|p| {
-            (p.incarnation == incarnation && p.seq >= seq) || p.superseded.contains(&incarnation)
-        })
+        self.applied().covers(origin, incarnation, seq)
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn health(&self, now: u64) -> Health {

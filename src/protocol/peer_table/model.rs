@@ -194,7 +194,7 @@ struct World {
     tokens: Vec<(usize, u64, u64, u64)>,
     /// What the reader has applied of each writer, as the Synchronization actor publishes it
     /// for write tokens.
-    applied: crate::synchronization::SyncShared,
+    applied: crate::protocol::progress::Applied,
     /// When the reader last heard from each writer (a verified message).
     heard_at: Vec<u64>,
     rule: Membership,
@@ -521,13 +521,13 @@ impl World {
                     self.member[msg.from] = false;
                 }
                 // As the Synchronization actor does: all it published is applied or repaired.
-                self.applied.set_applied(&origin, inc, last_seq);
+                self.applied.set(&origin, inc, last_seq);
                 return;
             }
         }
         // As the Synchronization actor does after each verified envelope (and its repair).
         if let Some((inc, applied)) = self.table.progress(&origin) {
-            self.applied.set_applied(&origin, inc, applied);
+            self.applied.set(&origin, inc, applied);
         }
     }
 

@@ -9,6 +9,7 @@ mod actor;
 mod batch;
 mod builder;
 mod entries;
+mod feed;
 mod flights;
 mod invalidation;
 mod metrics;

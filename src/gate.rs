@@ -7,12 +7,15 @@
 //! - the node keeps the [`MemberGate`]: whether every member it knows of has a session with
 //!   it, and since when;
 //! - the cache keeps the entries' verification times and its [`ServeRule`], which adds the
-//!   repair mark (entries verified before it are not served) and decides.
+//!   repair mark (entries verified before it are not served) and decides;
+//! - a cache with a change feed keeps its [`FeedGate`]: until when the source itself vouches
+//!   (one lease past the last barrier the feed delivered), whatever the peers' state.
 //!
 //! | mode | gates (lease valid, computed since the member gate opened) | entry verified | served? |
 //! |---|---|---|---|
 //! | eventual | — | at or after the last repair | yes |
 //! | bounded | open | at or after the last repair | yes |
+//! | bounded | the feed's lease valid (peers' gates in any state) | at or after the last repair | yes |
 //! | bounded | closed | at or after the last repair, less than a lease ago | yes (checked against the source) |
 //! | bounded | closed | more than a lease ago | no: a bypass, the read loads |
 //! | any | — | before the last repair | no: the read loads (a miss, or a bypass while a gate is closed) |
@@ -136,6 +139,42 @@ impl LeaseGate {
     }
 }
 
+/// A cache's change-feed lease: every change committed before the feed's last barrier has
+/// been applied, so entries may be served until one lease past the barrier's stamp. Written by
+/// the cache's feed task after it applied everything before the barrier; never valid without
+/// a feed.
+#[derive(Debug, Default)]
+pub(crate) struct FeedGate {
+    /// The stamp (our clock, µs) of the last barrier delivered; 0: none.
+    anchor: AtomicU64,
+    /// The lease (µs) the gate is valid for past its anchor; 0: no feed.
+    lease_us: AtomicU64,
+}
+
+impl FeedGate {
+    /// A feed is attached, its lease `lease_us`.
+    pub(crate) fn attach(&self, lease_us: u64) {
+        self.lease_us.store(lease_us, Ordering::Release);
+    }
+
+    /// The feed delivered a barrier stamped `at`: everything committed before it is applied.
+    pub(crate) fn barrier(&self, at: u64) {
+        self.anchor.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// The feed ended: nothing vouches any more.
+    pub(crate) fn detach(&self) {
+        self.lease_us.store(0, Ordering::Release);
+    }
+
+    /// The anchor, while the feed's lease is valid at `now`.
+    pub(crate) fn vouches(&self, now: u64) -> Option<u64> {
+        let anchor = self.anchor.load(Ordering::Acquire);
+        let lease = self.lease_us.load(Ordering::Acquire);
+        (anchor > 0 && now < anchor.saturating_add(lease)).then_some(anchor)
+    }
+}
+
 /// Whether this node knows its whole membership: every member it knows of (from gossip, or
 /// heard from directly) has a ready session with it, and, if it was given peers or discovery
 /// names, it has reached at least one. Caches serve from their heap only while it is open, and
@@ -206,6 +245,8 @@ pub(crate) struct ServeRule {
     mode: Mode,
     leases: Arc<LeaseGate>,
     members: Arc<MemberGate>,
+    /// The source's change feed, if the cache has one.
+    pub(crate) feed: FeedGate,
     /// The last repair (µs): entries verified before it are not served until checked again.
     repaired_at: AtomicU64,
 }
@@ -216,6 +257,7 @@ impl ServeRule {
             mode,
             leases,
             members,
+            feed: FeedGate::default(),
             repaired_at: AtomicU64::new(0),
         }
     }
@@ -230,10 +272,12 @@ impl ServeRule {
     }
 
     /// Whether every gate is open at `now` (always in eventual mode; in bounded mode while
-    /// every peer's lease is valid on a gate computed since the node last knew every member):
-    /// a few atomic loads.
+    /// every peer's lease is valid on a gate computed since the node last knew every member,
+    /// or while the change feed's lease is): a few atomic loads.
     pub(crate) fn open(&self, now: u64) -> bool {
-        self.mode == Mode::Eventual || self.leases.valid_since(now, self.members.open_since())
+        self.mode == Mode::Eventual
+            || self.leases.valid_since(now, self.members.open_since())
+            || self.feed.vouches(now).is_some()
     }
 
     /// The repair mark (µs).
@@ -257,9 +301,14 @@ impl ServeRule {
     /// As of when (our clock) the gates vouch for every entry verified since the last repair:
     /// the leases' anchor, while every gate is open (in either mode); `None` otherwise.
     pub(crate) fn gates_vouch_since(&self, now: u64) -> Option<u64> {
-        self.leases
+        let peers = self
+            .leases
             .valid_since(now, self.members.open_since())
-            .then(|| self.leases.anchor())
+            .then(|| self.leases.anchor());
+        match (peers, self.feed.vouches(now)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// As of when (our clock) an entry verified at `verified` is known current: the later of
@@ -297,6 +346,13 @@ impl ServeRule {
 
     /// Whether this node may serve from its heap now, and if not why (for health reports).
     pub(crate) fn health(&self, now: u64) -> Health {
+        if self.feed.vouches(now).is_some() {
+            // The source vouches for every committed write: the peers' state does not matter.
+            return match self.leases.health(now) {
+                Health::Repairing => Health::Repairing,
+                _ => Health::Healthy,
+            };
+        }
         if let Some(reason) = self.members.reason() {
             return Health::Bypassing { reason };
         }
@@ -351,6 +407,28 @@ mod tests {
         bounded.leases.repaired(50);
         assert_eq!(bounded.health(60), Health::Repairing);
         assert!(matches!(bounded.health(101), Health::Bypassing { .. }));
+    }
+
+    #[test]
+    fn a_feed_s_lease_opens_the_gates_for_one_lease_past_its_last_barrier() {
+        let rule = rule(Mode::Bounded);
+        rule.members.close("a member out of reach".into());
+        assert!(!rule.open(5));
+        rule.feed.barrier(100);
+        assert!(!rule.open(150), "no feed attached");
+        rule.feed.attach(1_000);
+        assert!(rule.open(150));
+        assert_eq!(rule.gates_vouch_since(150), Some(100));
+        assert_eq!(rule.health(150), Health::Healthy);
+        assert!(rule.open(1_099));
+        assert!(!rule.open(1_100), "a lease past the barrier");
+        assert!(matches!(rule.health(1_100), Health::Bypassing { .. }));
+        rule.feed.barrier(50);
+        assert!(!rule.open(1_100), "an older barrier moves nothing");
+        rule.feed.barrier(900);
+        assert!(rule.open(1_100));
+        rule.feed.detach();
+        assert!(!rule.open(1_100), "the feed ended");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The PostgreSQL server restarts under a running cluster: the nodes recover without a restart
-//! of their own (their connection pools replace the broken connections), no acknowledged put is
-//! lost, and the last one is served everywhere within the lease.
+//! of their own (their connection pools replace the broken connections, their change feeds
+//! reconnect), no acknowledged put is lost, the last one is served everywhere within the lease,
+//! and so is a write made straight in the database afterwards.
 //!
 //! Needs a server this test may restart, as root with Debian's `pg_ctlcluster`: `.ci/run`
 //! starts one (`.ci/postgres.sh`) and runs this test with `RCS_TEST_POSTGRES_URL` set. Locally:
@@ -12,7 +13,7 @@ mod cluster;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::{served_within, Cluster, DEADLINE};
+use cluster::{postgres_directly, served_within, wait_for_stat, Cluster, DEADLINE};
 
 const LEASE: Duration = Duration::from_secs(1);
 
@@ -29,7 +30,8 @@ fn postgres_version() -> String {
 #[ignore = "restarts the PostgreSQL server (root, pg_ctlcluster): set RCS_TEST_POSTGRES_URL (see .ci/postgres.sh) and pass --ignored"]
 fn a_postgres_restart_loses_no_put_and_needs_no_node_restart() {
     let cluster = Cluster::new();
-    let mut nodes = cluster.start_postgres_mesh(&["a", "b", "c"]);
+    // With the change feed: its connection breaks with the server's, and comes back.
+    let mut nodes = cluster.start_postgres_mesh_with(&["a", "b", "c"], &["--change-feed"]);
     let key = format!("pg-restart-{}", std::process::id());
     assert_eq!(nodes[0].ask(&format!("put {key} v0"))["ok"], "put");
     for node in &mut nodes {
@@ -77,5 +79,22 @@ fn a_postgres_restart_loses_no_put_and_needs_no_node_restart() {
         assert!(node.is_running(), "{} exited", node.spec.name);
         let took = served_within(node, &key, &last, committed, LEASE);
         println!("{} served the last put {took:?} after it", node.spec.name);
+    }
+    // Each feed reconnected (a repair) and follows the database again: a row changed straight
+    // in it, by no node, is served everywhere within the lease.
+    for node in &mut nodes {
+        wait_for_stat(node, "feed_reconnects", 1);
+        assert!(node.stat("feed_repairs") >= 1);
+    }
+    postgres_directly(&format!(
+        "UPDATE kv SET value = 'after' WHERE key = '{key}'"
+    ));
+    let committed = Instant::now();
+    for node in &mut nodes {
+        let took = served_within(node, &key, "after", committed, LEASE);
+        println!(
+            "{} served a write made straight in the database {took:?} after it",
+            node.spec.name
+        );
     }
 }

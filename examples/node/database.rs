@@ -1,17 +1,11 @@
-//! The node's source of truth: a SQLite file, or PostgreSQL when `--db` is a `postgres://` URL.
-
-use std::collections::HashMap;
+//! The node's source of truth: a SQLite file (`ractor_cache_sync_sqlite`, table `kv`), or
+//! PostgreSQL when `--db` is a `postgres://` URL; and, with `--change-feed`, its change feed.
 
 use ractor_cache_sync::{Result, Source, Version};
 
-use crate::postgres::PostgresSource;
-use crate::sqlite::SqliteSource;
-
-/// One answer per key, in the order asked: what `load_many` and `versions` return from the rows
-/// a bulk statement found.
-pub fn in_order<T>(keys: &[String], mut found: HashMap<String, T>) -> Vec<Option<T>> {
-    keys.iter().map(|key| found.remove(key)).collect()
-}
+use ractor_cache_sync::feed::{ChangeFeed, FeedEvent};
+use ractor_cache_sync_postgres::{PostgresFeed, PostgresSource};
+use ractor_cache_sync_sqlite::{SqliteFeed, SqliteSource};
 
 #[derive(Clone)]
 pub enum Database {
@@ -22,15 +16,24 @@ pub enum Database {
 impl Database {
     pub async fn open(db: &str) -> std::result::Result<Self, String> {
         if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-            let source = PostgresSource::connect(db).await;
+            let source = PostgresSource::connect(db, "kv").await;
             return source
                 .map(Self::Postgres)
                 .map_err(|e| format!("cannot connect to PostgreSQL: {e}"));
         }
-        let source = SqliteSource::open(std::path::Path::new(db));
+        let source = SqliteSource::open(db, "kv");
         source
             .map(Self::Sqlite)
             .map_err(|e| format!("cannot open database: {e}"))
+    }
+
+    /// The database's change feed (installing its triggers if needed).
+    pub async fn change_feed(&self) -> std::result::Result<Feed, String> {
+        match self {
+            Self::Sqlite(db) => db.change_feed(Default::default()).map(Feed::Sqlite),
+            Self::Postgres(db) => db.change_feed(Default::default()).await.map(Feed::Postgres),
+        }
+        .map_err(|e| format!("cannot start the change feed: {e}"))
     }
 
     pub async fn put(&self, key: String, value: String) -> Result<Version> {
@@ -61,6 +64,22 @@ impl Source<String, String> for Database {
         match self {
             Self::Sqlite(db) => db.versions(keys).await,
             Self::Postgres(db) => db.versions(keys).await,
+        }
+    }
+}
+
+/// The change feed of either database.
+pub enum Feed {
+    Sqlite(SqliteFeed),
+    Postgres(PostgresFeed),
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed<String> for Feed {
+    async fn next(&mut self) -> Option<FeedEvent<String>> {
+        match self {
+            Self::Sqlite(feed) => feed.next().await,
+            Self::Postgres(feed) => feed.next().await,
         }
     }
 }

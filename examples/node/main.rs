@@ -15,8 +15,6 @@
 
 mod command;
 mod database;
-mod postgres;
-mod sqlite;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +94,12 @@ struct Args {
     /// lease has lapsed).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     revalidate_every_ms: Option<u64>,
+    /// Follow the database's committed changes (installing its change-log triggers): every
+    /// write — made through any node, or straight in the database — is applied here within
+    /// milliseconds, and while the feed is current the database vouches for the cache whatever
+    /// the peers' state.
+    #[arg(long)]
+    change_feed: bool,
     /// Keys per bulk version check when entries are revalidated.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     revalidation_chunk: u64,
@@ -256,6 +260,9 @@ async fn start(args: &Args) -> Result<NodeProcess, String> {
     let mut builder = Cache::builder(Topic::new(args.topic.clone()), Arc::new(source.clone()));
     if let Some(every) = args.revalidate_every_ms {
         builder = builder.revalidate_every(ms(every));
+    }
+    if args.change_feed {
+        builder = builder.change_feed(source.change_feed().await?);
     }
     if let Some(entries) = args.max_entries {
         builder = builder.max_capacity(entries);

@@ -12,6 +12,7 @@ use super::revalidation::Revalidation;
 use super::store::Store;
 use super::{Cache, Inner, Invalidation};
 use crate::error::{Error, Result};
+use crate::feed::ChangeFeed;
 use crate::gate::Mode;
 use crate::node::Node;
 use crate::source::Source;
@@ -46,6 +47,7 @@ pub struct CacheBuilder<K, V> {
     bounds: Bounds<K, V>,
     expiry: [Option<Duration>; 3],
     stale_if_error: Option<Duration>,
+    feed: Option<Box<dyn ChangeFeed<K>>>,
 }
 
 impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
@@ -62,6 +64,7 @@ impl<K, V> std::fmt::Debug for CacheBuilder<K, V> {
             .field("max_weight", &limits.weight)
             .field("expiry", &self.expiry)
             .field("stale_if_error", &self.stale_if_error)
+            .field("change_feed", &self.feed.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +83,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             bounds: Bounds::default(),
             expiry: [None; 3],
             stale_if_error: None,
+            feed: None,
         }
     }
 
@@ -242,6 +246,16 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
+    /// The source's change feed (see [`crate::feed`]): the cache applies the changes it
+    /// reports, and while its last barrier is less than a lease old, the source vouches for
+    /// every entry — writes made outside the application and by nodes this one never heard of
+    /// included — whatever the peers' state. Peers' invalidations still arrive as before (one
+    /// network hop, usually faster than the feed).
+    pub fn change_feed(mut self, feed: impl ChangeFeed<K>) -> Self {
+        self.feed = Some(Box::new(feed));
+        self
+    }
+
     /// Spawns the cache (and its topic's Synchronization actor) on `node`, unsupervised.
     ///
     /// # Errors
@@ -295,6 +309,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         let sync = Arc::<crate::synchronization::SyncShared>::default();
         self.sync.configure(&sync.gate);
         let mut store = Store::new(self.source, self.mode, sync, node.member_gate(), bounds);
+        if self.feed.is_some() {
+            store.rule().feed.attach(store.rule().lease_us());
+        }
         store.stale_if_error = self.stale_if_error.map_or(0, |max| {
             u64::try_from(max.as_micros()).unwrap_or(u64::MAX).max(1)
         });
@@ -318,6 +335,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             self.revalidation.chunk,
             self.revalidation.reload_calls,
         ));
+        if let Some(feed) = self.feed {
+            tokio::spawn(super::feed::run(Arc::downgrade(&cache.inner), feed));
+        }
         tokio::spawn(super::revalidation::run(
             Arc::downgrade(&cache.inner),
             self.revalidation,

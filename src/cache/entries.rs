@@ -37,6 +37,8 @@ pub enum RemovalCause {
     Repaired,
     /// Replaced by a newer load of the same key.
     Replaced,
+    /// The source's change feed reported a newer version (or a deletion).
+    SourceChanged,
 }
 
 /// Called with every value that leaves the cache and why.

@@ -57,6 +57,13 @@ crate::counter::counter_table! {
         evictions: AtomicU64 => "ractor_cache_sync_evictions_total",
         /// Entries removed because their time to live or to idle ran out.
         expirations: AtomicU64 => "ractor_cache_sync_expirations_total",
+        /// Changed keys the source's change feed reported.
+        feed_changes: AtomicU64 => "ractor_cache_sync_feed_changes_total",
+        /// Times the change feed's connection broke and came back.
+        feed_reconnects: AtomicU64 => "ractor_cache_sync_feed_reconnects_total",
+        /// Times the change feed may have missed changes (a reconnect, an overflow, a pruned
+        /// log), so every entry was checked against the source.
+        feed_repairs: AtomicU64 => "ractor_cache_sync_feed_repairs_total",
     }
     extra {
         /// Entries in the heap now.

@@ -56,10 +56,17 @@ impl Cluster {
     /// A full mesh of `names` over the PostgreSQL server at `RCS_TEST_POSTGRES_URL` instead
     /// of the SQLite file, started and healthy.
     pub fn start_postgres_mesh(&self, names: &[&str]) -> Vec<NodeProcess> {
-        let url = std::env::var("RCS_TEST_POSTGRES_URL").expect("RCS_TEST_POSTGRES_URL is set");
+        self.start_postgres_mesh_with(names, &[])
+    }
+
+    /// As [`start_postgres_mesh`](Self::start_postgres_mesh), each node given `args` too.
+    pub fn start_postgres_mesh_with(&self, names: &[&str], args: &[&str]) -> Vec<NodeProcess> {
         let mut specs = self.mesh_specs(names);
         for spec in &mut specs {
-            spec.db = url.clone().into();
+            spec.db = postgres_url().into();
+            for arg in args {
+                spec.extra.push((*arg).to_owned());
+            }
         }
         self.start_mesh(&specs)
     }
@@ -138,6 +145,30 @@ pub fn write_directly(db: &std::path::Path, key: &str, value: &str) -> Option<u6
         )
         .expect("read the version");
     Some(version as u64)
+}
+
+/// The test server's URL.
+pub fn postgres_url() -> String {
+    std::env::var("RCS_TEST_POSTGRES_URL").expect("RCS_TEST_POSTGRES_URL is set")
+}
+
+/// Runs `sql` straight on the PostgreSQL test server, as a SQL session would (no node hears
+/// of it); returns the rows it changed.
+pub fn postgres_directly(sql: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        let driver = tokio::spawn(connection);
+        let changed = client.execute(sql, &[]).await.expect("run the statement");
+        drop(client);
+        let _ = driver.await;
+        changed
+    })
 }
 
 /// Reads `key` on `node` until it serves `fresh`, which was committed before

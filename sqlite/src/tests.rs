@@ -1,0 +1,166 @@
+use std::time::Duration;
+
+use ractor_cache_sync::feed::{ChangeFeed, FeedEvent};
+use ractor_cache_sync::Source;
+
+use super::*;
+
+/// The next event that is not a barrier, within a generous deadline.
+async fn next_change(feed: &mut SqliteFeed) -> FeedEvent<String> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match feed.next().await.expect("the feed ended") {
+                FeedEvent::Barrier(_) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("no change within 10 s")
+}
+
+fn outside(path: &Path) -> Connection {
+    connect(path).unwrap()
+}
+
+#[tokio::test]
+async fn writes_made_outside_the_application_are_reported_in_commit_order_with_their_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let source = SqliteSource::open(&path, "kv").unwrap();
+    let v1 = source.put("a".into(), "1".into()).await.unwrap();
+    let mut feed = source.change_feed(FeedSettings::default()).unwrap();
+
+    // A plain SQL session: no version given, none raised by hand.
+    let sql = outside(&path);
+    sql.execute("UPDATE kv SET value = '2' WHERE key = 'a'", [])
+        .unwrap();
+    sql.execute(
+        "INSERT INTO kv (key, value, version) VALUES ('b', 'x', 0)",
+        [],
+    )
+    .unwrap();
+    sql.execute("DELETE FROM kv WHERE key = 'a'", []).unwrap();
+    sql.execute("UPDATE kv SET key = 'c' WHERE key = 'b'", [])
+        .unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match next_change(&mut feed).await {
+            FeedEvent::Changed(changes) => seen.extend(changes),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (a2, b) = (seen[0].1.unwrap(), seen[1].1.unwrap());
+    assert!(a2 > v1, "the update got a higher version");
+    assert!(b > a2);
+    assert_eq!(
+        seen,
+        vec![
+            ("a".into(), Some(a2)),
+            ("b".into(), Some(b)),
+            ("a".into(), None),
+            ("b".into(), None),
+            ("c".into(), None),
+        ]
+    );
+    // The versions reported are the table's.
+    assert_eq!(source.versions(&["c".into()]).await.unwrap(), vec![Some(b)]);
+}
+
+#[tokio::test]
+async fn a_barrier_comes_after_every_change_committed_before_its_stamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let source = SqliteSource::open(&path, "kv").unwrap();
+    let mut feed = source.change_feed(FeedSettings::default()).unwrap();
+    for round in 0..20 {
+        let key = format!("k{round}");
+        source.put(key.clone(), "v".into()).await.unwrap();
+        let committed = ractor_cache_sync::feed::Stamp::now();
+        let mut reported = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), feed.next())
+                .await
+                .expect("the feed went quiet")
+                .expect("the feed ended")
+            {
+                FeedEvent::Changed(changes) => {
+                    reported |= changes.iter().any(|(k, _)| *k == key);
+                }
+                FeedEvent::Barrier(stamp) if stamp > committed => {
+                    assert!(
+                        reported,
+                        "a barrier after the commit came before its change"
+                    );
+                    break;
+                }
+                FeedEvent::Barrier(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_log_pruned_past_the_feed_or_a_bulk_change_is_a_loss_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let source = SqliteSource::open(&path, "kv").unwrap();
+    source.put("a".into(), "1".into()).await.unwrap();
+    let settings = FeedSettings {
+        max_backlog: 50,
+        ..FeedSettings::default()
+    };
+    let mut feed = source.change_feed(settings).unwrap();
+    source.put("a".into(), "2".into()).await.unwrap();
+    assert!(matches!(
+        next_change(&mut feed).await,
+        FeedEvent::Changed(_)
+    ));
+
+    // Another process prunes rows this feed has not read.
+    let sql = outside(&path);
+    sql.execute_batch(
+        "BEGIN;
+         UPDATE kv SET value = '3' WHERE key = 'a';
+         UPDATE kv SET value = '4' WHERE key = 'a';
+         COMMIT;
+         DELETE FROM kv_changes WHERE seq = (SELECT MAX(seq) - 1 FROM kv_changes);",
+    )
+    .unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Lost(why) => assert!(why.contains("pruned"), "{why}"),
+        other => panic!("a pruned log went unnoticed: {other:?}"),
+    }
+
+    // A bulk update past the backlog limit.
+    sql.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+         INSERT INTO kv (key, value, version) SELECT 'bulk' || i, 'v', 0 FROM n;",
+    )
+    .unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Lost(why) => assert!(why.contains("200 changes"), "{why}"),
+        other => panic!("a bulk change was read row by row: {other:?}"),
+    }
+    // And the feed goes on after it.
+    source.put("a".into(), "5".into()).await.unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Changed(changes) => assert_eq!(changes[0].0, "a"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn table_names_are_plain_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    for bad in ["", "kv; DROP TABLE x", "1kv", "k v", &"x".repeat(49)] {
+        assert!(
+            matches!(SqliteSource::open(&path, bad), Err(Error::Config(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(SqliteSource::open(&path, "kv_2").is_ok());
+}

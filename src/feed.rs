@@ -75,3 +75,11 @@ pub trait ChangeFeed<K>: Send + 'static {
     /// the cache serves by its peers' leases alone).
     async fn next(&mut self) -> Option<FeedEvent<K>>;
 }
+
+/// A boxed feed is a feed (pick one at run time: `Box<dyn ChangeFeed<K>>`).
+#[async_trait::async_trait]
+impl<K: Send, F: ChangeFeed<K> + ?Sized> ChangeFeed<K> for Box<F> {
+    async fn next(&mut self) -> Option<FeedEvent<K>> {
+        (**self).next().await
+    }
+}

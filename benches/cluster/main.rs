@@ -2,11 +2,16 @@
 //! by side with plain ractor_cluster messaging measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench cluster -- [--json PATH] [--plot PATH] [--samples N]
+//! cargo bench --bench cluster -- [--scale] [--json PATH] [--plot PATH] [--samples N]
+//! cargo bench --bench cluster -- --feed [--json PATH]    # the change feed's figures alone
 //! ```
+//!
+//! With `RCS_TEST_POSTGRES_URL` set (see `.ci/postgres.sh`), the feed figures include
+//! PostgreSQL's.
 //!
 //! This binary is both the orchestrator and, re-executed with `RCS_BENCH_ROLE=node`, each node.
 
+mod feed;
 mod node;
 mod report;
 mod scale;
@@ -231,6 +236,14 @@ fn main() {
     if std::env::args().any(|a| a == "--scale") {
         scale_figures(&mut out);
         peer_down_figures(&mut out);
+        feed::figures(&mut out);
+    } else if std::env::args().any(|a| a == "--feed") {
+        // The change feed's figures alone.
+        feed::figures(&mut out);
+        if let Some(path) = arg("--json") {
+            std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+        }
+        return;
     }
     println!(
         "cluster benchmark: {rounds} samples per latency, loopback, {} cores\n",

@@ -117,10 +117,37 @@ impl Source<String, String> for BenchSource {
     }
 }
 
+/// The `bench` topic's source and change feed when `RCS_FEED_DB` (or, source only,
+/// `RCS_TABLE_DB`) names a database (a SQLite file or a `postgres://` URL): the crate's
+/// table-backed sources, table `kv`.
+async fn feed_source(
+    db: &str,
+) -> (
+    Arc<dyn Source<String, String>>,
+    Box<dyn ractor_cache_sync::feed::ChangeFeed<String>>,
+) {
+    if db.starts_with("postgres://") {
+        let source = ractor_cache_sync_postgres::PostgresSource::connect(db, "kv")
+            .await
+            .expect("PostgreSQL");
+        let feed = source.change_feed(Default::default()).await.expect("feed");
+        (Arc::new(source), Box::new(feed))
+    } else {
+        let source = ractor_cache_sync_sqlite::SqliteSource::open(db, "kv").expect("SQLite");
+        let feed = source.change_feed(Default::default()).expect("feed");
+        (Arc::new(source), Box::new(feed))
+    }
+}
+
 pub async fn run() {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let ms = |k: &str| env(k).parse::<u64>().ok().map(Duration::from_millis);
     let mut config = NodeConfig::new(env("RCS_NAME"), "bench-cookie-0123456789abcdef")
         .listen(env("RCS_LISTEN").parse().expect("RCS_LISTEN"));
+    // Relaxed rates (the feed figures): node and topic heartbeats, lease, peer timeout.
+    if let Some(heartbeat) = ms("RCS_HEARTBEAT_MS") {
+        config = config.heartbeat(heartbeat).peer_timeout(heartbeat * 5);
+    }
     for peer in env("RCS_PEERS").split(',').filter(|p| !p.is_empty()) {
         config = config.peer(peer);
     }
@@ -155,8 +182,24 @@ pub async fn run() {
         }
     };
     // A backlog bound above what a 2 M-key burst can leave unacknowledged between heartbeats.
-    let mut builder = Cache::builder(Topic::new("bench"), source.clone())
-        .sync(SyncConfig::default().max_backlog(512 << 20));
+    let mut sync = SyncConfig::default().max_backlog(512 << 20);
+    if let (Some(heartbeat), Some(lease)) = (ms("RCS_HEARTBEAT_MS"), ms("RCS_LEASE_MS")) {
+        sync = sync.heartbeat(heartbeat).lease(lease);
+    }
+    let (feed_db, table_db) = (env("RCS_FEED_DB"), env("RCS_TABLE_DB"));
+    let mut builder = if !feed_db.is_empty() {
+        let (db, feed) = feed_source(&feed_db).await;
+        Cache::builder(Topic::new("bench"), db).change_feed(feed)
+    } else if !table_db.is_empty() {
+        let (db, _) = feed_source(&table_db).await;
+        Cache::builder(Topic::new("bench"), db)
+    } else {
+        Cache::builder(Topic::new("bench"), source.clone())
+    }
+    .sync(sync);
+    if let Some(every) = ms("RCS_REVALIDATE_MS") {
+        builder = builder.revalidate_every(every);
+    }
     if react_in_hook {
         builder = builder.on_remote_invalidation(hook);
     }
@@ -319,6 +362,12 @@ pub async fn run() {
                 })
             }
             "rss" => json!({ "rss_kib": rss_kib() }),
+            "get" => {
+                let key = words.get(1).copied().unwrap_or("").to_owned();
+                let value = cache.get(&key).await.ok().flatten();
+                json!({ "value": value })
+            }
+            "source-calls" => json!({ "source_calls": cache.stats().source_calls }),
             "counts" => json!({
                 "pings": pings.load(Ordering::Relaxed),
                 "keys": cache.stats().invalidations_received,

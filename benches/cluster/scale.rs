@@ -21,6 +21,11 @@ pub struct Scale {
 }
 
 pub fn measure(nodes: usize, topics: usize) -> Scale {
+    measure_with(nodes, topics, &[])
+}
+
+/// Like [`measure`], each node given `extra` environment too (a change feed, relaxed rates).
+pub fn measure_with(nodes: usize, topics: usize, extra: &[(&str, &str)]) -> Scale {
     let logs = std::env::temp_dir().join("rcs-bench-scale.db");
     let mut specs: Vec<NodeSpec> = Vec::new();
     for i in 0..nodes - 1 {
@@ -30,7 +35,8 @@ pub fn measure(nodes: usize, topics: usize) -> Scale {
         specs.push(spec);
     }
     let topics_env = topics.to_string();
-    let env = [("RCS_TOPICS", topics_env.as_str())];
+    let mut env = vec![("RCS_TOPICS", topics_env.as_str())];
+    env.extend_from_slice(extra);
     let mut procs: Vec<Proc> = specs.iter().map(|s| spawn_with(s, None, &env)).collect();
     for proc in &mut procs {
         proc.ask(&format!("wait-peers {}", nodes - 2));

@@ -3,9 +3,9 @@
 
 use ractor_cache_sync::{Result, Source, Version};
 
-use ractor_cache_sync::feed::{ChangeFeed, FeedEvent};
-use ractor_cache_sync_postgres::{PostgresFeed, PostgresSource};
-use ractor_cache_sync_sqlite::{SqliteFeed, SqliteSource};
+use ractor_cache_sync::feed::ChangeFeed;
+use ractor_cache_sync_postgres::PostgresSource;
+use ractor_cache_sync_sqlite::SqliteSource;
 
 #[derive(Clone)]
 pub enum Database {
@@ -28,10 +28,15 @@ impl Database {
     }
 
     /// The database's change feed (installing its triggers if needed).
-    pub async fn change_feed(&self) -> std::result::Result<Feed, String> {
+    pub async fn change_feed(&self) -> std::result::Result<Box<dyn ChangeFeed<String>>, String> {
         match self {
-            Self::Sqlite(db) => db.change_feed(Default::default()).map(Feed::Sqlite),
-            Self::Postgres(db) => db.change_feed(Default::default()).await.map(Feed::Postgres),
+            Self::Sqlite(db) => db
+                .change_feed(Default::default())
+                .map(|feed| Box::new(feed) as Box<dyn ChangeFeed<String>>),
+            Self::Postgres(db) => db
+                .change_feed(Default::default())
+                .await
+                .map(|feed| Box::new(feed) as Box<dyn ChangeFeed<String>>),
         }
         .map_err(|e| format!("cannot start the change feed: {e}"))
     }
@@ -64,22 +69,6 @@ impl Source<String, String> for Database {
         match self {
             Self::Sqlite(db) => db.versions(keys).await,
             Self::Postgres(db) => db.versions(keys).await,
-        }
-    }
-}
-
-/// The change feed of either database.
-pub enum Feed {
-    Sqlite(SqliteFeed),
-    Postgres(PostgresFeed),
-}
-
-#[async_trait::async_trait]
-impl ChangeFeed<String> for Feed {
-    async fn next(&mut self) -> Option<FeedEvent<String>> {
-        match self {
-            Self::Sqlite(feed) => feed.next().await,
-            Self::Postgres(feed) => feed.next().await,
         }
     }
 }

@@ -8,17 +8,30 @@ use ractor_cache_sync::{Error, Result, Version};
 use rusqlite::{params, Connection};
 use tokio::sync::mpsc;
 
+/// How often a barrier is handed to the cache while nothing changes (each renews the feed's
+/// lease, which lasts a whole lease: no need to wake the cache at every read where reads are
+/// frequent).
+const IDLE_BARRIER_EVERY: Duration = Duration::from_millis(50);
+
+/// Reads again, after 0.25, 0.5, 1 and 2 ms, when a read right after a write's wake found
+/// nothing new.
+const RECHECKS: u32 = 4;
+
 /// Most log rows one poll reads; more wait for the next poll (at once, with no barrier before).
 const ROWS_PER_POLL: i64 = 10_000;
 
-/// How a [`SqliteFeed`] polls and prunes the change log.
+/// How a [`SqliteFeed`] reads and prunes the change log.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct FeedSettings {
-    /// How often the log is read: a change reaches the cache about this long after its
-    /// commit, and the feed's lease is renewed as often. Default 10 ms; at most a tenth of the
-    /// cache's lease is sensible.
+    /// How often the log is read where the feed cannot be woken by writes to the database's
+    /// files (other systems than Linux, or inotify unavailable): a change reaches the cache
+    /// about this long after its commit. Default 10 ms.
     pub poll_every: Duration,
+    /// On Linux the log is read as soon as the database's files are written (inotify), and
+    /// at least this often otherwise; each read renews the feed's lease. Default 100 ms; at
+    /// most a tenth of the cache's lease is sensible.
+    pub idle_every: Duration,
     /// Log rows older than this are pruned. A feed that falls further behind (its process was
     /// stopped) finds the log pruned past its position and reports a loss (the cache checks
     /// every entry). Default 10 minutes.
@@ -32,6 +45,7 @@ impl Default for FeedSettings {
     fn default() -> Self {
         Self {
             poll_every: Duration::from_millis(10),
+            idle_every: Duration::from_millis(100),
             retention: Duration::from_secs(600),
             max_backlog: 100_000,
         }
@@ -43,6 +57,13 @@ impl FeedSettings {
     #[must_use]
     pub fn poll_every(mut self, every: Duration) -> Self {
         self.poll_every = every;
+        self
+    }
+
+    /// Sets [`idle_every`](Self::idle_every).
+    #[must_use]
+    pub fn idle_every(mut self, every: Duration) -> Self {
+        self.idle_every = every;
         self
     }
 
@@ -72,10 +93,16 @@ impl std::fmt::Debug for SqliteFeed {
 }
 
 impl SqliteFeed {
-    pub(crate) fn start(conn: Connection, table: &str, settings: FeedSettings) -> Result<Self> {
-        if settings.poll_every.is_zero() || settings.poll_every > Duration::from_secs(60) {
+    pub(crate) fn start(
+        conn: Connection,
+        path: &std::path::Path,
+        table: &str,
+        settings: FeedSettings,
+    ) -> Result<Self> {
+        let sensible = |d: Duration| !d.is_zero() && d <= Duration::from_secs(60);
+        if !sensible(settings.poll_every) || !sensible(settings.idle_every) {
             return Err(Error::Config(
-                "poll_every must be between 1 ns and 60 s".into(),
+                "poll_every and idle_every must be between 1 ns and 60 s".into(),
             ));
         }
         // Reads in WAL mode never wait for writers; pruning may, and must not hold up the
@@ -88,6 +115,7 @@ impl SqliteFeed {
             settings,
             position: 0,
             pruned_at: Instant::now(),
+            writes: Writes::watch(path),
         };
         log.position = log.last().map_err(Error::from_source)?;
         let (tx, events) = mpsc::channel(64);
@@ -125,6 +153,7 @@ struct Log {
     /// The last log row delivered.
     position: i64,
     pruned_at: Instant,
+    writes: Writes,
 }
 
 /// What one read of the log found.
@@ -140,10 +169,17 @@ enum Read {
 
 impl Log {
     fn run(mut self, tx: &mpsc::Sender<FeedEvent<String>>) {
+        let mut barrier_at = Instant::now() - IDLE_BARRIER_EVERY;
+        // Woken by a write to the files, and how many reads since found nothing new: a writer
+        // writes its log file before it publishes the commit to readers (in shared memory,
+        // which wakes nobody), so a read right after the wake can miss it.
+        let (mut woken, mut rechecks) = (false, 0u32);
         loop {
             let stamp = Stamp::now();
+            let mut changed = false;
             match self.read() {
                 Ok(Read::Rows { rows, complete }) => {
+                    changed = !rows.is_empty();
                     if let Some(&(last, _, _)) = rows.last() {
                         self.position = last;
                         let changes = rows.into_iter().map(|(_, k, v)| (k, v)).collect();
@@ -154,8 +190,13 @@ impl Log {
                     if !complete {
                         continue;
                     }
-                    if tx.blocking_send(FeedEvent::Barrier(stamp)).is_err() {
-                        return;
+                    // After changes at once (they may have closed nothing, but the barrier
+                    // behind them is what vouches); idle, often enough to keep the lease.
+                    if changed || barrier_at.elapsed() >= IDLE_BARRIER_EVERY {
+                        barrier_at = Instant::now();
+                        if tx.blocking_send(FeedEvent::Barrier(stamp)).is_err() {
+                            return;
+                        }
                     }
                 }
                 Ok(Read::Skipped { to, why }) => {
@@ -174,7 +215,13 @@ impl Log {
                 return;
             }
             self.prune();
-            std::thread::sleep(self.settings.poll_every);
+            if woken && !changed && rechecks < RECHECKS {
+                std::thread::sleep(Duration::from_micros(250 << rechecks));
+                rechecks += 1;
+                continue;
+            }
+            rechecks = 0;
+            woken = self.writes.wait(&self.settings);
         }
     }
 
@@ -190,21 +237,31 @@ impl Log {
         )
     }
 
+    /// The first row after `position` and the highest number the log ever gave, from one
+    /// statement (its own read transaction when run outside one).
+    fn head(conn: &Connection, t: &str, position: i64) -> rusqlite::Result<(Option<i64>, i64)> {
+        conn.prepare_cached(&format!(
+            "SELECT (SELECT MIN(seq) FROM {t}_changes WHERE seq > ?1),
+                    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{t}_changes'), 0)"
+        ))?
+        .query_row(params![position], |row| Ok((row.get(0)?, row.get(1)?)))
+    }
+
     /// The rows after the position, in one read transaction.
     fn read(&mut self) -> rusqlite::Result<Read> {
         let t = self.table.clone();
         let position = self.position;
+        // Idle, one statement: nothing new since the position.
+        if Self::head(&self.conn, &t, position)?.1 == position {
+            return Ok(Read::Rows {
+                rows: Vec::new(),
+                complete: true,
+            });
+        }
         let tx = self.conn.transaction()?;
         // The log is dense (AUTOINCREMENT, and SQLite's writers one at a time): the rows after
         // the position are exactly position + 1 ..= the highest number ever given.
-        let (first, last): (Option<i64>, i64) = tx.query_row(
-            &format!(
-                "SELECT (SELECT MIN(seq) FROM {t}_changes WHERE seq > ?1),
-                        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{t}_changes'), 0)"
-            ),
-            params![position],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
+        let (first, last) = Self::head(&tx, &t, position)?;
         if last < position {
             // The log starts again below us: the file was replaced or the log recreated.
             return Ok(Read::Skipped {
@@ -252,14 +309,120 @@ impl Log {
         self.pruned_at = Instant::now();
         let t = &self.table;
         let retention = i64::try_from(self.settings.retention.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = "CAST(strftime('%s', 'now') AS INTEGER) - ?1";
+        // A read first: a delete is a write, which would wake every feed of the file.
+        let due = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {t}_changes WHERE at < {cutoff})"
+            ))
+            .and_then(|mut s| s.query_row(params![retention], |row| row.get::<_, bool>(0)));
+        if !due.unwrap_or(false) {
+            return;
+        }
         let pruned = self.conn.execute(
-            &format!(
-                "DELETE FROM {t}_changes WHERE at < CAST(strftime('%s', 'now') AS INTEGER) - ?1"
-            ),
+            &format!("DELETE FROM {t}_changes WHERE at < {cutoff}"),
             params![retention],
         );
         if let Err(error) = pruned {
             tracing::debug!(table = %t, %error, "could not prune the change log (tried again later)");
         }
+    }
+}
+
+/// Wakes the feed when the database's files are written (inotify on their directory, on
+/// Linux: the write-ahead log is deleted and created again as connections come and go), so
+/// that a commit is read at once and an idle feed reads only every `idle_every`; elsewhere, or
+/// if inotify cannot be had, it sleeps `poll_every`. Only latency rides on it: what the lease
+/// rests on is the read that follows, whenever it comes.
+struct Writes {
+    #[cfg(target_os = "linux")]
+    inotify: Option<nix::sys::inotify::Inotify>,
+    /// The database file's name: events of other files in the directory are not writes.
+    #[cfg(target_os = "linux")]
+    name: std::ffi::OsString,
+}
+
+#[cfg(target_os = "linux")]
+impl Writes {
+    fn watch(path: &std::path::Path) -> Self {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let flags = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|i| i.add_watch(dir, flags).map(|_| i))
+            .map_err(|error| {
+                tracing::debug!(%error, "no inotify: the change log is polled");
+            })
+            .ok();
+        Self {
+            inotify,
+            name: path.file_name().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// Waits; whether a write to the database's files woke it.
+    fn wait(&mut self, settings: &FeedSettings) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Some(inotify) = &self.inotify else {
+            std::thread::sleep(settings.poll_every);
+            return false;
+        };
+        let ours = |name: &Option<std::ffi::OsString>| {
+            name.as_ref().is_some_and(|n| {
+                n.as_encoded_bytes()
+                    .starts_with(self.name.as_encoded_bytes())
+            })
+        };
+        let deadline = Instant::now() + settings.idle_every;
+        loop {
+            // Whole milliseconds, rounded up: a timeout of 0 would spin.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1_000);
+            if ms == 0 {
+                return false;
+            }
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => {
+                    // Drain the events: one read of the log covers them all.
+                    let mut written = false;
+                    while let Ok(events) = inotify.read_events() {
+                        if events.is_empty() {
+                            break;
+                        }
+                        written |= events.iter().any(|e| ours(&e.name));
+                    }
+                    if written {
+                        return true;
+                    }
+                }
+                Ok(_) => return false,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "inotify failed: the change log is polled");
+                    self.inotify = None;
+                    std::thread::sleep(settings.poll_every);
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Writes {
+    fn watch(_: &std::path::Path) -> Self {
+        Self {}
+    }
+
+    fn wait(&mut self, settings: &FeedSettings) -> bool {
+        std::thread::sleep(settings.poll_every);
+        false
     }
 }

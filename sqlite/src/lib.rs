@@ -107,7 +107,7 @@ impl SqliteSource {
             tx.commit().map_err(Error::from_source)?;
         }
         let conn = connect(&self.path).map_err(Error::from_source)?;
-        SqliteFeed::start(conn, &self.table, settings)
+        SqliteFeed::start(conn, &self.path, &self.table, settings)
     }
 
     /// Writes `value` under `key` in one transaction and returns the version the triggers gave

@@ -119,14 +119,15 @@ async fn a_log_pruned_past_the_feed_or_a_bulk_change_is_a_loss_not_silence() {
         FeedEvent::Changed(_)
     ));
 
-    // Another process prunes rows this feed has not read.
+    // Another process prunes rows this feed has not read (in the same transaction as the
+    // writes, so that the feed cannot read them in between).
     let sql = outside(&path);
     sql.execute_batch(
         "BEGIN;
          UPDATE kv SET value = '3' WHERE key = 'a';
          UPDATE kv SET value = '4' WHERE key = 'a';
-         COMMIT;
-         DELETE FROM kv_changes WHERE seq = (SELECT MAX(seq) - 1 FROM kv_changes);",
+         DELETE FROM kv_changes WHERE seq = (SELECT MAX(seq) - 1 FROM kv_changes);
+         COMMIT;",
     )
     .unwrap();
     match next_change(&mut feed).await {

@@ -24,6 +24,12 @@
 //!   their origin (see `sessions::verify`), so R applies their invalidations and feeds nothing
 //!   of them to the table, as the Synchronization actor does.
 //!
+//! - **change feeds**: in half the random schedules R also follows the source's change feed
+//!   (every commit queued in commit order while it is connected, barriers stamped when asked
+//!   for, a broken connection losing what it had queued and reporting its return, which R
+//!   takes as a repair); R then serves its entry while either the peers' leases or the feed's
+//!   lease (one lease past the last barrier delivered) are valid.
+//!
 //! R also repairs when an incarnation of a writer it has never heard of first reaches it: in
 //! the real system that is the process-group join of the writer's new actor, which ractor hands
 //! to R's Synchronization actor before any message of that actor (the join travels on the
@@ -110,6 +116,15 @@ enum Step {
         writer: usize,
         seq: u64,
     },
+    /// The reader's change feed asks for a barrier, stamped now.
+    FeedBarrier,
+    /// The change feed delivers its oldest item (changes and barriers, in commit order).
+    FeedDeliver,
+    /// The change feed's connection breaks: what it had not delivered is lost, and commits
+    /// made while it is down are never reported.
+    FeedDisconnect,
+    /// The change feed is listening again, and reports it.
+    FeedReconnect,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -134,6 +149,10 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(writer, last_seq)| Step::ForgeBeat { writer, last_seq }),
         1 => (w, prop_oneof![Just(1u64), Just(1_000_000_000)])
             .prop_map(|(writer, seq)| Step::ForgePublish { writer, seq }),
+        2 => Just(Step::FeedBarrier),
+        4 => Just(Step::FeedDeliver),
+        1 => Just(Step::FeedDisconnect),
+        1 => Just(Step::FeedReconnect),
     ]
 }
 
@@ -165,6 +184,27 @@ struct Membership {
     forget_on_silence: bool,
     /// Count a writer as a member only once one of its heartbeats arrived.
     from_first_beat: bool,
+    /// A change feed that comes back from a broken connection without saying so.
+    silent_reconnect: bool,
+}
+
+/// What the reader's change feed delivers, in order.
+#[derive(Debug, Clone, Copy)]
+enum FeedItem {
+    Changed(u64),
+    Barrier(u64),
+    Reconnected,
+}
+
+/// The reader's change feed from the shared source (see `crate::feed`): every commit is
+/// queued in commit order while it is connected; a barrier stamped `t` vouches for every
+/// commit before `t` once it is delivered, for one lease past `t`.
+#[derive(Debug)]
+struct Feed {
+    queue: std::collections::VecDeque<FeedItem>,
+    connected: bool,
+    /// The stamp of the last barrier delivered.
+    anchor: Option<u64>,
 }
 
 /// A load in flight on the reader.
@@ -198,6 +238,8 @@ struct World {
     /// When the reader last heard from each writer (a verified message).
     heard_at: Vec<u64>,
     rule: Membership,
+    /// The reader's change feed, if it has one.
+    feed: Option<Feed>,
 }
 
 fn name(writer: usize) -> String {
@@ -231,7 +273,18 @@ impl World {
             applied: Default::default(),
             heard_at: vec![1; writers],
             rule,
+            feed: None,
         }
+    }
+
+    /// The reader follows the source's change feed from the start.
+    fn with_feed(mut self) -> Self {
+        self.feed = Some(Feed {
+            queue: Default::default(),
+            connected: true,
+            anchor: None,
+        });
+        self
     }
 
     /// A writer's session became ready (it started, or started again).
@@ -257,6 +310,9 @@ impl World {
                 let w = writer % n;
                 let version = self.current_version() + 1;
                 self.committed.push((self.now, version));
+                if let Some(feed) = self.feed.as_mut().filter(|f| f.connected) {
+                    feed.queue.push_back(FeedItem::Changed(version));
+                }
                 if batch {
                     self.writers[w].batch.push(version);
                 } else {
@@ -403,6 +459,39 @@ impl World {
                 };
                 self.forge(w, body);
             }
+            Step::FeedBarrier => {
+                let now = self.now;
+                if let Some(feed) = self.feed.as_mut().filter(|f| f.connected) {
+                    feed.queue.push_back(FeedItem::Barrier(now));
+                }
+            }
+            Step::FeedDeliver => {
+                let item = self.feed.as_mut().and_then(|f| f.queue.pop_front());
+                match item {
+                    Some(FeedItem::Changed(version)) => self.invalidate(version),
+                    Some(FeedItem::Barrier(stamp)) => {
+                        let feed = self.feed.as_mut().expect("a feed");
+                        feed.anchor = Some(feed.anchor.map_or(stamp, |a| a.max(stamp)));
+                    }
+                    Some(FeedItem::Reconnected) => self.repair(),
+                    None => {}
+                }
+            }
+            Step::FeedDisconnect => {
+                if let Some(feed) = self.feed.as_mut() {
+                    feed.connected = false;
+                    feed.queue.clear();
+                }
+            }
+            Step::FeedReconnect => {
+                let silent = self.rule.silent_reconnect;
+                if let Some(feed) = self.feed.as_mut().filter(|f| !f.connected) {
+                    feed.connected = true;
+                    if !silent {
+                        feed.queue.push_back(FeedItem::Reconnected);
+                    }
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -533,8 +622,13 @@ impl World {
 
     fn read(&mut self) -> Result<u64, TestCaseError> {
         let members = self.member.iter().filter(|m| **m).count();
+        let feed_vouches = self
+            .feed
+            .as_ref()
+            .and_then(|f| f.anchor)
+            .is_some_and(|anchor| self.now < anchor + LEASE);
         let served = match self.cached {
-            Some(version) if self.now < self.table.valid_until(members) => version,
+            Some(version) if self.now < self.table.valid_until(members) || feed_vouches => version,
             // A miss (or a bypass): join a load that started less than a lease ago, or start
             // one. Either answers with what the source held at its start, which is no older
             // than a lease before this read.
@@ -604,9 +698,13 @@ proptest! {
     #[test]
     fn a_reader_never_serves_a_value_older_than_one_lease(
         writers in 1..=MAX_WRITERS,
+        feed in any::<bool>(),
         steps in prop::collection::vec(step(), 1..300)
     ) {
         let mut world = World::new(writers, Membership::default());
+        if feed {
+            world = world.with_feed();
+        }
         for step in steps {
             world.run(step)?;
         }
@@ -847,5 +945,66 @@ fn a_member_is_counted_from_its_ready_session_not_its_first_heartbeat() {
     assert!(
         run_schedule_under(from_first_beat, 2, steps).is_err(),
         "the schedule no longer shows what counting members from their first heartbeat breaks"
+    );
+}
+
+/// Runs a schedule with the reader following the change feed.
+fn run_feed_schedule(rule: Membership, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut world = World::new(1, rule).with_feed();
+    world.writers[0].partitioned = true; // never heard from over the mesh
+    steps.into_iter().try_for_each(|step| world.run(step))
+}
+
+/// The only writer is partitioned from the reader from the start, so no peer lease ever
+/// vouches: the feed alone does. Its barriers keep the cached value served, a write reaches
+/// the reader through the feed ahead of the next barrier, and a write made while the feed's
+/// connection was down is caught by the repair its reconnection reports; a feed that comes
+/// back silently would serve v1 past the lease after v2.
+#[test]
+fn the_feed_alone_keeps_the_bound_and_a_silent_reconnect_would_break_it() {
+    let mut steps = vec![Step::Read, Step::FinishLoad(0)];
+    for _ in 0..4 {
+        steps.extend([
+            Step::Advance(LEASE / 2),
+            Step::FeedBarrier,
+            Step::FeedDeliver,
+            Step::Read,
+        ]);
+    }
+    steps.extend([
+        Step::Write {
+            writer: 0,
+            batch: false,
+        },
+        Step::Advance(10),
+        Step::FeedBarrier,
+        Step::FeedDeliver, // the change
+        Step::FeedDeliver, // the barrier
+        Step::Read,
+        Step::FinishLoad(0),
+        // The connection breaks, v2 is committed meanwhile, the feed comes back.
+        Step::FeedDisconnect,
+        Step::Write {
+            writer: 0,
+            batch: false,
+        },
+        Step::FeedReconnect,
+        Step::Advance(10),
+        Step::FeedBarrier,
+        Step::FeedDeliver,
+        Step::FeedDeliver,
+        Step::Advance(LEASE),
+        Step::FeedBarrier,
+        Step::FeedDeliver,
+        Step::Read,
+    ]);
+    run_feed_schedule(Membership::default(), steps.clone()).unwrap();
+    let silent = Membership {
+        silent_reconnect: true,
+        ..Membership::default()
+    };
+    assert!(
+        run_feed_schedule(silent, steps).is_err(),
+        "the schedule no longer shows what a silent reconnection breaks"
     );
 }

@@ -65,7 +65,7 @@ pub use self::tls::{TlsFiles, TLS_CLUSTER_NAME};
 use self::watchdog::Watchdog;
 use crate::error::{Error, Result};
 use crate::gate::MemberGate;
-use crate::synchronization::SyncConfig;
+use crate::synchronization::{Bundle, SyncConfig};
 
 const EVENTS_ID: &str = "ractor_cache_sync::peers";
 
@@ -94,6 +94,9 @@ pub struct Node {
     membership: Arc<Membership>,
     /// The TLS configuration in use, read again when its files change.
     tls: Option<Arc<tls::Tls>>,
+    /// This node's bundled topic heartbeats (deposits, the topics' sinks): its own, found by
+    /// its topic actors under its name, never another node's in the same process.
+    bundle: Arc<Bundle>,
 }
 
 /// Changes of a node's membership, from [`Node::member_changes`].
@@ -150,6 +153,8 @@ impl Node {
         let (listener, listen) = bind(config.listen_addr()).await?;
         let (sessions, handshakes, arrivals) = watch_sessions(&server, tls.is_some())?;
         let name = format!("{}@{}", config.name(), config.host());
+        // Before any topic actor of this node starts: they find it by the node's name.
+        let bundle = Bundle::for_node(&name);
         let counters = Arc::new(NodeCounters::default());
         let dialing = Dialing {
             server: server.clone(),
@@ -192,6 +197,7 @@ impl Node {
             handshake_timeout: config.handshake(),
             counters: counters.clone(),
             membership: membership.clone(),
+            bundle: bundle.clone(),
         };
         tasks.push(tokio::spawn(watchdog.run()));
         if let Some(tls) = &tls {
@@ -208,6 +214,7 @@ impl Node {
             members: membership.gate(),
             membership,
             tls,
+            bundle,
         })
     }
 
@@ -542,6 +549,7 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("name", &self.name)
             .field("peers", &self.peers())
+            .field("bundle", &self.bundle)
             .finish_non_exhaustive()
     }
 }

@@ -23,7 +23,7 @@ use ractor::{ActorCell, ActorRef};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use self::builder::SynchronizationBuilder;
-pub(crate) use self::bundle::slept;
+pub(crate) use self::bundle::Bundle;
 pub use self::config::SyncConfig;
 use self::message::SyncMessage;
 use self::outbox::Outbox;

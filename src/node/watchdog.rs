@@ -20,6 +20,7 @@ use super::peers::{Handshakes, Sessions};
 use super::stats::{NodeCounters, NodeStats};
 use crate::clock::now_us;
 use crate::counter::{add, bump};
+use crate::synchronization::Bundle;
 
 pub(crate) struct Watchdog {
     pub(crate) liveness: Arc<super::liveness::Liveness>,
@@ -35,6 +36,8 @@ pub(crate) struct Watchdog {
     pub(crate) counters: Arc<NodeCounters>,
     /// Forgets unreachable members and dials the others, once per heartbeat.
     pub(crate) membership: Arc<Membership>,
+    /// The node's topics, told when the clock missed time.
+    pub(crate) bundle: Arc<Bundle>,
 }
 
 /// A suspension shorter than this is not acted on: far under any lease, and over the jitter
@@ -80,7 +83,7 @@ impl Watchdog {
                 stall.reset();
                 sleep = crate::clock::SuspendDetector::default();
                 bump(&self.counters.suspensions);
-                crate::synchronization::slept();
+                self.bundle.slept();
             }
             highest = highest.max(now);
             let slept = crate::clock::boottime_us()
@@ -93,7 +96,7 @@ impl Watchdog {
                     "the system was suspended: closing every lease gate and repairing"
                 );
                 bump(&self.counters.suspensions);
-                crate::synchronization::slept();
+                self.bundle.slept();
             }
             let handshake = self.handshake_timeout.as_micros() as u64;
             self.membership.tick();

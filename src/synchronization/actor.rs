@@ -147,7 +147,7 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         let heartbeat = args.config.heartbeat_interval().as_micros() as u64;
         args.config.configure(&args.shared.gate);
         if args.gossip.is_some() {
-            super::bundle::set_node_interval(heartbeat);
+            args.outbox.bundle().set_node_interval(heartbeat);
         }
         let mut state = SynchronizationState {
             group,
@@ -183,7 +183,8 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         let group = state.group.clone();
         let state = Arc::new(Mutex::new(state));
         if bundled {
-            super::bundle::register(&group, Arc::downgrade(&state) as _);
+            let bundle = lock(&state).outbox.bundle().clone();
+            bundle.register(&group, Arc::downgrade(&state) as _);
         }
         Ok(state)
     }
@@ -196,11 +197,11 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         let sink = Arc::downgrade(state) as std::sync::Weak<dyn super::bundle::BeatSink>;
         let mut state = lock(state);
         if state.gossip.is_none() {
-            super::bundle::unregister(&state.group, &sink);
+            state.outbox.bundle().unregister(&state.group, &sink);
         }
         state.ticker.abort();
         if state.gossip.is_some() {
-            super::bundle::set_node_interval(0);
+            state.outbox.bundle().set_node_interval(0);
         }
         // What was accepted before the leave goes out before it.
         state.publish_pending();

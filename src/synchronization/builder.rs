@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell};
 
 use super::actor::{random_incarnation, SynchronizationActor, SynchronizationArguments};
+use super::bundle::Bundle;
 use super::message::{Gossip, Pending, Subscriber};
 use super::outbox::Outbox;
 use super::shared::SyncShared;
@@ -135,6 +136,7 @@ impl<M: TopicMessage> SynchronizationBuilder<M> {
             node_name.to_owned(),
             random_incarnation(),
             self.shared.clone(),
+            Bundle::of(node_name),
         ));
         let arguments = SynchronizationArguments {
             topic: self.topic.clone(),

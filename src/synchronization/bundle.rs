@@ -18,10 +18,13 @@
 //! restart, a first contact) is queued to the topic's actor, behind the publishes that reached
 //! its mailbox first, as a topic heartbeat sent on its own would be.
 //!
-//! Process-wide like `ractor::pg`: there is one node per process. A topic bundles only while a
-//! node-level actor is running and heartbeats at least as often as the topic does.
+//! Each [`Bundle`] is one node's: its `Node` makes it and keeps it, registered under the
+//! node's name, and a topic actor finds it by the node name it is spawned with, so two nodes in
+//! one process (tests) never carry each other's heartbeats; only `ractor::pg` is process-wide.
+//! A topic bundles only while its node's node-level actor is running and heartbeats at least
+//! as often as the topic does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -32,73 +35,6 @@ struct Deposit {
     envelope: Vec<u8>,
     at: u64,
     previous: Option<Vec<u8>>,
-}
-
-fn deposits() -> &'static Mutex<HashMap<String, Deposit>> {
-    static DEPOSITS: OnceLock<Mutex<HashMap<String, Deposit>>> = OnceLock::new();
-    DEPOSITS.get_or_init(Mutex::default)
-}
-
-/// The node-level heartbeat interval (µs) while a node-level actor runs, else 0.
-static NODE_INTERVAL_US: AtomicU64 = AtomicU64::new(0);
-
-fn with<T>(f: impl FnOnce(&mut HashMap<String, Deposit>) -> T) -> T {
-    f(&mut deposits().lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// The node-level actor started (interval in µs) or stopped (0).
-pub(crate) fn set_node_interval(interval_us: u64) {
-    NODE_INTERVAL_US.store(interval_us, Ordering::Release);
-}
-
-/// Whether a topic that heartbeats every `interval_us` should deposit its heartbeats here.
-pub(crate) fn bundles(interval_us: u64) -> bool {
-    let node = NODE_INTERVAL_US.load(Ordering::Acquire);
-    node > 0 && node <= interval_us
-}
-
-/// Deposits `topic`'s latest encoded heartbeat, made at `now`.
-pub(crate) fn deposit(topic: &str, envelope: Vec<u8>, now: u64) {
-    with(|all| {
-        let previous = all.remove(topic).map(|d| d.envelope);
-        let deposit = Deposit {
-            envelope,
-            at: now,
-            previous,
-        };
-        all.insert(topic.to_owned(), deposit);
-    });
-}
-
-/// The topic's actor stopped: nothing more of it goes out.
-pub(crate) fn withdraw(topic: &str) {
-    with(|all| all.remove(topic));
-}
-
-/// Every topic's heartbeat to send at `now`: the latest deposit, or the one before it when the
-/// latest is too recent. A deposit whose actor is gone without withdrawing it (killed: no
-/// clean-up runs) is dropped, so that peers stop hearing of an actor that no longer exists.
-pub(crate) fn collect(now: u64) -> Vec<(String, Vec<u8>)> {
-    let live: std::collections::HashSet<String> = with_sinks(|sinks| {
-        sinks
-            .iter()
-            .filter(|(_, sink)| sink.strong_count() > 0)
-            .map(|(topic, _)| topic.clone())
-            .collect()
-    });
-    with(|all| {
-        all.retain(|topic, _| live.contains(topic));
-        all.iter()
-            .filter_map(|(topic, d)| {
-                let envelope = if now.saturating_sub(d.at) >= MIN_AGE_US {
-                    Some(&d.envelope)
-                } else {
-                    d.previous.as_ref()
-                };
-                envelope.map(|e| (topic.clone(), e.clone()))
-            })
-            .collect()
-    })
 }
 
 /// A topic's actor state, as the node-level actor reaches it.
@@ -113,55 +49,152 @@ pub(crate) trait BeatSink: Send + Sync {
     fn slept(&self);
 }
 
-/// Tells every topic of this process that the clock missed time.
-pub(crate) fn slept() {
-    let sinks: Vec<Arc<dyn BeatSink>> =
-        with_sinks(|all| all.values().filter_map(Weak::upgrade).collect());
-    for sink in sinks {
-        sink.slept();
+type Sinks = HashMap<String, Weak<dyn BeatSink>>;
+
+/// A lock whose holder panicked still guards consistent maps (every section is a single
+/// insert, remove or read): recover it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One node's bundled topic heartbeats: each topic's latest deposit, each topic actor's sink,
+/// and the node-level heartbeat interval.
+#[derive(Default)]
+pub(crate) struct Bundle {
+    /// Each topic's latest encoded heartbeat (and the one before it).
+    deposits: Mutex<HashMap<String, Deposit>>,
+    /// The node-level heartbeat interval (µs) while a node-level actor runs, else 0.
+    node_interval_us: AtomicU64,
+    /// Each topic actor's state, as the node-level actor reaches it.
+    sinks: Mutex<Sinks>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("node_interval_us", &self.node_interval_us)
+            .finish_non_exhaustive()
     }
 }
 
-type Sinks = HashMap<String, Weak<dyn BeatSink>>;
-
-fn sinks() -> &'static Mutex<Sinks> {
-    static SINKS: OnceLock<Mutex<Sinks>> = OnceLock::new();
-    SINKS.get_or_init(Mutex::default)
+/// The bundles of the nodes of this process, by node name (each owned by its `Node`).
+fn registry() -> &'static Mutex<HashMap<String, Weak<Bundle>>> {
+    static NODES: OnceLock<Mutex<HashMap<String, Weak<Bundle>>>> = OnceLock::new();
+    NODES.get_or_init(Mutex::default)
 }
 
-fn with_sinks<T>(f: impl FnOnce(&mut Sinks) -> T) -> T {
-    f(&mut sinks().lock().unwrap_or_else(|e| e.into_inner()))
-}
+impl Bundle {
+    /// A new bundle for the node named `node`, which keeps it: topic actors spawned with that
+    /// name find it (a node started again under the same name replaces it).
+    pub(crate) fn for_node(node: &str) -> Arc<Self> {
+        let bundle = Arc::new(Self::default());
+        let mut nodes = lock(registry());
+        nodes.retain(|_, b| b.strong_count() > 0);
+        nodes.insert(node.to_owned(), Arc::downgrade(&bundle));
+        bundle
+    }
 
-/// The topic's actor started: bundled heartbeats for it may be taken through `sink`. What an
-/// earlier actor of the topic deposited goes (it would otherwise travel, as the "previous"
-/// deposit, after the new actor's first heartbeat).
-pub(crate) fn register(topic: &str, sink: Weak<dyn BeatSink>) {
-    with_sinks(|all| all.insert(topic.to_owned(), sink));
-    withdraw(topic);
-}
+    /// The bundle of the node named `node`; a topic spawned under a name no running node has
+    /// gets one of its own, with no node-level actor: it never bundles.
+    pub(crate) fn of(node: &str) -> Arc<Self> {
+        lock(registry())
+            .get(node)
+            .and_then(Weak::upgrade)
+            .unwrap_or_default()
+    }
 
-/// The topic's actor behind `sink` stopped (a later actor's registration is kept).
-pub(crate) fn unregister(topic: &str, sink: &Weak<dyn BeatSink>) {
-    with_sinks(|all| {
+    /// The node-level actor started (interval in µs) or stopped (0).
+    pub(crate) fn set_node_interval(&self, interval_us: u64) {
+        self.node_interval_us.store(interval_us, Ordering::Release);
+    }
+
+    /// Whether a topic that heartbeats every `interval_us` should deposit its heartbeats here.
+    pub(crate) fn bundles(&self, interval_us: u64) -> bool {
+        let node = self.node_interval_us.load(Ordering::Acquire);
+        node > 0 && node <= interval_us
+    }
+
+    /// Deposits `topic`'s latest encoded heartbeat, made at `now`.
+    pub(crate) fn deposit(&self, topic: &str, envelope: Vec<u8>, now: u64) {
+        let mut all = lock(&self.deposits);
+        let previous = all.remove(topic).map(|d| d.envelope);
+        let deposit = Deposit {
+            envelope,
+            at: now,
+            previous,
+        };
+        all.insert(topic.to_owned(), deposit);
+    }
+
+    /// The topic's actor stopped: nothing more of it goes out.
+    pub(crate) fn withdraw(&self, topic: &str) {
+        lock(&self.deposits).remove(topic);
+    }
+
+    /// Every topic's heartbeat to send at `now`: the latest deposit, or the one before it when
+    /// the latest is too recent. A deposit whose actor is gone without withdrawing it (killed:
+    /// no clean-up runs) is dropped, so that peers stop hearing of an actor that no longer
+    /// exists.
+    pub(crate) fn collect(&self, now: u64) -> Vec<(String, Vec<u8>)> {
+        let live: HashSet<String> = lock(&self.sinks)
+            .iter()
+            .filter(|(_, sink)| sink.strong_count() > 0)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        let mut all = lock(&self.deposits);
+        all.retain(|topic, _| live.contains(topic));
+        all.iter()
+            .filter_map(|(topic, d)| {
+                let envelope = if now.saturating_sub(d.at) >= MIN_AGE_US {
+                    Some(&d.envelope)
+                } else {
+                    d.previous.as_ref()
+                };
+                envelope.map(|e| (topic.clone(), e.clone()))
+            })
+            .collect()
+    }
+
+    /// Tells every topic of this node that the clock missed time.
+    pub(crate) fn slept(&self) {
+        let sinks: Vec<Arc<dyn BeatSink>> = lock(&self.sinks)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for sink in sinks {
+            sink.slept();
+        }
+    }
+
+    /// The topic's actor started: bundled heartbeats for it may be taken through `sink`. What
+    /// an earlier actor of the topic deposited goes (it would otherwise travel, as the
+    /// "previous" deposit, after the new actor's first heartbeat).
+    pub(crate) fn register(&self, topic: &str, sink: Weak<dyn BeatSink>) {
+        lock(&self.sinks).insert(topic.to_owned(), sink);
+        self.withdraw(topic);
+    }
+
+    /// The topic's actor behind `sink` stopped (a later actor's registration is kept).
+    pub(crate) fn unregister(&self, topic: &str, sink: &Weak<dyn BeatSink>) {
+        let mut all = lock(&self.sinks);
         if all
             .get(topic)
             .is_some_and(|s| std::ptr::addr_eq(s.as_ptr(), sink.as_ptr()))
         {
             all.remove(topic);
         }
-    });
-}
+    }
 
-/// The sink of each topic in `topics` that has one, in the same order.
-pub(crate) fn sinks_of<'t>(
-    topics: impl Iterator<Item = &'t str>,
-) -> Vec<Option<Arc<dyn BeatSink>>> {
-    with_sinks(|all| {
+    /// The sink of each topic in `topics` that has one, in the same order.
+    pub(crate) fn sinks_of<'t>(
+        &self,
+        topics: impl Iterator<Item = &'t str>,
+    ) -> Vec<Option<Arc<dyn BeatSink>>> {
+        let all = lock(&self.sinks);
         topics
             .map(|topic| all.get(topic).and_then(Weak::upgrade))
             .collect()
-    })
+    }
 }
 
 #[cfg(test)]
@@ -177,8 +210,9 @@ mod tests {
         fn slept(&self) {}
     }
 
-    fn collected(topic: &str, now: u64) -> Option<Vec<u8>> {
-        collect(now)
+    fn collected(bundle: &Bundle, topic: &str, now: u64) -> Option<Vec<u8>> {
+        bundle
+            .collect(now)
             .into_iter()
             .find(|(t, _)| t == topic)
             .map(|(_, envelope)| envelope)
@@ -186,46 +220,66 @@ mod tests {
 
     #[test]
     fn a_killed_actor_s_deposit_stops_going_out() {
-        // Process-wide: a topic name of this test's own.
-        let topic = "bundle-killed-actor";
+        let (bundle, topic) = (Bundle::default(), "t");
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
-        register(topic, Arc::downgrade(&sink));
-        deposit(topic, vec![1, 2, 3], 1_000);
-        assert_eq!(collected(topic, 1_000 + MIN_AGE_US), Some(vec![1, 2, 3]));
+        bundle.register(topic, Arc::downgrade(&sink));
+        bundle.deposit(topic, vec![1, 2, 3], 1_000);
+        assert_eq!(
+            collected(&bundle, topic, 1_000 + MIN_AGE_US),
+            Some(vec![1, 2, 3])
+        );
 
         // Killed: its state (the sink) is dropped, and neither `withdraw` nor `unregister` ran.
         drop(sink);
-        assert_eq!(collected(topic, 2_000 + MIN_AGE_US), None);
-        assert!(with(|all| !all.contains_key(topic)), "the deposit is kept");
+        assert_eq!(collected(&bundle, topic, 2_000 + MIN_AGE_US), None);
+        assert!(
+            !lock(&bundle.deposits).contains_key(topic),
+            "the deposit is kept"
+        );
 
         // A new actor of the topic bundles again.
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
-        register(topic, Arc::downgrade(&sink));
-        deposit(topic, vec![4], 3_000);
-        assert_eq!(collected(topic, 3_000 + MIN_AGE_US), Some(vec![4]));
-        unregister(topic, &Arc::downgrade(&sink));
-        withdraw(topic);
+        bundle.register(topic, Arc::downgrade(&sink));
+        bundle.deposit(topic, vec![4], 3_000);
+        assert_eq!(collected(&bundle, topic, 3_000 + MIN_AGE_US), Some(vec![4]));
     }
 
     #[test]
     fn a_new_actor_of_the_topic_never_carries_the_previous_one_s_heartbeat() {
-        let topic = "bundle-new-actor";
+        let (bundle, topic) = (Bundle::default(), "t");
         let old: Arc<dyn BeatSink> = Arc::new(Sink);
-        register(topic, Arc::downgrade(&old));
-        deposit(topic, vec![1], 1_000);
+        bundle.register(topic, Arc::downgrade(&old));
+        bundle.deposit(topic, vec![1], 1_000);
         // Spawned again while the old state still lives (a kill is cleaned up later).
         let new: Arc<dyn BeatSink> = Arc::new(Sink);
-        register(topic, Arc::downgrade(&new));
-        assert_eq!(collected(topic, 1_000 + MIN_AGE_US), None);
+        bundle.register(topic, Arc::downgrade(&new));
+        assert_eq!(collected(&bundle, topic, 1_000 + MIN_AGE_US), None);
         // Its first heartbeat, too recent to go out, has no old one to stand in for it.
-        deposit(topic, vec![2], 2_000);
+        bundle.deposit(topic, vec![2], 2_000);
         assert_eq!(
-            collected(topic, 2_001),
+            collected(&bundle, topic, 2_001),
             None,
             "the old actor's heartbeat went out"
         );
-        assert_eq!(collected(topic, 2_000 + MIN_AGE_US), Some(vec![2]));
-        unregister(topic, &Arc::downgrade(&new));
-        withdraw(topic);
+        assert_eq!(collected(&bundle, topic, 2_000 + MIN_AGE_US), Some(vec![2]));
+    }
+
+    #[test]
+    fn two_nodes_in_one_process_carry_only_their_own_topics() {
+        let a = Bundle::for_node("bundle-test-a@here");
+        let b = Bundle::for_node("bundle-test-b@here");
+        let sink: Arc<dyn BeatSink> = Arc::new(Sink);
+        // A topic actor of node a finds a's bundle by its node name, and deposits there.
+        Bundle::of("bundle-test-a@here").register("t", Arc::downgrade(&sink));
+        Bundle::of("bundle-test-a@here").deposit("t", vec![1], 1_000);
+        assert_eq!(collected(&a, "t", 1_000 + MIN_AGE_US), Some(vec![1]));
+        assert_eq!(collected(&b, "t", 1_000 + MIN_AGE_US), None);
+        a.set_node_interval(200_000);
+        assert!(a.bundles(200_000) && !b.bundles(200_000));
+        // A name no node has: a bundle of its own that never bundles.
+        assert!(!Bundle::of("nobody@here").bundles(u64::MAX));
+        // The node gone, its bundle goes with it.
+        drop(a);
+        assert!(!Bundle::of("bundle-test-a@here").bundles(u64::MAX));
     }
 }

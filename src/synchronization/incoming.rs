@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use super::actor::{lock, SynchronizationState};
-use super::bundle::BeatSink;
+use super::bundle::{BeatSink, Bundle};
 use super::message::WIRE_VARIANT;
 use super::TopicMessage;
 use crate::clock::now_us;
@@ -78,7 +78,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
                 let vouched = match &self.gossip {
                     Some(gossip) => {
                         gossip.heard(&origin, incarnation, &members);
-                        hand_over(bundled, token);
+                        hand_over(self.outbox.bundle(), bundled, token);
                         true
                     }
                     None => self.knows_every(&origin, &members),
@@ -317,8 +317,8 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
 /// topic: taken at once when it announces nothing new, else queued to the actor as if it had
 /// come on its own (topics this node does not serve are skipped). Each goes with the token of
 /// the cast that carried it: a topic heartbeat proves its origin as the node-level one did.
-fn hand_over(bundled: Vec<(String, Vec<u8>)>, token: Option<&[u8]>) {
-    let sinks = super::bundle::sinks_of(bundled.iter().map(|(topic, _)| topic.as_str()));
+fn hand_over(bundle: &Bundle, bundled: Vec<(String, Vec<u8>)>, token: Option<&[u8]>) {
+    let sinks = bundle.sinks_of(bundled.iter().map(|(topic, _)| topic.as_str()));
     for ((topic, envelope), sink) in bundled.into_iter().zip(sinks) {
         if sink.is_some_and(|sink| sink.offer(&envelope, token)) {
             continue;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::{pg, ActorRef};
 
+use super::bundle::Bundle;
 use super::message::SyncMessage;
 use super::shared::SyncShared;
 use super::TopicMessage;
@@ -26,6 +27,8 @@ pub(crate) struct Outbox<M> {
     node_name: String,
     incarnation: u64,
     shared: Arc<SyncShared>,
+    /// The node's bundled heartbeats: where this topic's go when they ride on the node's.
+    bundle: Arc<Bundle>,
     state: Mutex<State>,
     _message: PhantomData<fn() -> M>,
 }
@@ -44,12 +47,14 @@ impl<M: TopicMessage> Outbox<M> {
         node_name: String,
         incarnation: u64,
         shared: Arc<SyncShared>,
+        bundle: Arc<Bundle>,
     ) -> Self {
         Self {
             group,
             node_name,
             incarnation,
             shared,
+            bundle,
             state: Mutex::default(),
             _message: PhantomData,
         }
@@ -57,6 +62,11 @@ impl<M: TopicMessage> Outbox<M> {
 
     pub(crate) fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// The node's bundled heartbeats.
+    pub(crate) fn bundle(&self) -> &Arc<Bundle> {
+        &self.bundle
     }
 
     /// Whether a payload of `len` bytes fits in one envelope of this topic.
@@ -167,7 +177,7 @@ impl<M: TopicMessage> Outbox<M> {
             return;
         };
         match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
-            Ok(bytes) => super::bundle::deposit(&self.group, bytes, stamp),
+            Ok(bytes) => self.bundle.deposit(&self.group, bytes, stamp),
             Err(error) => tracing::error!(%error, topic = %self.group, "heartbeat not encoded"),
         }
     }
@@ -200,7 +210,7 @@ impl<M: TopicMessage> Outbox<M> {
         let mut state = self.lock();
         if !state.closed {
             state.closed = true;
-            super::bundle::withdraw(&self.group);
+            self.bundle.withdraw(&self.group);
             let last_seq = state.last_seq;
             self.send(Body::Leave { last_seq });
         }
@@ -327,8 +337,13 @@ mod tests {
     #[test]
     fn nothing_goes_out_after_the_leave() {
         // A topic nobody else serves: nothing is cast.
-        let outbox: Outbox<u8> =
-            Outbox::new("outbox-test".into(), "me@here".into(), 7, Arc::default());
+        let outbox: Outbox<u8> = Outbox::new(
+            "outbox-test".into(),
+            "me@here".into(),
+            7,
+            Arc::default(),
+            Arc::default(),
+        );
         assert_eq!(outbox.publish(vec![1]), Some(1));
         outbox.leave();
         assert_eq!(outbox.publish(vec![2]), None);
@@ -389,7 +404,13 @@ mod tests {
     #[test]
     fn a_heartbeat_over_the_envelope_limit_is_split_not_silenced() {
         let shared: Arc<SyncShared> = Arc::default();
-        let outbox: Outbox<u8> = Outbox::new("outbox-split".into(), node(0), 7, shared.clone());
+        let outbox: Outbox<u8> = Outbox::new(
+            "outbox-split".into(),
+            node(0),
+            7,
+            shared.clone(),
+            Arc::default(),
+        );
         let (body, bundled) = heartbeat(1024, 120);
         let Body::Heartbeat {
             echoes, members, ..

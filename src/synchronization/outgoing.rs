@@ -167,7 +167,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
         match &self.gossip {
             // The node-level topic carries every other topic's heartbeat, and the members.
             Some(gossip) => {
-                let bundled = super::bundle::collect(now_us());
+                let bundled = self.outbox.bundle().collect(now_us());
                 #[allow(unused_mut)]
                 let mut members = gossip.members();
                 #[cfg(feature = "fault-injection")]
@@ -181,7 +181,7 @@ impl<M: TopicMessage> SynchronizationState<M> {
             }
             // Carried inside the node-level heartbeat, whose members the receiving node
             // checks before it hands this on: no list of its own.
-            None if super::bundle::bundles(self.heartbeat_us) => self
+            None if self.outbox.bundle().bundles(self.heartbeat_us) => self
                 .outbox
                 .deposit_heartbeat(self.peers.echoes(), Vec::new()),
             // On its own, a topic's heartbeat names the members this node has a session with:

@@ -4,8 +4,8 @@
 //! - `GET /users/{id}` reads through the cache:
 //!   `200 {"id":1,"name":"ada","version":2,"hit":true,"waited_ms":0.0}`, `404` if there is no
 //!   such user, `400` if the id is not a number.
-//! - `PUT /users/{id}` with `{"name":"..."}` commits the row (its version one higher, in the
-//!   same statement), then invalidates the key on every replica:
+//! - `PUT /users/{id}` with `{"name":"..."}` commits the row (the table's triggers give it a
+//!   new version, `ractor_cache_sync_sqlite`), then invalidates the key on every replica:
 //!   `200 {"id":1,"name":"ada","version":3,"token":"wt1.…"}`. Commit and invalidation run
 //!   together on a task of their own (`Cache::write_through_with_token`): a client that hangs
 //!   up mid-commit cannot skip the invalidation, and this replica keeps the new name.
@@ -44,11 +44,15 @@
 //! curl localhost:8082/health
 //! ```
 //!
+//! With `--change-feed`, each replica follows the table's change log
+//! (`ractor_cache_sync_sqlite`): a user renamed straight in SQLite — a SQL session, a
+//! migration, another service — is served renamed by every replica within milliseconds.
+//!
 //! Once serving, it prints `{"ok":"ready","http":"ADDR"}` on stdout; logs go to stderr.
 
 use std::net::SocketAddr;
-use std::path::{Path as FilePath, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
@@ -58,8 +62,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use ractor_cache_sync::cache::WriteToken;
-use ractor_cache_sync::{Cache, Error, Node, NodeConfig, Result, Source, Topic, Version};
-use rusqlite::{Connection, OptionalExtension};
+use ractor_cache_sync::{Cache, Error, Node, NodeConfig, Topic};
+use ractor_cache_sync_sqlite::{SqliteSource, Table};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -88,110 +92,16 @@ struct Args {
     /// Cluster cookie (shared secret).
     #[arg(long, env = "RACTOR_CACHE_SYNC_COOKIE", hide_env_values = true)]
     cookie: String,
-}
-
-/// The source of truth: table `users(id, name, version)`, one connection behind a mutex,
-/// used from `spawn_blocking` so SQLite never blocks the async runtime. Versions come from
-/// the database (one higher in the same statement as the change). `load_many` and `versions`
-/// answer a whole chunk in one statement: the cache checks its entries with them after a
-/// possible loss and while a replica is unreachable.
-struct Users(Arc<Mutex<Connection>>);
-
-impl Users {
-    fn open(path: &FilePath) -> rusqlite::Result<Self> {
-        let conn = Connection::open(path)?;
-        // Several replicas share the file: wait for each other's locks, and let readers read
-        // while one writes.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS users (
-                 id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)",
-        )?;
-        Ok(Self(Arc::new(Mutex::new(conn))))
-    }
-
-    /// Inserts or renames user `id`, its version one higher, and returns the new version.
-    async fn put(&self, id: u64, name: String) -> Result<Version> {
-        self.run(move |conn| {
-            conn.query_row(
-                "INSERT INTO users (id, name, version) VALUES (?1, ?2, 1)
-                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, version = version + 1
-                 RETURNING version",
-                rusqlite::params![id, name],
-                |row| row.get(0),
-            )
-        })
-        .await
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let conn = self.0.clone();
-        let done = tokio::task::spawn_blocking(move || work(&conn.lock().unwrap())).await;
-        done.map_err(Error::from_source)?
-            .map_err(Error::from_source)
-    }
-}
-
-#[async_trait::async_trait]
-impl Source<u64, String> for Users {
-    async fn load(&self, id: &u64) -> Result<Option<(String, Version)>> {
-        let id = *id;
-        self.run(move |conn| {
-            let sql = "SELECT name, version FROM users WHERE id = ?1";
-            conn.query_row(sql, [id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-        })
-        .await
-    }
-
-    /// One statement for the whole chunk (the cache asks for up to 1 000 keys at a time when
-    /// it checks its entries, after a possible loss or while a peer is unreachable).
-    async fn load_many(&self, ids: &[u64]) -> Result<Vec<Option<(String, Version)>>> {
-        let ids = ids.to_vec();
-        self.run(move |conn| {
-            let mut found = std::collections::HashMap::with_capacity(ids.len());
-            let sql = "SELECT id, name, version FROM users
-                       WHERE id IN (SELECT value FROM json_each(?1))";
-            let mut statement = conn.prepare_cached(sql)?;
-            let list = serde_json::to_string(&ids).expect("a list of numbers");
-            let rows = statement.query_map([list], |row| {
-                Ok((row.get::<_, u64>(0)?, (row.get(1)?, row.get(2)?)))
-            })?;
-            for row in rows {
-                let (id, user) = row?;
-                found.insert(id, user);
-            }
-            Ok(ids.iter().map(|id| found.remove(id)).collect())
-        })
-        .await
-    }
-
-    async fn versions(&self, ids: &[u64]) -> Result<Vec<Option<Version>>> {
-        let ids = ids.to_vec();
-        self.run(move |conn| {
-            let mut found = std::collections::HashMap::with_capacity(ids.len());
-            let sql = "SELECT id, version FROM users WHERE id IN (SELECT value FROM json_each(?1))";
-            let mut statement = conn.prepare_cached(sql)?;
-            let list = serde_json::to_string(&ids).expect("a list of numbers");
-            let rows =
-                statement.query_map([list], |row| Ok((row.get::<_, u64>(0)?, row.get(1)?)))?;
-            for row in rows {
-                let (id, version) = row?;
-                found.insert(id, version);
-            }
-            Ok(ids.iter().map(|id| found.get(id).copied()).collect())
-        })
-        .await
-    }
+    /// Follow the database's committed changes: a user renamed straight in SQLite (a SQL
+    /// session, a migration, another service) is served renamed by every replica within
+    /// milliseconds, and while the feed is current the database vouches for the cache.
+    #[arg(long)]
+    change_feed: bool,
 }
 
 #[derive(Clone)]
 struct App {
-    users: Arc<Users>,
+    users: Arc<SqliteSource<u64>>,
     cache: Cache<u64, String>,
 }
 
@@ -324,12 +234,21 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
-    let users = Arc::new(Users::open(&args.db)?);
+    // The table `users(id INTEGER, name TEXT, version INTEGER)`: its triggers version every
+    // write, also those made outside the service; bulk `load_many` and `versions`.
+    let table = Table::new("users")
+        .key_column("id", "INTEGER")
+        .value_column("name");
+    let users = Arc::new(SqliteSource::<u64>::open_table(&args.db, table)?);
     let config = NodeConfig::new(&args.name, &args.cookie)
         .listen(args.listen)
         .dial_gossiped(!args.no_gossip_dial);
     let node = Node::start(args.peers.iter().fold(config, |c, p| c.peer(p))).await?;
-    let cache = Cache::spawn(Topic::new("users"), users.clone(), &node).await?;
+    let mut builder = Cache::builder(Topic::new("users"), users.clone());
+    if args.change_feed {
+        builder = builder.change_feed(users.change_feed(Default::default())?);
+    }
+    let cache = builder.spawn(&node).await?;
 
     let app = App {
         users,

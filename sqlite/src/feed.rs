@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use ractor_cache_sync::feed::{ChangeFeed, FeedEvent, Stamp};
 use ractor_cache_sync::{Error, Result, Version};
 use rusqlite::{params, Connection};
+
+use crate::Key;
 use tokio::sync::mpsc;
 
 /// How often a barrier is handed to the cache while nothing changes (each renews the feed's
@@ -81,18 +83,18 @@ impl FeedSettings {
 /// log's order (`seq`) is commit order, and a read transaction sees every commit finished
 /// before it began: after each read the feed reports a barrier stamped just before the read.
 /// Each poll runs on the feed's own thread; it stops when the feed is dropped.
-pub struct SqliteFeed {
-    events: mpsc::Receiver<FeedEvent<String>>,
+pub struct SqliteFeed<K = String> {
+    events: mpsc::Receiver<FeedEvent<K>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for SqliteFeed {
+impl<K> std::fmt::Debug for SqliteFeed<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteFeed").finish_non_exhaustive()
     }
 }
 
-impl SqliteFeed {
+impl<K: Key> SqliteFeed<K> {
     pub(crate) fn start(
         conn: Connection,
         path: &std::path::Path,
@@ -116,6 +118,7 @@ impl SqliteFeed {
             position: 0,
             pruned_at: Instant::now(),
             writes: Writes::watch(path),
+            _key: std::marker::PhantomData,
         };
         log.position = log.last().map_err(Error::from_source)?;
         let (tx, events) = mpsc::channel(64);
@@ -130,7 +133,7 @@ impl SqliteFeed {
     }
 }
 
-impl Drop for SqliteFeed {
+impl<K> Drop for SqliteFeed<K> {
     fn drop(&mut self) {
         // The thread notices at its next send; no need to wait for it.
         self.events.close();
@@ -139,14 +142,14 @@ impl Drop for SqliteFeed {
 }
 
 #[async_trait::async_trait]
-impl ChangeFeed<String> for SqliteFeed {
-    async fn next(&mut self) -> Option<FeedEvent<String>> {
+impl<K: Key> ChangeFeed<K> for SqliteFeed<K> {
+    async fn next(&mut self) -> Option<FeedEvent<K>> {
         self.events.recv().await
     }
 }
 
 /// The poller's state.
-struct Log {
+struct Log<K> {
     conn: Connection,
     table: String,
     settings: FeedSettings,
@@ -154,21 +157,22 @@ struct Log {
     position: i64,
     pruned_at: Instant,
     writes: Writes,
+    _key: std::marker::PhantomData<fn() -> K>,
 }
 
 /// What one read of the log found.
-enum Read {
+enum Read<K> {
     /// Rows after the position, complete up to the read (`complete`) or not.
     Rows {
-        rows: Vec<(i64, String, Option<Version>)>,
+        rows: Vec<(i64, K, Option<Version>)>,
         complete: bool,
     },
     /// Rows after the position are gone (pruned) or too many: skipped to `to`.
     Skipped { to: i64, why: String },
 }
 
-impl Log {
-    fn run(mut self, tx: &mpsc::Sender<FeedEvent<String>>) {
+impl<K: Key> Log<K> {
+    fn run(mut self, tx: &mpsc::Sender<FeedEvent<K>>) {
         let mut barrier_at = Instant::now() - IDLE_BARRIER_EVERY;
         // Woken by a write to the files, and how many reads since found nothing new: a writer
         // writes its log file before it publishes the commit to readers (in shared memory,
@@ -248,7 +252,7 @@ impl Log {
     }
 
     /// The rows after the position, in one read transaction.
-    fn read(&mut self) -> rusqlite::Result<Read> {
+    fn read(&mut self) -> rusqlite::Result<Read<K>> {
         let t = self.table.clone();
         let position = self.position;
         // Idle, one statement: nothing new since the position.

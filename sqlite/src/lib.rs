@@ -6,20 +6,90 @@
 mod feed;
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor_cache_sync::{Error, Result, Source, Version};
+use rusqlite::types::{FromSql, ToSql};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 pub use self::feed::{FeedSettings, SqliteFeed};
+
+/// What a key must be to live in a SQLite column: `String` (a `TEXT` key), `u64` or `i64` (an
+/// `INTEGER` key), or any type of your own that rusqlite reads and writes.
+pub trait Key: ToSql + FromSql + Clone + Eq + Hash + Send + Sync + 'static {}
+
+impl<K: ToSql + FromSql + Clone + Eq + Hash + Send + Sync + 'static> Key for K {}
+
+/// Which table a [`SqliteSource`] reads, and which of its columns hold the key and the value
+/// (the version is always the `version` column, an `INTEGER`). Default layout: `key TEXT`,
+/// `value TEXT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    name: String,
+    key: String,
+    key_type: String,
+    value: String,
+}
+
+impl Table {
+    /// The table `name`, with columns `key TEXT`, `value TEXT`, `version INTEGER`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            key: "key".into(),
+            key_type: "TEXT".into(),
+            value: "value".into(),
+        }
+    }
+
+    /// The key's column and its SQL type (`TEXT`, `INTEGER`; used only if the table is
+    /// created).
+    #[must_use]
+    pub fn key_column(mut self, column: &str, sql_type: &str) -> Self {
+        self.key = column.to_owned();
+        self.key_type = sql_type.to_owned();
+        self
+    }
+
+    /// The value's column (`TEXT`).
+    #[must_use]
+    pub fn value_column(mut self, column: &str) -> Self {
+        self.value = column.to_owned();
+        self
+    }
+
+    /// Every name checked: plain identifiers (no quoting, no injection).
+    fn checked(self) -> Result<Self> {
+        identifier(&self.name)?;
+        identifier(&self.key)?;
+        identifier(&self.value)?;
+        if !matches!(
+            self.key_type.to_ascii_uppercase().as_str(),
+            "TEXT" | "INTEGER" | "BLOB"
+        ) {
+            return Err(Error::Config(format!(
+                "key type {:?}: use TEXT, INTEGER or BLOB",
+                self.key_type
+            )));
+        }
+        if [&self.key, &self.value].iter().any(|c| *c == "version") || self.key == self.value {
+            return Err(Error::Config(
+                "the key, value and version columns must be three different columns".into(),
+            ));
+        }
+        Ok(self)
+    }
+}
 
 /// Most keys one statement names (SQLite's default limit on parameters is 32 766).
 const KEYS_PER_STATEMENT: usize = 1_000;
 
 /// A table `(key TEXT PRIMARY KEY, value TEXT, version INTEGER)` in a SQLite file, as a
-/// [`Source`].
+/// [`Source`] (other column names and key types: [`Table`], [`SqliteSource::open_table`]).
 ///
 /// One connection per role (reads, writes), each behind a mutex and used from
 /// `spawn_blocking`, so SQLite's blocking calls never stall the async runtime. The file is in
@@ -29,15 +99,27 @@ const KEYS_PER_STATEMENT: usize = 1_000;
 /// every insert and on every update of a value — also those made outside the application (a
 /// SQL session, a migration) — so a version is never reused and a bulk version check sees
 /// every write.
-#[derive(Clone)]
-pub struct SqliteSource {
+pub struct SqliteSource<K = String> {
     path: PathBuf,
-    table: Arc<str>,
+    table: Arc<Table>,
     reader: Arc<Mutex<Connection>>,
     writer: Arc<Mutex<Connection>>,
+    _key: PhantomData<fn() -> K>,
 }
 
-impl std::fmt::Debug for SqliteSource {
+impl<K> Clone for SqliteSource<K> {
+    fn clone(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            table: self.table.clone(),
+            reader: self.reader.clone(),
+            writer: self.writer.clone(),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K> std::fmt::Debug for SqliteSource<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteSource")
             .field("path", &self.path)
@@ -62,31 +144,45 @@ pub(crate) fn identifier(name: &str) -> Result<&str> {
     }
 }
 
-impl SqliteSource {
-    /// Opens (creating if needed) the file, the table, its version counter and triggers.
+impl SqliteSource<String> {
+    /// Opens (creating if needed) the file, the table `(key TEXT, value TEXT, version
+    /// INTEGER)`, its version counter and triggers.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a table name that is not a plain identifier; the source's error
-    /// if the file cannot be opened or the schema set up.
+    /// As [`open_table`](Self::open_table).
     pub fn open(path: impl AsRef<Path>, table: &str) -> Result<Self> {
-        let table = identifier(table)?;
+        Self::open_table(path, Table::new(table))
+    }
+}
+
+impl<K: Key> SqliteSource<K> {
+    /// Opens (creating if needed) the file, the table laid out as `table` says, its version
+    /// counter and triggers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a name that is not a plain identifier; the source's error if the
+    /// file cannot be opened or the schema set up.
+    pub fn open_table(path: impl AsRef<Path>, table: Table) -> Result<Self> {
+        let table = table.checked()?;
         let path = path.as_ref().to_path_buf();
         let writer = connect(&path).map_err(Error::from_source)?;
         writer
-            .execute_batch(&schema(table))
+            .execute_batch(&schema(&table))
             .map_err(Error::from_source)?;
         Ok(Self {
             reader: Arc::new(Mutex::new(connect(&path).map_err(Error::from_source)?)),
             writer: Arc::new(Mutex::new(writer)),
-            table: table.into(),
+            table: Arc::new(table),
             path,
+            _key: PhantomData,
         })
     }
 
     /// The table's name.
     pub fn table(&self) -> &str {
-        &self.table
+        &self.table.name
     }
 
     /// Installs the change log (if it is not yet) and starts a feed reading it: see
@@ -96,7 +192,7 @@ impl SqliteSource {
     /// # Errors
     ///
     /// The source's error if the log cannot be installed or read.
-    pub fn change_feed(&self, settings: FeedSettings) -> Result<SqliteFeed> {
+    pub fn change_feed(&self, settings: FeedSettings) -> Result<SqliteFeed<K>> {
         {
             let mut conn = lock(&self.writer);
             let tx = conn
@@ -107,7 +203,7 @@ impl SqliteSource {
             tx.commit().map_err(Error::from_source)?;
         }
         let conn = connect(&self.path).map_err(Error::from_source)?;
-        SqliteFeed::start(conn, &self.path, &self.table, settings)
+        SqliteFeed::start(conn, &self.path, &self.table.name, settings)
     }
 
     /// Writes `value` under `key` in one transaction and returns the version the triggers gave
@@ -116,21 +212,27 @@ impl SqliteSource {
     /// # Errors
     ///
     /// The source's error.
-    pub async fn put(&self, key: String, value: String) -> Result<Version> {
+    pub async fn put(&self, key: K, value: String) -> Result<Version> {
         let writer = self.writer.clone();
         let table = self.table.clone();
         blocking(move || {
+            let Table {
+                name: t,
+                key: k,
+                value: v,
+                ..
+            } = &*table;
             let mut conn = lock(&writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 &format!(
-                    "INSERT INTO {table} (key, value, version) VALUES (?1, ?2, 0)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+                    "INSERT INTO {t} ({k}, {v}, version) VALUES (?1, ?2, 0)
+                     ON CONFLICT({k}) DO UPDATE SET {v} = excluded.{v}"
                 ),
                 params![key, value],
             )?;
             let version: i64 = tx.query_row(
-                &format!("SELECT version FROM {table} WHERE key = ?1"),
+                &format!("SELECT version FROM {t} WHERE {k} = ?1"),
                 params![key],
                 |row| row.get(0),
             )?;
@@ -145,40 +247,47 @@ impl SqliteSource {
     /// # Errors
     ///
     /// The source's error.
-    pub async fn delete(&self, key: String) -> Result<bool> {
+    pub async fn delete(&self, key: K) -> Result<bool> {
         let writer = self.writer.clone();
         let table = self.table.clone();
         blocking(move || {
+            let (t, k) = (&table.name, &table.key);
             let conn = lock(&writer);
-            let n = conn.execute(&format!("DELETE FROM {table} WHERE key = ?1"), params![key])?;
+            let n = conn.execute(&format!("DELETE FROM {t} WHERE {k} = ?1"), params![key])?;
             Ok(n > 0)
         })
         .await
     }
 
-    /// Runs `select` (ending in `WHERE key IN`) for `keys`, one statement per
-    /// [`KEYS_PER_STATEMENT`] keys in one read transaction, and maps each row (its first
-    /// column the key) with `read`.
+    /// Selects the key, then `value, version` (`with_value`) or `version`, for `keys`, one
+    /// statement per [`KEYS_PER_STATEMENT`] keys in one read transaction, and maps each row
+    /// with `read`.
     async fn select<T: Send + 'static>(
         &self,
-        keys: &[String],
-        columns: &'static str,
+        keys: &[K],
+        with_value: bool,
         read: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<HashMap<String, T>> {
+    ) -> Result<HashMap<K, T>> {
         let reader = self.reader.clone();
         let table = self.table.clone();
         let keys = keys.to_vec();
         blocking(move || {
+            let (t, k, v) = (&table.name, &table.key, &table.value);
+            let columns = if with_value {
+                format!("{k}, {v}, version")
+            } else {
+                format!("{k}, version")
+            };
             let mut conn = lock(&reader);
             let tx = conn.transaction()?;
             let mut found = HashMap::with_capacity(keys.len());
             for part in keys.chunks(KEYS_PER_STATEMENT) {
                 let marks = vec!["?"; part.len()].join(",");
-                let sql = format!("SELECT {columns} FROM {table} WHERE key IN ({marks})");
+                let sql = format!("SELECT {columns} FROM {t} WHERE {k} IN ({marks})");
                 let mut statement = tx.prepare_cached(&sql)?;
                 let mut rows = statement.query(rusqlite::params_from_iter(part))?;
                 while let Some(row) = rows.next()? {
-                    found.insert(row.get::<_, String>(0)?, read(row)?);
+                    found.insert(row.get::<_, K>(0)?, read(row)?);
                 }
             }
             Ok(found)
@@ -188,22 +297,21 @@ impl SqliteSource {
 }
 
 /// One answer per key, in the order asked.
-fn in_order<T>(keys: &[String], mut found: HashMap<String, T>) -> Vec<Option<T>> {
+fn in_order<K: Key, T>(keys: &[K], mut found: HashMap<K, T>) -> Vec<Option<T>> {
     keys.iter().map(|key| found.remove(key)).collect()
 }
 
 #[async_trait::async_trait]
-impl Source<String, String> for SqliteSource {
-    async fn load(&self, key: &String) -> Result<Option<(String, Version)>> {
+impl<K: Key> Source<K, String> for SqliteSource<K> {
+    async fn load(&self, key: &K) -> Result<Option<(String, Version)>> {
         let reader = self.reader.clone();
         let table = self.table.clone();
         let key = key.clone();
         blocking(move || {
+            let (t, k, v) = (&table.name, &table.key, &table.value);
             let conn = lock(&reader);
             let row = conn
-                .prepare_cached(&format!(
-                    "SELECT value, version FROM {table} WHERE key = ?1"
-                ))?
+                .prepare_cached(&format!("SELECT {v}, version FROM {t} WHERE {k} = ?1"))?
                 .query_row(params![key], |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })
@@ -213,20 +321,18 @@ impl Source<String, String> for SqliteSource {
         .await
     }
 
-    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<(String, Version)>>> {
+    async fn load_many(&self, keys: &[K]) -> Result<Vec<Option<(String, Version)>>> {
         let rows = self
-            .select(keys, "key, value, version", |row| {
+            .select(keys, true, |row| {
                 Ok((row.get::<_, String>(1)?, row.get::<_, i64>(2)? as Version))
             })
             .await?;
         Ok(in_order(keys, rows))
     }
 
-    async fn versions(&self, keys: &[String]) -> Result<Vec<Option<Version>>> {
+    async fn versions(&self, keys: &[K]) -> Result<Vec<Option<Version>>> {
         let rows = self
-            .select(keys, "key, version", |row| {
-                Ok(row.get::<_, i64>(1)? as Version)
-            })
+            .select(keys, false, |row| Ok(row.get::<_, i64>(1)? as Version))
             .await?;
         Ok(in_order(keys, rows))
     }
@@ -235,11 +341,17 @@ impl Source<String, String> for SqliteSource {
 /// The table, its counter and the triggers that version every write. A table written before
 /// versions came from the counter starts the counter above it. Triggers already there (with
 /// the change log, see [`change_log`]) are kept.
-fn schema(t: &str) -> String {
+fn schema(table: &Table) -> String {
+    let Table {
+        name: t,
+        key: k,
+        key_type,
+        value: v,
+    } = table;
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (
-             key TEXT PRIMARY KEY NOT NULL,
-             value TEXT NOT NULL,
+             {k} {key_type} PRIMARY KEY NOT NULL,
+             {v} TEXT NOT NULL,
              version INTEGER NOT NULL
          );
          CREATE TABLE IF NOT EXISTS {t}_version (
@@ -252,7 +364,7 @@ fn schema(t: &str) -> String {
              UPDATE {t} SET version = (SELECT last FROM {t}_version WHERE id = 0)
                  WHERE rowid = NEW.rowid;
          END;
-         CREATE TRIGGER IF NOT EXISTS {t}_version_on_update AFTER UPDATE OF value ON {t} BEGIN
+         CREATE TRIGGER IF NOT EXISTS {t}_version_on_update AFTER UPDATE OF {v} ON {t} BEGIN
              UPDATE {t}_version SET last = last + 1 WHERE id = 0;
              UPDATE {t} SET version = (SELECT last FROM {t}_version WHERE id = 0)
                  WHERE rowid = NEW.rowid;
@@ -263,13 +375,19 @@ fn schema(t: &str) -> String {
 /// The change log and the triggers that fill it, in the same transaction as each write: the
 /// version triggers again, each also logging the key and its new version; a delete and a
 /// renamed key log the key with no version. `at` (seconds since the epoch) is what pruning
-/// goes by.
-fn change_log(t: &str) -> String {
+/// goes by. The log's key column has no type: keys keep theirs.
+fn change_log(table: &Table) -> String {
+    let Table {
+        name: t,
+        key: k,
+        value: v,
+        ..
+    } = table;
     let now = "CAST(strftime('%s', 'now') AS INTEGER)";
     format!(
         "CREATE TABLE IF NOT EXISTS {t}_changes (
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             key TEXT NOT NULL,
+             key NOT NULL,
              version INTEGER,
              at INTEGER NOT NULL
          );
@@ -280,23 +398,23 @@ fn change_log(t: &str) -> String {
              UPDATE {t} SET version = (SELECT last FROM {t}_version WHERE id = 0)
                  WHERE rowid = NEW.rowid;
              INSERT INTO {t}_changes (key, version, at)
-                 VALUES (NEW.key, (SELECT last FROM {t}_version WHERE id = 0), {now});
+                 VALUES (NEW.{k}, (SELECT last FROM {t}_version WHERE id = 0), {now});
          END;
          DROP TRIGGER IF EXISTS {t}_version_on_update;
-         CREATE TRIGGER {t}_version_on_update AFTER UPDATE OF value ON {t} BEGIN
+         CREATE TRIGGER {t}_version_on_update AFTER UPDATE OF {v} ON {t} BEGIN
              UPDATE {t}_version SET last = last + 1 WHERE id = 0;
              UPDATE {t} SET version = (SELECT last FROM {t}_version WHERE id = 0)
                  WHERE rowid = NEW.rowid;
              INSERT INTO {t}_changes (key, version, at)
-                 VALUES (NEW.key, (SELECT last FROM {t}_version WHERE id = 0), {now});
+                 VALUES (NEW.{k}, (SELECT last FROM {t}_version WHERE id = 0), {now});
          END;
          CREATE TRIGGER IF NOT EXISTS {t}_changes_on_delete AFTER DELETE ON {t} BEGIN
-             INSERT INTO {t}_changes (key, version, at) VALUES (OLD.key, NULL, {now});
+             INSERT INTO {t}_changes (key, version, at) VALUES (OLD.{k}, NULL, {now});
          END;
-         CREATE TRIGGER IF NOT EXISTS {t}_changes_on_rename AFTER UPDATE OF key ON {t}
-             WHEN OLD.key <> NEW.key BEGIN
-             INSERT INTO {t}_changes (key, version, at) VALUES (OLD.key, NULL, {now});
-             INSERT INTO {t}_changes (key, version, at) VALUES (NEW.key, NULL, {now});
+         CREATE TRIGGER IF NOT EXISTS {t}_changes_on_rename AFTER UPDATE OF {k} ON {t}
+             WHEN OLD.{k} <> NEW.{k} BEGIN
+             INSERT INTO {t}_changes (key, version, at) VALUES (OLD.{k}, NULL, {now});
+             INSERT INTO {t}_changes (key, version, at) VALUES (NEW.{k}, NULL, {now});
          END;"
     )
 }

@@ -6,7 +6,7 @@ use ractor_cache_sync::Source;
 use super::*;
 
 /// The next event that is not a barrier, within a generous deadline.
-async fn next_change(feed: &mut SqliteFeed) -> FeedEvent<String> {
+async fn next_change<K: Key + std::fmt::Debug>(feed: &mut SqliteFeed<K>) -> FeedEvent<K> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match feed.next().await.expect("the feed ended") {
@@ -164,4 +164,48 @@ fn table_names_are_plain_identifiers() {
         );
     }
     assert!(SqliteSource::open(&path, "kv_2").is_ok());
+}
+
+#[tokio::test]
+async fn a_table_of_its_own_layout_with_integer_keys_has_versions_and_a_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let table = Table::new("users")
+        .key_column("id", "INTEGER")
+        .value_column("name");
+    let users: SqliteSource<u64> = SqliteSource::open_table(&path, table).unwrap();
+    let v1 = users.put(7, "ada".into()).await.unwrap();
+    let mut feed = users.change_feed(FeedSettings::default()).unwrap();
+    // A SQL session renames user 7 the way the service's own schema would.
+    outside(&path)
+        .execute("UPDATE users SET name = 'grace' WHERE id = 7", [])
+        .unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Changed(changes) => {
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].0, 7u64);
+            assert!(changes[0].1 > Some(v1), "{changes:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        users
+            .load(&7)
+            .await
+            .unwrap()
+            .map(|(name, _)| name)
+            .as_deref(),
+        Some("grace")
+    );
+    assert_eq!(users.versions(&[7, 8]).await.unwrap()[1], None);
+    for bad in [
+        Table::new("users").key_column("id; --", "INTEGER"),
+        Table::new("users").key_column("id", "INTEGER PRIMARY KEY"),
+        Table::new("users").value_column("version"),
+    ] {
+        assert!(matches!(
+            SqliteSource::<u64>::open_table(&path, bad),
+            Err(Error::Config(_))
+        ));
+    }
 }

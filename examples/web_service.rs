@@ -246,7 +246,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let node = Node::start(args.peers.iter().fold(config, |c, p| c.peer(p))).await?;
     let mut builder = Cache::builder(Topic::new("users"), users.clone());
     if args.change_feed {
-        builder = builder.change_feed(users.change_feed(Default::default())?);
+        builder = builder.change_feed(users.change_feed(Default::default()).await?);
     }
     let cache = builder.spawn(&node).await?;
 

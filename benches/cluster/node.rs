@@ -134,7 +134,7 @@ async fn feed_source(
         (Arc::new(source), Box::new(feed))
     } else {
         let source = ractor_cache_sync_sqlite::SqliteSource::open(db, "kv").expect("SQLite");
-        let feed = source.change_feed(Default::default()).expect("feed");
+        let feed = source.change_feed(Default::default()).await.expect("feed");
         (Arc::new(source), Box::new(feed))
     }
 }

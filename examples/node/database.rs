@@ -32,6 +32,7 @@ impl Database {
         match self {
             Self::Sqlite(db) => db
                 .change_feed(Default::default())
+                .await
                 .map(|feed| Box::new(feed) as Box<dyn ChangeFeed<String>>),
             Self::Postgres(db) => db
                 .change_feed(Default::default())

@@ -49,12 +49,20 @@ impl FeedSettings {
         self.barrier_every = every;
         self
     }
+
+    /// Sets [`max_rows`](Self::max_rows) (used when the triggers are installed).
+    #[must_use]
+    pub fn max_rows(mut self, rows: u32) -> Self {
+        self.max_rows = rows;
+        self
+    }
 }
 
 /// The statement-level triggers that notify the table's changes on channel `<table>_changes`:
 /// a JSON array of `[key, version]` pairs (`version` null for a deleted or renamed-away key),
 /// as many notifications as PostgreSQL's payload limit needs, or `*` for a statement changing
-/// more than `max_rows` rows or a key too long to describe.
+/// more than `max_rows` rows, a key too long to describe, or a `TRUNCATE` (which fires no
+/// row or delete trigger).
 pub(crate) fn triggers(t: &str, max_rows: u32) -> String {
     format!(
         "CREATE OR REPLACE FUNCTION {t}_notify_changes() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -63,7 +71,10 @@ pub(crate) fn triggers(t: &str, max_rows: u32) -> String {
              item text;
              payload text := '';
          BEGIN
-             IF TG_OP = 'INSERT' THEN
+             IF TG_OP = 'TRUNCATE' THEN
+                 PERFORM pg_notify('{t}_changes', '*');
+                 RETURN NULL;
+             ELSIF TG_OP = 'INSERT' THEN
                  SELECT array_agg(json_build_array(key, version)::text) INTO items FROM changed;
              ELSIF TG_OP = 'UPDATE' THEN
                  SELECT array_agg(x) INTO items FROM (
@@ -105,6 +116,9 @@ pub(crate) fn triggers(t: &str, max_rows: u32) -> String {
          DROP TRIGGER IF EXISTS {t}_changes_on_update ON {t};
          CREATE TRIGGER {t}_changes_on_update AFTER UPDATE ON {t}
              REFERENCING OLD TABLE AS gone NEW TABLE AS changed
+             FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify_changes();
+         DROP TRIGGER IF EXISTS {t}_changes_on_truncate ON {t};
+         CREATE TRIGGER {t}_changes_on_truncate AFTER TRUNCATE ON {t}
              FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify_changes();
          DROP TRIGGER IF EXISTS {t}_changes_on_delete ON {t};
          CREATE TRIGGER {t}_changes_on_delete AFTER DELETE ON {t}
@@ -162,8 +176,10 @@ impl ChangeFeed<String> for PostgresFeed {
 enum Ended {
     /// The feed was dropped.
     Dropped,
-    /// The connection broke (or never came up).
-    Broken(String),
+    /// The connection broke (or never came up); whether any barrier came back on it first
+    /// (if none did, the next connection waits out the backoff: a fault that breaks every
+    /// session at once must not become a reconnect, and a repair, in a tight loop).
+    Broken(String, bool),
 }
 
 struct Listener {
@@ -198,7 +214,8 @@ impl PostgresFeed {
         let listener = Listener {
             config,
             changes: format!("{table}_changes"),
-            barriers: format!("{table}_barrier_{id:016x}"),
+            // At most 28 bytes, whatever the table's name (PostgreSQL's limit is 63).
+            barriers: format!("rcs_barrier_{id:016x}"),
             settings,
             events,
             next_barrier: 0,
@@ -261,7 +278,6 @@ impl Listener {
                         if self.events.send(FeedEvent::Reconnected).await.is_err() {
                             return;
                         }
-                        backoff = Duration::from_millis(100);
                         session
                     }
                     Err(error) => {
@@ -276,8 +292,14 @@ impl Listener {
             driver.abort();
             match ended {
                 Ended::Dropped => return,
-                Ended::Broken(error) => {
+                Ended::Broken(error, true) => {
                     tracing::warn!(%error, "the change feed lost its connection; reconnecting");
+                    backoff = Duration::from_millis(100);
+                }
+                Ended::Broken(error, false) => {
+                    tracing::warn!(%error, ?backoff, "the change feed's connection broke before any barrier came back; reconnecting after the backoff");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
         }
@@ -286,13 +308,14 @@ impl Listener {
     /// Forwards notifications and sends barriers until the connection breaks.
     async fn listen(&mut self, client: &tokio_postgres::Client, mut incoming: Incoming) -> Ended {
         let mut pending: VecDeque<(u64, Stamp)> = VecDeque::new();
+        let mut delivered = false;
         let mut tick = tokio::time::interval(self.settings.barrier_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 notification = incoming.recv() => {
                     let Some(n) = notification else {
-                        return Ended::Broken("the connection closed".into());
+                        return Ended::Broken("the connection closed".into(), delivered);
                     };
                     let event = if n.channel() == self.barriers {
                         let Ok(id) = n.payload().parse::<u64>() else { continue };
@@ -301,7 +324,10 @@ impl Listener {
                             stamp = pending.pop_front().map(|(_, s)| s);
                         }
                         match stamp {
-                            Some(stamp) => FeedEvent::Barrier(stamp),
+                            Some(stamp) => {
+                                delivered = true;
+                                FeedEvent::Barrier(stamp)
+                            }
                             None => continue,
                         }
                     } else {
@@ -319,7 +345,7 @@ impl Listener {
                         return Ended::Dropped;
                     }
                     if pending.len() >= BARRIERS_IN_FLIGHT {
-                        return Ended::Broken(format!("{BARRIERS_IN_FLIGHT} barriers never came back"));
+                        return Ended::Broken(format!("{BARRIERS_IN_FLIGHT} barriers never came back"), delivered);
                     }
                     self.next_barrier += 1;
                     let id = self.next_barrier;
@@ -329,8 +355,8 @@ impl Listener {
                     let sent = client.execute("SELECT pg_notify($1, $2)", &params);
                     match tokio::time::timeout(Duration::from_secs(5), sent).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(error)) => return Ended::Broken(error.to_string()),
-                        Err(_) => return Ended::Broken("a barrier took over 5 s to send".into()),
+                        Ok(Err(error)) => return Ended::Broken(error.to_string(), delivered),
+                        Err(_) => return Ended::Broken("a barrier took over 5 s to send".into(), delivered),
                     }
                 }
             }

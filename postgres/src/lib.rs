@@ -51,10 +51,11 @@ impl std::fmt::Debug for PostgresSource {
 }
 
 /// `name` if it is a plain lower-case SQL identifier (so that PostgreSQL does not fold it),
-/// at most 48 bytes so that the names derived from it fit in 63.
+/// at most 40 bytes so that the names derived from it (`<table>_changes_on_truncate`) fit in
+/// PostgreSQL's 63.
 fn identifier(name: &str) -> Result<&str> {
     let plain = !name.is_empty()
-        && name.len() <= 48
+        && name.len() <= 40
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name
             .chars()
@@ -63,7 +64,7 @@ fn identifier(name: &str) -> Result<&str> {
         Ok(name)
     } else {
         Err(Error::Config(format!(
-            "table name {name:?}: use lower-case letters, digits and '_' (at most 48, not starting with a digit)"
+            "table name {name:?}: use lower-case letters, digits and '_' (at most 40, not starting with a digit)"
         )))
     }
 }
@@ -278,7 +279,7 @@ mod tests {
 
     #[test]
     fn table_names_are_plain_lower_case_identifiers() {
-        for bad in ["", "Kv", "kv; drop table x", "1kv", "k v", &"x".repeat(49)] {
+        for bad in ["", "Kv", "kv; drop table x", "1kv", "k v", &"x".repeat(41)] {
             assert!(matches!(identifier(bad), Err(Error::Config(_))), "{bad:?}");
         }
         assert!(identifier("kv_2").is_ok());

@@ -69,6 +69,13 @@ impl FeedSettings {
         self
     }
 
+    /// Sets [`max_backlog`](Self::max_backlog).
+    #[must_use]
+    pub fn max_backlog(mut self, rows: u64) -> Self {
+        self.max_backlog = rows;
+        self
+    }
+
     /// Sets [`retention`](Self::retention).
     #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
@@ -295,12 +302,34 @@ impl<K: Key> Log<K> {
         let mut statement = tx.prepare_cached(&format!(
             "SELECT seq, key, version FROM {t}_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2"
         ))?;
-        let rows = statement
+        // Keys are read as whatever SQLite holds, then decoded: a row whose key the key type
+        // cannot hold (a negative id for `u64`, a blob) is a loss to repair, not a poll that
+        // fails for ever.
+        let read = statement
             .query_map(params![position, ROWS_PER_POLL], |row| {
                 let version: Option<i64> = row.get(2)?;
-                Ok((row.get(0)?, row.get(1)?, version.map(|v| v as Version)))
+                let key: rusqlite::types::Value = row.get(1)?;
+                Ok((row.get::<_, i64>(0)?, key, version.map(|v| v as Version)))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut rows = Vec::with_capacity(read.len());
+        for (expected, (seq, key, version)) in (position + 1..).zip(read) {
+            if seq != expected {
+                // A hole in the middle: rows pruned (a clock stepped back) or lost.
+                return Ok(Read::Skipped {
+                    to: last,
+                    why: format!("the change log of {t} misses rows after {}", expected - 1),
+                });
+            }
+            let decoded = K::column_result(rusqlite::types::ValueRef::from(&key));
+            let Ok(key) = decoded else {
+                return Ok(Read::Skipped {
+                    to: last,
+                    why: format!("the change log of {t} holds a key this cache's key type cannot read ({key:?})"),
+                });
+            };
+            rows.push((seq, key, version));
+        }
         let complete = rows.last().is_none_or(|&(seq, _, _)| seq >= last);
         Ok(Read::Rows { rows, complete })
     }

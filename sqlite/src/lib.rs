@@ -189,21 +189,30 @@ impl<K: Key> SqliteSource<K> {
     /// [`SqliteFeed`]. Every writer of the file logs its changes from then on, in the same
     /// transaction as the change.
     ///
+    /// The installation waits for the database's write lock (another writer's transaction),
+    /// on a blocking thread, not the async runtime's.
+    ///
     /// # Errors
     ///
-    /// The source's error if the log cannot be installed or read.
-    pub fn change_feed(&self, settings: FeedSettings) -> Result<SqliteFeed<K>> {
-        {
-            let mut conn = lock(&self.writer);
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(Error::from_source)?;
-            tx.execute_batch(&change_log(&self.table))
-                .map_err(Error::from_source)?;
-            tx.commit().map_err(Error::from_source)?;
-        }
-        let conn = connect(&self.path).map_err(Error::from_source)?;
-        SqliteFeed::start(conn, &self.path, &self.table.name, settings)
+    /// [`Error::Config`] for settings out of range; the source's error if the log cannot be
+    /// installed or read.
+    pub async fn change_feed(&self, settings: FeedSettings) -> Result<SqliteFeed<K>> {
+        let (writer, table, path) = (self.writer.clone(), self.table.clone(), self.path.clone());
+        let started = tokio::task::spawn_blocking(move || {
+            {
+                let mut conn = lock(&writer);
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(Error::from_source)?;
+                tx.execute_batch(&change_log(&table))
+                    .map_err(Error::from_source)?;
+                tx.commit().map_err(Error::from_source)?;
+            }
+            let conn = connect(&path).map_err(Error::from_source)?;
+            SqliteFeed::start(conn, &path, &table.name, settings)
+        })
+        .await;
+        started.map_err(|join| Error::from_source(join.to_string()))?
     }
 
     /// Writes `value` under `key` in one transaction and returns the version the triggers gave

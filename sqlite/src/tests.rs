@@ -29,7 +29,7 @@ async fn writes_made_outside_the_application_are_reported_in_commit_order_with_t
     let path = dir.path().join("kv.db");
     let source = SqliteSource::open(&path, "kv").unwrap();
     let v1 = source.put("a".into(), "1".into()).await.unwrap();
-    let mut feed = source.change_feed(FeedSettings::default()).unwrap();
+    let mut feed = source.change_feed(FeedSettings::default()).await.unwrap();
 
     // A plain SQL session: no version given, none raised by hand.
     let sql = outside(&path);
@@ -73,7 +73,7 @@ async fn a_barrier_comes_after_every_change_committed_before_its_stamp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
     let source = SqliteSource::open(&path, "kv").unwrap();
-    let mut feed = source.change_feed(FeedSettings::default()).unwrap();
+    let mut feed = source.change_feed(FeedSettings::default()).await.unwrap();
     for round in 0..20 {
         let key = format!("k{round}");
         source.put(key.clone(), "v".into()).await.unwrap();
@@ -112,7 +112,7 @@ async fn a_log_pruned_past_the_feed_or_a_bulk_change_is_a_loss_not_silence() {
         max_backlog: 50,
         ..FeedSettings::default()
     };
-    let mut feed = source.change_feed(settings).unwrap();
+    let mut feed = source.change_feed(settings).await.unwrap();
     source.put("a".into(), "2".into()).await.unwrap();
     assert!(matches!(
         next_change(&mut feed).await,
@@ -175,7 +175,7 @@ async fn a_table_of_its_own_layout_with_integer_keys_has_versions_and_a_feed() {
         .value_column("name");
     let users: SqliteSource<u64> = SqliteSource::open_table(&path, table).unwrap();
     let v1 = users.put(7, "ada".into()).await.unwrap();
-    let mut feed = users.change_feed(FeedSettings::default()).unwrap();
+    let mut feed = users.change_feed(FeedSettings::default()).await.unwrap();
     // A SQL session renames user 7 the way the service's own schema would.
     outside(&path)
         .execute("UPDATE users SET name = 'grace' WHERE id = 7", [])
@@ -207,5 +207,44 @@ async fn a_table_of_its_own_layout_with_integer_keys_has_versions_and_a_feed() {
             SqliteSource::<u64>::open_table(&path, bad),
             Err(Error::Config(_))
         ));
+    }
+}
+
+#[tokio::test]
+async fn a_key_the_key_type_cannot_hold_or_a_hole_in_the_log_is_a_loss_and_the_feed_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let table = Table::new("users")
+        .key_column("id", "INTEGER")
+        .value_column("name");
+    let users: SqliteSource<u64> = SqliteSource::open_table(&path, table).unwrap();
+    let mut feed = users.change_feed(FeedSettings::default()).await.unwrap();
+    let sql = outside(&path);
+    // A negative id: no `u64` holds it.
+    sql.execute(
+        "INSERT INTO users (id, name, version) VALUES (-5, 'x', 0)",
+        [],
+    )
+    .unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Lost(why) => assert!(why.contains("cannot read"), "{why}"),
+        other => panic!("an unreadable key went unnoticed: {other:?}"),
+    }
+    // Three rows in one transaction, the middle one pruned before the feed read them.
+    sql.execute_batch(
+        "BEGIN;
+         INSERT INTO users (id, name, version) VALUES (1, 'a', 0), (2, 'b', 0), (3, 'c', 0);
+         DELETE FROM users_changes WHERE seq = (SELECT MAX(seq) - 1 FROM users_changes);
+         COMMIT;",
+    )
+    .unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Lost(why) => assert!(why.contains("misses rows"), "{why}"),
+        other => panic!("a hole in the log went unnoticed: {other:?}"),
+    }
+    users.put(9, "after".into()).await.unwrap();
+    match next_change(&mut feed).await {
+        FeedEvent::Changed(changes) => assert_eq!(changes[0].0, 9),
+        other => panic!("the feed stopped: {other:?}"),
     }
 }

@@ -3,7 +3,8 @@
 //! [`Cache`] is the handle (cheap to clone; reads never wait on a mailbox), [`CacheBuilder`]
 //! its settings, [`Mode`] which rule it serves by. What a read returns ([`Lookup`]), what a
 //! cache counts ([`CacheStats`]), why an entry left ([`RemovalCause`]), what travels between
-//! nodes ([`Invalidation`]) and what a key must be ([`CacheKey`]) live here too.
+//! nodes ([`Invalidation`]), what a key must be ([`CacheKey`]) and what a source's change feed
+//! reports ([`ChangeFeed`], [`FeedEvent`], [`Stamp`]) live here too.
 
 mod actor;
 mod batch;
@@ -40,6 +41,7 @@ pub use self::token::{BadToken, WriteToken};
 use crate::clock::now_us;
 use crate::counter::{add, bump};
 use crate::error::{Error, Result};
+pub use crate::feed::{ChangeFeed, FeedEvent, Stamp};
 pub use crate::gate::Mode;
 use crate::health::Health;
 use crate::node::Node;

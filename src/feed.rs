@@ -1,25 +1,4 @@
-//! Change feeds: the source of truth reporting its committed changes, so that it vouches for
-//! the cache itself.
-//!
-//! A [`ChangeFeed`] yields the keys changed by committed transactions, in commit order, and
-//! now and then a **barrier**: "every change committed before [`Stamp`] has been delivered".
-//! A cache given one with [`CacheBuilder::change_feed`](crate::cache::CacheBuilder::change_feed)
-//! applies each change as it applies a peer's invalidation (versioned, idempotent, through the
-//! guard that keeps a load from before the change out of the heap), and after each barrier it
-//! holds a **feed lease**: it may serve its entries until one lease after the barrier's stamp,
-//! whatever the state of its peers. A write committed at `w` is applied before any barrier
-//! stamped after `w` is delivered, so no entry is served more than a lease after it: the bound
-//! then covers every committed write — made through the crate or not, by a node this one has
-//! never heard of, across a partition between the nodes.
-//!
-//! A feed that may have missed changes (it reconnected, its buffer overflowed, its log was
-//! pruned past its position, a change too large to describe) says so with
-//! [`FeedEvent::Reconnected`] or [`FeedEvent::Lost`], once it is listening again: the cache
-//! then marks every entry unverified and checks them against the source in bulk (a repair),
-//! never silence.
-//!
-//! The crates `ractor_cache_sync_sqlite` and `ractor_cache_sync_postgres` implement it for a
-//! change-log table (SQLite) and for `LISTEN`/`NOTIFY` (PostgreSQL).
+//! Change feeds: a source reporting its committed changes (see [`ChangeFeed`]).
 
 use crate::clock::now_us;
 use crate::source::Version;
@@ -55,7 +34,28 @@ pub enum FeedEvent<K> {
     Lost(String),
 }
 
-/// A source's committed changes, in commit order, with barriers (see the [module](self)).
+/// A source's committed changes, in commit order, with barriers: the source of truth vouches
+/// for the cache itself.
+///
+/// A change feed yields the keys changed by committed transactions, in commit order, and
+/// now and then a **barrier**: "every change committed before [`Stamp`] has been delivered".
+/// A cache given one with [`CacheBuilder::change_feed`](crate::cache::CacheBuilder::change_feed)
+/// applies each change as it applies a peer's invalidation (versioned, idempotent, through the
+/// guard that keeps a load from before the change out of the heap), and after each barrier it
+/// holds a **feed lease**: it may serve its entries until one lease after the barrier's stamp,
+/// whatever the state of its peers. A write committed at `w` is applied before any barrier
+/// stamped after `w` is delivered, so no entry is served more than a lease after it: the bound
+/// then covers every committed write — made through the crate or not, by a node this one has
+/// never heard of, across a partition between the nodes.
+///
+/// A feed that may have missed changes (it reconnected, its buffer overflowed, its log was
+/// pruned past its position, a change too large to describe) says so with
+/// [`FeedEvent::Reconnected`] or [`FeedEvent::Lost`], once it is listening again: the cache
+/// then marks every entry unverified and checks them against the source in bulk (a repair),
+/// never silence.
+///
+/// The crates `ractor_cache_sync_sqlite` and `ractor_cache_sync_postgres` implement it for a
+/// change-log table (SQLite) and for `LISTEN`/`NOTIFY` (PostgreSQL).
 ///
 /// # What an implementor must guarantee
 ///

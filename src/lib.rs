@@ -6,7 +6,6 @@
 // Layers, top to bottom; each imports only from the ones below it. The three upper layers are
 // public modules (every name a user may need); the root re-exports the ones most programs use.
 pub mod cache;
-pub mod feed;
 pub mod node;
 mod protocol;
 pub mod synchronization;
@@ -15,6 +14,7 @@ mod clock;
 mod counter;
 mod delivery;
 mod error;
+mod feed;
 mod gate;
 mod health;
 mod sessions;

@@ -9,7 +9,7 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{eventually, proxy::FaultProxy, put, served_within, start, wait_for_health};
+use cluster::{cache, eventually, proxy::FaultProxy, put, served_within, start, wait_for_health};
 use cluster::{wait_for_peers, wait_for_stat, write_directly, Cluster, NodeProcess, DEADLINE};
 
 /// The node example's default lease: the staleness bound.
@@ -32,16 +32,6 @@ fn with_short_forget_timeouts(mut spec: cluster::NodeSpec) -> cluster::NodeSpec 
         spec = spec.arg(arg);
     }
     spec
-}
-
-/// Caches `key` = `value` on `node` (a second read is a hit).
-fn cache(node: &mut NodeProcess, key: &str, value: &str) {
-    let name = node.spec.name.clone();
-    eventually(DEADLINE, || {
-        let read = node.ask(&format!("get {key}"));
-        (read["value"] == value && read["hit"] == true).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{name} never cached {key} = {value}"));
 }
 
 /// For `window`, `node` must never report `healthy` (it cannot vouch for its heap).

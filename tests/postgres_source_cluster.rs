@@ -9,7 +9,7 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{postgres_directly, put, served_within, wait_for_value, Cluster};
+use cluster::{cache, postgres_directly, put, served_within, wait_for_value, Cluster};
 
 #[test]
 #[ignore = "needs a PostgreSQL server: set RCS_TEST_POSTGRES_URL (see .ci/postgres.sh) and pass --ignored"]
@@ -41,16 +41,6 @@ fn a_put_through_postgres_reaches_every_node() {
         (hit["value"].as_str(), hit["hit"].as_bool()),
         (Some("three"), Some(true))
     );
-}
-
-/// Caches `key` = `value` on `node` (a second read is a hit).
-fn cache(node: &mut cluster::NodeProcess, key: &str, value: &str) {
-    let name = node.spec.name.clone();
-    cluster::eventually(cluster::DEADLINE, || {
-        let read = node.ask(&format!("get {key}"));
-        (read["value"] == value && read["hit"] == true).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{name} never cached {key} = {value}"));
 }
 
 #[test]

@@ -9,21 +9,11 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{eventually, proxy::FaultProxy, put, served_within, start, wait_for_health};
-use cluster::{wait_for_peers, write_directly, Cluster, NodeProcess, DEADLINE};
+use cluster::{cache, eventually, proxy::FaultProxy, put, served_within, start, wait_for_health};
+use cluster::{wait_for_peers, write_directly, Cluster, DEADLINE};
 
 /// The node example's default lease: the staleness bound.
 const LEASE: Duration = Duration::from_secs(1);
-
-/// Caches `key` = `value` on `node` (a second read is a hit).
-fn cache(node: &mut NodeProcess, key: &str, value: &str) {
-    let name = node.spec.name.clone();
-    eventually(DEADLINE, || {
-        let read = node.ask(&format!("get {key}"));
-        (read["value"] == value && read["hit"] == true).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{name} never cached {key} = {value}"));
-}
 
 fn median(mut figures: Vec<Duration>) -> Duration {
     figures.sort();

@@ -124,7 +124,7 @@ async fn feed_source(
     db: &str,
 ) -> (
     Arc<dyn Source<String, String>>,
-    Box<dyn ractor_cache_sync::feed::ChangeFeed<String>>,
+    Box<dyn ractor_cache_sync::cache::ChangeFeed<String>>,
 ) {
     if db.starts_with("postgres://") {
         let source = ractor_cache_sync_postgres::PostgresSource::connect(db, "kv")

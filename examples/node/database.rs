@@ -3,7 +3,7 @@
 
 use ractor_cache_sync::{Result, Source, Version};
 
-use ractor_cache_sync::feed::ChangeFeed;
+use ractor_cache_sync::cache::ChangeFeed;
 use ractor_cache_sync_postgres::PostgresSource;
 use ractor_cache_sync_sqlite::SqliteSource;
 

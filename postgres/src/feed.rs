@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ractor_cache_sync::feed::{ChangeFeed, FeedEvent, Stamp};
+use ractor_cache_sync::cache::{ChangeFeed, FeedEvent, Stamp};
 use ractor_cache_sync::{Error, Result, Version};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

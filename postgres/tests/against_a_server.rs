@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ractor_cache_sync::feed::{ChangeFeed, FeedEvent, Stamp};
+use ractor_cache_sync::cache::{ChangeFeed, FeedEvent, Stamp};
 use ractor_cache_sync_postgres::{FeedSettings, PostgresFeed, PostgresSource};
 
 fn url() -> String {

@@ -3,7 +3,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ractor_cache_sync::feed::{ChangeFeed, FeedEvent, Stamp};
+use ractor_cache_sync::cache::{ChangeFeed, FeedEvent, Stamp};
 use ractor_cache_sync::{Error, Result, Version};
 use rusqlite::{params, Connection};
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use ractor_cache_sync::feed::{ChangeFeed, FeedEvent};
+use ractor_cache_sync::cache::{ChangeFeed, FeedEvent};
 use ractor_cache_sync::Source;
 
 use super::*;
@@ -77,7 +77,7 @@ async fn a_barrier_comes_after_every_change_committed_before_its_stamp() {
     for round in 0..20 {
         let key = format!("k{round}");
         source.put(key.clone(), "v".into()).await.unwrap();
-        let committed = ractor_cache_sync::feed::Stamp::now();
+        let committed = ractor_cache_sync::cache::Stamp::now();
         let mut reported = false;
         loop {
             match tokio::time::timeout(Duration::from_secs(10), feed.next())

@@ -246,7 +246,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
         self
     }
 
-    /// The source's change feed (see [`crate::feed`]): the cache applies the changes it
+    /// The source's change feed (see [`ChangeFeed`]): the cache applies the changes it
     /// reports, and while its last barrier is less than a lease old, the source vouches for
     /// every entry — writes made outside the application and by nodes this one never heard of
     /// included — whatever the peers' state. Peers' invalidations still arrive as before (one

@@ -1,6 +1,6 @@
 //! The change-feed task: one per cache given a [`ChangeFeed`], applying the source's committed
 //! changes as it applies a peer's invalidations and keeping the feed's lease (see
-//! [`crate::feed`]).
+//! [`ChangeFeed`]).
 //!
 //! Order is the invariant: every change the feed delivered before a barrier is applied (the
 //! entry dropped, a load in flight kept out of the heap) before the barrier renews the lease,

@@ -93,6 +93,16 @@ pub fn wait_for_peers(node: &mut NodeProcess, count: usize) {
 }
 
 /// Polls `get key` on `node` until it returns `expected`.
+/// Caches `key` = `value` on `node`: reads until a read is a hit with that value.
+pub fn cache(node: &mut NodeProcess, key: &str, value: &str) {
+    let name = node.spec.name.clone();
+    eventually(DEADLINE, || {
+        let read = node.ask(&format!("get {key}"));
+        (read["value"] == value && read["hit"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{name} never cached {key} = {value}"));
+}
+
 pub fn wait_for_value(node: &mut NodeProcess, key: &str, expected: &str) {
     let name = node.spec.name.clone();
     eventually(DEADLINE, || {

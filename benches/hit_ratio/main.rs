@@ -13,8 +13,9 @@
 //! starts with NAME; `-- --no-fetch` skips traces not at hand instead of fetching them.
 //! `-- --check` exits non-zero if ours is more than one point behind the better of the two on
 //! any row (on P3 and P6, more than one point further behind than it is known to be), or if
-//! any cache beats the optimum (`.ci/run` runs `--requests 1000000 --no-fetch --check`). On short traces from a cold start moka's frequency
-//! sketch learns faster: at 200 000 reads it leads by 0.5–1.0 point at 1 % capacity.
+//! any cache beats the optimum (`.ci/run` runs `--requests 1000000 --no-fetch --check`). On
+//! short traces from a cold start moka's frequency sketch learns faster: at 200 000 reads it
+//! leads by 0.5–1.0 point at 1 % capacity.
 
 mod optimum;
 mod traces;

@@ -8,7 +8,7 @@
 //! a note) where it is not.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// A trace and the capacities its rows are measured at (the ARC paper's: 512-byte pages, so
@@ -86,7 +86,7 @@ pub fn load(trace: &Real, fetch: bool) -> Result<Vec<u64>, String> {
 }
 
 /// Fetches a trace with `curl` into `path` (written whole or not at all).
-fn download(name: &str, path: &PathBuf) -> Result<(), String> {
+fn download(name: &str, path: &Path) -> Result<(), String> {
     let dir = path.parent().expect("a file in a directory");
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let partial = path.with_extension("partial");

@@ -1,7 +1,7 @@
 //! This process's monotonic clock in microseconds: the only clock leases use. No clock sync
 //! between nodes is needed, because a node only ever compares its own timestamps.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -78,93 +78,106 @@ impl SuspendDetector {
     }
 }
 
-/// Notices that [`now_us`] stopped or went back: between two readings, the system's monotonic
-/// clock advanced by at least `MIN_SPAN_US` and [`now_us`] by less than half as much. (A
-/// suspension makes the monotonic clock the slower one, never this.) Fed explicit readings,
-/// so that it is tested with any clock.
-#[derive(Debug, Default)]
-pub(crate) struct StallDetector {
-    last: Option<(u64, u64)>,
+/// `CLOCK_MONOTONIC` (or its coarse variant) in µs since boot.
+fn read_us(clock: rustix::time::ClockId) -> u64 {
+    let now = rustix::time::clock_gettime(clock);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000
 }
 
-impl StallDetector {
-    /// Readings closer than this are not judged: jitter, not a stall.
-    const MIN_SPAN_US: u64 = 20_000;
-
-    /// Takes one pair of readings (`now_us`, monotonic µs); says whether `now_us` fell behind.
-    pub(crate) fn observe(&mut self, now: u64, mono: u64) -> bool {
-        let Some((last_now, last_mono)) = self.last else {
-            self.last = Some((now, mono));
-            return false;
-        };
-        let mono_span = mono.saturating_sub(last_mono);
-        if mono_span < Self::MIN_SPAN_US {
-            return false;
-        }
-        self.last = Some((now, mono));
-        now < last_now || now - last_now < mono_span / 2
-    }
-
-    /// Forgets the last readings (the clock was replaced).
-    pub(crate) fn reset(&mut self) {
-        self.last = None;
-    }
+/// This process's first reading of `CLOCK_MONOTONIC`, less 1 µs: every reading of the crate's
+/// clocks is taken relative to it (and so is never 0).
+fn epoch_us() -> u64 {
+    static EPOCH: OnceLock<u64> = OnceLock::new();
+    *EPOCH.get_or_init(|| read_us(rustix::time::ClockId::Monotonic).saturating_sub(1))
 }
 
-/// µs since this process first asked, on the system's monotonic clock (`CLOCK_MONOTONIC`):
-/// what [`StallDetector`] holds [`now_us`] against, and what [`now_us`] reads once the
-/// time-stamp counter has failed.
+/// µs since this process first asked, on the system's monotonic clock (`CLOCK_MONOTONIC`,
+/// which neither stops nor goes back); never 0, so 0 can mean "never". What leases, expiry
+/// and flights are kept on ([`now_us`] outside the crate's unit tests).
 pub(crate) fn monotonic_us() -> u64 {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    read_us(rustix::time::ClockId::Monotonic)
+        .saturating_sub(epoch_us())
+        .max(1)
 }
 
-/// `i64::MIN` while [`now_us`] reads the time-stamp counter; once that failed, what to add to
-/// [`monotonic_us`] to continue where the counter left off.
-static SHIFT: AtomicI64 = AtomicI64::new(i64::MIN);
-
-/// The time-stamp counter stopped or went back: from now on [`now_us`] reads the system's
-/// monotonic clock, continuing from just past `highest` (the highest reading handed out that
-/// the caller knows of), so it never goes back. Returns the new reading.
-pub(crate) fn abandon_counter(highest: u64) -> u64 {
-    let shift = i64::try_from(highest.saturating_add(1)).unwrap_or(i64::MAX)
-        - i64::try_from(monotonic_us()).unwrap_or(i64::MAX);
-    SHIFT.store(shift.max(i64::MIN + 1), Ordering::Release);
-    shifted(monotonic_us(), shift)
+/// `CLOCK_MONOTONIC_COARSE` on the same scale: the monotonic clock as of the kernel's last
+/// timekeeping update (at most a tick or so behind it, never ahead).
+fn coarse_us() -> u64 {
+    read_us(rustix::time::ClockId::MonotonicCoarse).saturating_sub(epoch_us())
 }
 
-/// `mono` moved by `shift`, never 0.
-fn shifted(mono: u64, shift: i64) -> u64 {
-    mono.saturating_add_signed(shift).max(1)
+/// How far ahead of the coarse clock a hit takes the time to be: six of its ticks (the kernel
+/// updates it every tick, and another CPU takes the update over when the one charged with it
+/// stalls for a few ticks). `None` where that would be over 25 ms (a kernel ticking slower
+/// than 250 Hz): hits read the monotonic clock there.
+fn hit_ahead_us() -> Option<u64> {
+    static AHEAD: OnceLock<Option<u64>> = OnceLock::new();
+    *AHEAD.get_or_init(|| {
+        let tick = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+        let tick_us = u64::try_from(tick.tv_sec).ok()? * 1_000_000
+            + u64::try_from(tick.tv_nsec).ok()?.div_ceil(1_000);
+        let ahead = tick_us.checked_mul(6)?;
+        (tick_us > 0 && ahead <= 25_000).then_some(ahead)
+    })
 }
 
-/// Microseconds since this process first asked; never 0, so 0 can mean "never".
+/// Set once the coarse clock was found further behind than [`hit_ahead_us`]: hits read the
+/// monotonic clock from then on.
+static COARSE_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// The time a cache hit decides by: never behind [`monotonic_us`], ahead of it by at most
+/// [`hit_ahead_us`] (a few ms) — a lease or a time to live ends that much early on a hit.
 ///
-/// A cache hit reads it (the lease check, expiry), so it must not stall the pipeline: the
-/// system's monotonic clock (`clock_gettime` in the vDSO) orders the time-stamp counter read
-/// behind every load before it, so consecutive hits can no longer overlap their cache misses —
-/// measured on random reads over 100 000 entries, that alone takes a bare map lookup from
-/// 97 ns to 274 ns. `quanta` reads the invariant time-stamp counter without that fence,
-/// calibrated against the monotonic clock (and falls back to the monotonic clock where the
-/// counter is not usable). Skew between cores is nanoseconds, far below the microsecond unit.
-///
-/// Should the counter ever stop or go back (some platforms reset it on resume from
-/// suspend-to-RAM; a live migration can move it), the node's watchdog notices within a tick
-/// and switches this to the system's monotonic clock for good ([`abandon_counter`]).
+/// A hit must not stall the pipeline: reading the precise monotonic clock (`clock_gettime` in
+/// the vDSO) orders the time-stamp counter read behind every load before it, and even an
+/// unfenced counter read does on some virtual machines, so consecutive hits cannot overlap
+/// their cache misses — over 100 000 random keys one such read takes a bare map lookup from
+/// ~40 ns to ~250 ns. The coarse clock is a few plain loads from the kernel's page.
+pub(crate) fn real_hit_now_us() -> u64 {
+    match hit_ahead_us() {
+        Some(ahead) if !COARSE_FAILED.load(Ordering::Relaxed) => {
+            coarse_us().saturating_add(ahead).max(1)
+        }
+        _ => monotonic_us(),
+    }
+}
+
+/// The node's watchdog asks at every heartbeat: if the coarse clock is further behind the
+/// monotonic one than hits allow for, hits read the monotonic clock for good from now on,
+/// and this returns how far behind it was (µs) — leases a hit judged meanwhile may have been
+/// judged too late, so the caller ends them.
+pub(crate) fn check_hit_clock() -> Option<u64> {
+    let ahead = hit_ahead_us()?;
+    if COARSE_FAILED.load(Ordering::Relaxed) {
+        return None;
+    }
+    // The coarse reading is taken after `before`: it is at least this far behind.
+    let before = monotonic_us();
+    let behind = before.saturating_sub(coarse_us());
+    (behind > ahead).then(|| {
+        COARSE_FAILED.store(true, Ordering::Relaxed);
+        behind
+    })
+}
+
+/// Microseconds since this process first asked; never 0, so 0 can mean "never": the system's
+/// monotonic clock ([`monotonic_us`]). Hits read [`hit_now_us`] instead.
 #[cfg(not(test))]
 pub(crate) fn now_us() -> u64 {
-    let shift = SHIFT.load(Ordering::Relaxed);
-    if shift != i64::MIN {
-        return shifted(monotonic_us(), shift);
-    }
-    static CLOCK: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
-    let (clock, start) = CLOCK.get_or_init(|| {
-        let clock = quanta::Clock::new();
-        let start = clock.raw();
-        (clock, start)
-    });
-    clock.delta_as_nanos(*start, clock.raw()) / 1_000 + 1
+    monotonic_us()
+}
+
+/// The time a cache hit decides by ([`real_hit_now_us`]).
+#[cfg(not(test))]
+pub(crate) fn hit_now_us() -> u64 {
+    real_hit_now_us()
+}
+
+/// In the crate's unit tests: [`now_us`], so that paused time drives hits too.
+#[cfg(test)]
+pub(crate) fn hit_now_us() -> u64 {
+    now_us()
 }
 
 /// In the crate's unit tests: tokio's clock, so that leases, time to live and refresh can be
@@ -196,35 +209,20 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_that_stops_or_goes_back_is_noticed_a_suspension_is_not() {
-        let mut detector = StallDetector::default();
-        assert!(!detector.observe(1_000, 5_000), "first reading");
-        // Both advance alike.
-        assert!(!detector.observe(201_000, 205_100));
-        // Too close together to judge.
-        assert!(!detector.observe(201_000, 210_000));
-        // Stopped: the monotonic clock moved 200 ms, the counter not at all.
-        assert!(detector.observe(201_000, 405_100));
-        // Went back.
-        assert!(detector.observe(50_000, 605_100));
-        detector.reset();
-        assert!(!detector.observe(50_000, 605_100));
-        // A suspension: the monotonic clock stood still while the counter ran on.
-        assert!(!detector.observe(10_050_000, 625_100));
-    }
-
-    #[test]
-    fn the_monotonic_fallback_continues_past_the_highest_reading() {
-        // (In unit tests `now_us` reads tokio's clock, so switching here changes nothing else.)
-        let highest = monotonic_us() + 7_000_000;
-        let first = abandon_counter(highest);
-        assert!(first > highest, "went back: {first} after {highest}");
-        let shift = SHIFT.load(Ordering::Acquire);
-        assert_ne!(shift, i64::MIN, "still on the counter");
-        let later = shifted(monotonic_us(), shift);
-        assert!(later >= first, "{later} after {first}");
-        // Far behind (the counter had run ahead of the monotonic clock): still never 0.
-        assert_eq!(shifted(0, -5), 1);
+    fn a_hit_never_takes_the_time_to_be_earlier_than_the_monotonic_clock() {
+        for _ in 0..10_000 {
+            let before = monotonic_us();
+            let hit = real_hit_now_us();
+            assert!(hit >= before, "hit clock {hit} behind {before}");
+            if let Some(ahead) = hit_ahead_us() {
+                let after = monotonic_us();
+                assert!(
+                    hit <= after + ahead,
+                    "hit clock {hit} more than {ahead} past {after}"
+                );
+            }
+        }
+        assert_eq!(check_hit_clock(), None, "the coarse clock fell behind");
     }
 
     #[test]

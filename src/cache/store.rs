@@ -29,7 +29,7 @@ use super::entries::{Bounds, Entries, RemovalCause};
 use super::flights::{Flight, Flights, Loaded};
 use super::reloader::ReloadQueue;
 use super::stats::CacheCounters;
-use crate::clock::now_us;
+use crate::clock::{hit_now_us, now_us};
 use crate::counter::bump;
 use crate::error::Result;
 use crate::gate::{MemberGate, Mode, ServeRule};
@@ -93,7 +93,8 @@ pub struct Lookup<V> {
     /// and invalidated (through any node) this long before it was given, and every write
     /// committed before the load or check behind it started. For a hit, the younger of the
     /// entry's last check against the source and the peers' leases; for a load, how long ago
-    /// the load started.
+    /// the load started. (A hit reads a coarse clock taken a few ms ahead, so its age may be
+    /// over-stated by that much, never under-stated.)
     pub age: Duration,
     /// Served although nothing vouches for it, because the source failed: see
     /// [`CacheBuilder::stale_if_error`](crate::cache::CacheBuilder::stale_if_error).
@@ -195,7 +196,7 @@ where
     /// As [`lookup`](Self::lookup); with `stale_if_error` applied only if `may_be_stale`
     /// (never for reads that promise more than the lease).
     pub(crate) async fn lookup_with(&self, key: &K, may_be_stale: bool) -> Result<Lookup<V>> {
-        let now = now_us();
+        let now = hit_now_us();
         let open = self.rule.open(now);
         // The gates' anchor is read before the entry: a renewal after the entry was read
         // must not vouch for it.
@@ -237,7 +238,7 @@ where
     /// `version` or newer (a key cached as absent never does); else from a load that started
     /// after this call (joined, or started now).
     pub(crate) async fn lookup_at_least(&self, key: &K, version: Version) -> Result<Lookup<V>> {
-        let now = now_us();
+        let now = hit_now_us();
         let open = self.rule.open(now);
         let gates = self.rule.gates_vouch_since(now);
         let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
@@ -295,7 +296,7 @@ where
 
     /// The cached value, if it may be served now; never loads.
     pub(crate) fn peek(&self, key: &K) -> Option<V> {
-        let now = now_us();
+        let now = hit_now_us();
         self.cached(key, now, self.rule.open(now))
             .flatten()
             .map(|(value, _)| value)

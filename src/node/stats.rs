@@ -21,7 +21,8 @@ crate::counter::counter_table! {
         /// many connections wait.
         accept_errors: AtomicU64 => "ractor_cache_sync_accept_errors_total",
         /// Times the system was found to have been suspended (the clock that counts suspended
-        /// time moved more than 50 ms past the one leases use): each time every lease gate
+        /// time moved more than 50 ms past the one leases use), or the coarse clock hits read
+        /// was found further behind than they allow for: each time every lease gate
         /// closed until heartbeats sent after the wake-up renewed it, and every cache checked
         /// its entries again.
         suspensions: AtomicU64 => "ractor_cache_sync_suspensions_total",

@@ -56,36 +56,19 @@ impl Watchdog {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sleep = crate::clock::SuspendDetector::default();
-        let mut stall = crate::clock::StallDetector::default();
-        let mut highest = 0;
         loop {
             ticks.tick().await;
-            let before = crate::clock::monotonic_us();
-            let mut now = now_us();
-            let mono = crate::clock::monotonic_us();
-            // Judged only on readings not split by a preemption; and in the crate's unit tests
-            // `now_us` is tokio's (possibly paused) clock: only a real counter is held against
-            // the system's.
-            let judged = mono.saturating_sub(before) < 5_000;
-            if cfg!(not(test)) && judged && stall.observe(now, mono) {
-                // Leases, expiry and flights would freeze with it: switch clocks, and treat the
-                // time in between as a suspension (leases taken on it are not trusted).
-                // Readings taken on other threads since the last tick may be up to a tick
-                // past the highest seen here: start beyond them (a jump forward only ends
-                // leases early).
-                let margin = u64::try_from(self.interval.as_micros()).unwrap_or(u64::MAX);
-                now = crate::clock::abandon_counter(
-                    highest.max(now).saturating_add(margin.saturating_mul(2)),
-                );
+            let now = now_us();
+            if let Some(behind) = crate::clock::check_hit_clock() {
+                // Hits may have judged leases and expiry by a time up to this far behind:
+                // end every lease (as for a suspension), and have hits read the precise clock.
                 tracing::error!(
-                    "the time-stamp counter stopped or went back: now reading the system's monotonic clock; closing every lease gate and repairing"
+                    behind_ms = behind / 1000,
+                    "the coarse clock fell behind: hits now read the monotonic clock; closing every lease gate and repairing"
                 );
-                stall.reset();
-                sleep = crate::clock::SuspendDetector::default();
                 bump(&self.counters.suspensions);
                 self.bundle.slept();
             }
-            highest = highest.max(now);
             let slept = crate::clock::boottime_us()
                 .and_then(|boot| sleep.observe(now, boot, SUSPENSION_THRESHOLD_US));
             if let Some(slept) = slept {

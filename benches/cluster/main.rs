@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench cluster -- [--scale] [--json PATH] [--plot PATH] [--samples N]
 //! cargo bench --bench cluster -- --feed [--json PATH]    # the change feed's figures alone
+//! cargo bench --bench cluster -- --idle 16x8             # one size's idle cost alone
 //! ```
 //!
 //! With `RCS_TEST_POSTGRES_URL` set (see `.ci/postgres.sh`), the feed figures include
@@ -233,6 +234,20 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let mut out = serde_json::Map::new();
+    if let Some(size) = arg("--idle") {
+        // One cluster size's idle cost alone (NODESxTOPICS), e.g. to profile a node.
+        let (nodes, topics) = size
+            .split_once('x')
+            .and_then(|(n, t)| Some((n.parse().ok()?, t.parse().ok()?)))
+            .filter(|&(n, t): &(usize, usize)| n >= 2 && t >= 1)
+            .expect("--idle NODESxTOPICS, e.g. 16x8");
+        let s = scale::measure(nodes, topics);
+        let label = format!("idle CPU per node, {nodes}x{topics} (median)");
+        row(&label, s.idle_cpu_pct_median, "% core", None);
+        let label = format!("idle CPU per node, {nodes}x{topics} (max)");
+        row(&label, s.idle_cpu_pct_max, "% core", None);
+        return;
+    }
     if std::env::args().any(|a| a == "--scale") {
         scale_figures(&mut out);
         peer_down_figures(&mut out);

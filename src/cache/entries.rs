@@ -9,13 +9,13 @@
 //! bounds.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use scc::hash_index::Entry as IndexEntry;
 
-use super::policy::{Limits, Policy, Resident, MAX_USES};
+use super::policy::{Limits, Policy, Resident, Tag};
 use super::stats::CacheCounters;
 use crate::counter::{add, bump};
 use crate::source::Version;
@@ -103,14 +103,22 @@ pub(crate) struct Entry<V> {
     /// When (µs, this node's clock) the source last vouched for this version: the start of
     /// the load that brought it or of the newest check that found it unchanged.
     pub(crate) verified_at: AtomicU64,
-    /// Tells this entry from an earlier or later one of the same key (the policy's slots).
-    id: u64,
-    /// Only with expiry or refresh: a cache without them keeps its entries small (a hit's
-    /// cost is mostly the cache misses of reaching the entry and its value, so size counts).
-    timing: Option<Box<Timing>>,
+    /// Its id (tells it from an earlier or later entry of the same key: the policy's slots
+    /// and the expiry sweep name it) and, in bounded caches, its hits since the policy last
+    /// passed over it.
+    tag: Tag,
+    /// Only with a weigher, expiry or refresh: a cache without them keeps its entries small
+    /// (a hit's cost is mostly the cache misses of reaching the entry and its value, so size
+    /// counts: 40 bytes besides the value's own with neither).
+    extra: Option<Box<Extra>>,
+}
+
+/// What an entry keeps only when a weigher, expiry or refresh asks for it.
+#[derive(Clone)]
+struct Extra {
+    /// Its weight (1 without a weigher).
     weight: u32,
-    /// Hits since the policy last passed over it (bounded caches only), at most [`MAX_USES`].
-    uses: AtomicU8,
+    timing: Option<Timing>,
 }
 
 /// What expiry and refresh keep per entry.
@@ -175,23 +183,31 @@ impl<V: Clone> Clone for Entry<V> {
             value: self.value.clone(),
             version: self.version,
             verified_at: AtomicU64::new(self.verified_at.load(Relaxed)),
-            id: self.id,
-            timing: self.timing.clone(),
-            weight: self.weight,
-            uses: AtomicU8::new(self.uses.load(Relaxed)),
+            tag: self.tag.clone(),
+            extra: self.extra.clone(),
         }
     }
 }
 
 impl<V> Entry<V> {
+    fn id(&self) -> u64 {
+        self.tag.id()
+    }
+
+    fn weight(&self) -> u32 {
+        self.extra.as_ref().map_or(1, |extra| extra.weight)
+    }
+
+    fn timing(&self) -> Option<&Timing> {
+        self.extra.as_ref().and_then(|extra| extra.timing.as_ref())
+    }
+
     fn expired(&self, now: u64, expiry: &Expiry) -> bool {
-        self.timing.as_ref().is_some_and(|t| t.expired(now, expiry))
+        self.timing().is_some_and(|t| t.expired(now, expiry))
     }
 
     fn refresh_due(&self, now: u64, expiry: &Expiry) -> bool {
-        self.timing
-            .as_ref()
-            .is_some_and(|t| t.refresh_due(now, expiry))
+        self.timing().is_some_and(|t| t.refresh_due(now, expiry))
     }
 }
 
@@ -225,10 +241,10 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn uses<R>(&self, key: &K, id: u64, f: impl FnOnce(&AtomicU8) -> R) -> Option<R> {
+    fn uses<R>(&self, key: &K, id: u64, f: impl FnOnce(&Tag) -> R) -> Option<R> {
         let view = self.borrow();
         view.map
-            .peek_with(key, |_, entry| (entry.id == id).then(|| f(&entry.uses)))
+            .peek_with(key, |_, entry| (entry.id() == id).then(|| f(&entry.tag)))
             .flatten()
     }
 
@@ -237,7 +253,7 @@ where
         let mut value = None;
         let listener = view.listener;
         let removed = view.map.remove_if(key, |entry| {
-            if entry.id != id {
+            if entry.id() != id {
                 return false;
             }
             if listener {
@@ -293,12 +309,9 @@ where
                 }
                 let answer = answer(entry)?;
                 if bounded {
-                    let uses = entry.uses.load(Relaxed);
-                    if uses < MAX_USES {
-                        entry.uses.store(uses + 1, Relaxed);
-                    }
+                    entry.tag.used();
                 }
-                let Some(timing) = &entry.timing else {
+                let Some(timing) = entry.timing() else {
                     return Some(Hit {
                         answer,
                         refresh: false,
@@ -379,7 +392,7 @@ where
         let expiry = &self.bounds.expiry;
         let now = crate::clock::now_us();
         let old = self.map.peek_with(key, |_, e| {
-            (e.weight, e.value.clone(), e.expired(now, expiry), e.id)
+            (e.weight(), e.value.clone(), e.expired(now, expiry), e.id())
         });
         if let Some((_, Some(value), expired, _)) = &old {
             if listener {
@@ -410,20 +423,19 @@ where
             }
             None => self.next_id.fetch_add(1, Relaxed) + 1,
         };
+        let timing = (expiry.on() || expiry.refresh != u64::MAX).then(|| Timing {
+            loaded_at: started,
+            read_at: AtomicU64::new(now),
+            refresh_asked: AtomicU64::new(0),
+        });
+        let extra = (self.bounds.weigher.is_some() || timing.is_some())
+            .then(|| Box::new(Extra { weight, timing }));
         let entry = Entry {
             value: loaded.map(|(value, _)| value.clone()),
             version: loaded.map_or(0, |(_, version)| version),
             verified_at: AtomicU64::new(started),
-            id,
-            timing: (expiry.on() || expiry.refresh != u64::MAX).then(|| {
-                Box::new(Timing {
-                    loaded_at: started,
-                    read_at: AtomicU64::new(now),
-                    refresh_asked: AtomicU64::new(0),
-                })
-            }),
-            weight,
-            uses: AtomicU8::new(0),
+            tag: Tag::new(id),
+            extra,
         };
         match self.map.entry(key.clone()) {
             IndexEntry::Occupied(occupied) => occupied.update(entry),
@@ -456,7 +468,7 @@ where
                 return false;
             }
             let value = if listener { entry.value.clone() } else { None };
-            gone = Some((entry.weight, value));
+            gone = Some((entry.weight(), value));
             true
         });
         let (weight, value) = gone?;
@@ -520,13 +532,13 @@ where
             let guard = scc::ebr::Guard::new();
             for (key, entry) in self.map.iter(&guard) {
                 if entry.expired(now, &expiry) {
-                    expired.push((key.clone(), entry.id));
+                    expired.push((key.clone(), entry.id()));
                 }
             }
         }
         let mut swept = 0;
         for (key, id) in expired {
-            if self.remove_unless(&key, RemovalCause::Expired, |e| e.id != id) {
+            if self.remove_unless(&key, RemovalCause::Expired, |e| e.id() != id) {
                 swept += 1;
             }
         }
@@ -589,5 +601,22 @@ where
         keys.into_iter()
             .filter(|key| self.map.contains(*key))
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_without_weigher_or_expiry_is_40_bytes_besides_its_value() {
+        // Value, version, verification time, tag, and the pointer to what a weigher or
+        // expiry adds.
+        assert_eq!(std::mem::size_of::<Entry<Arc<String>>>(), 40);
+        assert_eq!(
+            std::mem::size_of::<Entry<u64>>(),
+            48,
+            "Option<u64> takes 16"
+        );
     }
 }

@@ -15,11 +15,54 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A hit counts up to this: an entry read twice since it was last passed over survives two
 /// passes of the hot clock.
 pub(crate) const MAX_USES: u8 = 2;
+
+/// An entry's id (which tells it from an earlier or later entry of the same key: the
+/// policy's slots name it) and its use counter, in one word so that the entry stays small:
+/// the id in the upper 56 bits (never changed), the uses (hits since the policy last passed
+/// over it, at most [`MAX_USES`]) in the low byte. Readers raise the uses without a lock;
+/// a racing write loses a use at worst, never the id.
+#[derive(Debug)]
+pub(crate) struct Tag(AtomicU64);
+
+impl Tag {
+    /// A tag for entry `id` (below 2^56: a cache would need centuries of installs to reach it),
+    /// no uses yet.
+    pub(crate) fn new(id: u64) -> Self {
+        Self(AtomicU64::new(id << 8))
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.0.load(Relaxed) >> 8
+    }
+
+    pub(crate) fn uses(&self) -> u8 {
+        self.0.load(Relaxed) as u8
+    }
+
+    pub(crate) fn set_uses(&self, uses: u8) {
+        let word = self.0.load(Relaxed);
+        self.0.store((word & !0xFF) | u64::from(uses), Relaxed);
+    }
+
+    /// A hit: one more use, up to [`MAX_USES`] (no write once there).
+    pub(crate) fn used(&self) {
+        let word = self.0.load(Relaxed);
+        if (word as u8) < MAX_USES {
+            self.0.store(word + 1, Relaxed);
+        }
+    }
+}
+
+impl Clone for Tag {
+    fn clone(&self) -> Self {
+        Self(AtomicU64::new(self.0.load(Relaxed)))
+    }
+}
 
 /// The hot clock's share of the budget once the cache is full (quick_cache's figure: the cold
 /// FIFO only needs to hold new entries long enough to see whether they are read again).
@@ -72,8 +115,8 @@ struct Slot<K> {
 
 /// The store's map, as the policy needs it.
 pub(crate) trait Resident<K> {
-    /// Runs `f` on the use counter of `key`'s entry if that entry is still `id`.
-    fn uses<R>(&self, key: &K, id: u64, f: impl FnOnce(&AtomicU8) -> R) -> Option<R>;
+    /// Runs `f` on the tag of `key`'s entry if that entry is still `id`.
+    fn uses<R>(&self, key: &K, id: u64, f: impl FnOnce(&Tag) -> R) -> Option<R>;
     /// Removes `key`'s entry if it is still `id`; says whether it did.
     fn evict(&self, key: &K, id: u64) -> bool;
 }
@@ -222,9 +265,9 @@ impl<K: Hash + Eq + Clone> Policy<K> {
             return true;
         }
         let used = map.uses(&slot.key, slot.id, |uses| {
-            let used = uses.load(Relaxed);
+            let used = uses.uses();
             if used > 0 {
-                uses.store(used - 1, Relaxed);
+                uses.set_uses(used - 1);
             }
             used > 0
         });
@@ -270,9 +313,9 @@ impl<K: Hash + Eq + Clone> Policy<K> {
                 return true;
             }
             let used = map.uses(&slot.key, slot.id, |uses| {
-                let used = uses.load(Relaxed).min(MAX_USES);
+                let used = uses.uses().min(MAX_USES);
                 if used > 0 && !out_of_turns {
-                    uses.store(used - 1, Relaxed);
+                    uses.set_uses(used - 1);
                 }
                 used > 0 && !out_of_turns
             });
@@ -340,18 +383,18 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    /// A map of key → (id, uses), as the store keeps it.
+    /// A map of key → tag, as the store keeps it.
     #[derive(Default)]
-    struct Map(Mutex<HashMap<u32, (u64, AtomicU8)>>);
+    struct Map(Mutex<HashMap<u32, Tag>>);
 
     impl Resident<u32> for Map {
-        fn uses<R>(&self, key: &u32, id: u64, f: impl FnOnce(&AtomicU8) -> R) -> Option<R> {
+        fn uses<R>(&self, key: &u32, id: u64, f: impl FnOnce(&Tag) -> R) -> Option<R> {
             let map = self.0.lock().unwrap();
-            map.get(key).filter(|(i, _)| *i == id).map(|(_, u)| f(u))
+            map.get(key).filter(|tag| tag.id() == id).map(f)
         }
         fn evict(&self, key: &u32, id: u64) -> bool {
             let mut map = self.0.lock().unwrap();
-            if map.get(key).is_some_and(|(i, _)| *i == id) {
+            if map.get(key).is_some_and(|tag| tag.id() == id) {
                 map.remove(key);
                 true
             } else {
@@ -363,16 +406,13 @@ mod tests {
     impl Map {
         /// A read: a hit raises the use counter; a miss inserts through the policy.
         fn read(&self, policy: &mut Policy<u32>, key: u32, weight: u32) -> bool {
-            if let Some((_, uses)) = self.0.lock().unwrap().get(&key) {
-                let used = uses.load(Relaxed);
-                if used < MAX_USES {
-                    uses.store(used + 1, Relaxed);
-                }
+            if let Some(tag) = self.0.lock().unwrap().get(&key) {
+                tag.used();
                 return true;
             }
             if policy.fits(weight) {
                 let id = policy.admit(&key, weight, None, self, |_| {});
-                self.0.lock().unwrap().insert(key, (id, AtomicU8::new(0)));
+                self.0.lock().unwrap().insert(key, Tag::new(id));
             }
             false
         }
@@ -380,6 +420,24 @@ mod tests {
         fn len(&self) -> usize {
             self.0.lock().unwrap().len()
         }
+    }
+
+    #[test]
+    fn a_tag_keeps_its_id_whatever_happens_to_its_uses() {
+        let id = (1 << 56) - 1;
+        let tag = Tag::new(id);
+        assert_eq!((tag.id(), tag.uses()), (id, 0));
+        for _ in 0..5 {
+            tag.used();
+        }
+        assert_eq!(
+            (tag.id(), tag.uses()),
+            (id, MAX_USES),
+            "uses stop at the maximum"
+        );
+        tag.set_uses(0);
+        assert_eq!((tag.id(), tag.uses()), (id, 0));
+        assert_eq!(tag.clone().id(), id);
     }
 
     #[test]
@@ -474,10 +532,10 @@ mod tests {
                     // A reload of a held key replaces its entry (as a load after an
                     // invalidation that found it cached again, or a refresh).
                     4..=5 if policy.fits(w) => {
-                        let old = map.0.lock().unwrap().get(&key).map(|(id, _)| *id);
+                        let old = map.0.lock().unwrap().get(&key).map(Tag::id);
                         if let (Some(old_id), Some(old_w)) = (old, weights.get(&key).copied()) {
                             let id = policy.admit(&key, w, Some((old_w, old_id)), &map, |_| {});
-                            map.0.lock().unwrap().insert(key, (id, AtomicU8::new(0)));
+                            map.0.lock().unwrap().insert(key, Tag::new(id));
                             weights.insert(key, w);
                         }
                     }

@@ -250,7 +250,9 @@ where
             }
         }
         self.count_miss(open);
-        self.load_answer(key, now, false).await
+        // `now` is the hit's clock, a few ms ahead: a load must have started after this call
+        // by the precise clock, or concurrent readers of the key would never share one.
+        self.load_answer(key, now_us(), false).await
     }
 
     fn count_miss(&self, open: bool) {

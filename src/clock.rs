@@ -122,6 +122,11 @@ fn hit_ahead_us() -> Option<u64> {
     })
 }
 
+/// How close to a deadline (a lease gate's end, an entry's time to live) a hit decides by the
+/// precise clock instead of [`hit_now_us`]: far beyond the coarse clock's normal lag, and
+/// beyond the watchdog's tick at the default heartbeat, so a lag long enough to matter is seen.
+pub(crate) const HIT_EDGE_US: u64 = 250_000;
+
 /// Set once the coarse clock was found further behind than [`hit_ahead_us`]: hits read the
 /// monotonic clock from then on.
 static COARSE_FAILED: AtomicBool = AtomicBool::new(false);

@@ -17,6 +17,7 @@ use scc::hash_index::Entry as IndexEntry;
 
 use super::policy::{Limits, Policy, Resident, Tag};
 use super::stats::CacheCounters;
+use crate::clock::HIT_EDGE_US;
 use crate::counter::{add, bump};
 use crate::source::Version;
 
@@ -305,6 +306,13 @@ where
         self.map
             .peek_with(key, |_, entry| {
                 if entry.expired(now, expiry) {
+                    return None;
+                }
+                // Near its end, the time to live is judged by the precise clock (see
+                // `HIT_EDGE_US`): `now` may be the coarse hit clock.
+                if entry.expired(now.saturating_add(HIT_EDGE_US), expiry)
+                    && entry.expired(crate::clock::now_us(), expiry)
+                {
                     return None;
                 }
                 let answer = answer(entry)?;

@@ -29,7 +29,7 @@ use super::entries::{Bounds, Entries, RemovalCause};
 use super::flights::{Flight, Flights, Loaded};
 use super::reloader::ReloadQueue;
 use super::stats::CacheCounters;
-use crate::clock::{hit_now_us, now_us};
+use crate::clock::{hit_now_us, now_us, HIT_EDGE_US};
 use crate::counter::bump;
 use crate::error::Result;
 use crate::gate::{MemberGate, Mode, ServeRule};
@@ -116,6 +116,16 @@ impl<V> Lookup<V> {
     }
 }
 
+/// [`Store::hit_time`]'s rule, on explicit clocks: `hit` (the coarse hit clock's reading),
+/// `precise` (read only when needed) and `open` (whether the gates are open at a time).
+fn hit_time(hit: u64, precise: impl FnOnce() -> u64, open: impl Fn(u64) -> bool) -> (u64, bool) {
+    if open(hit) && open(hit.saturating_add(HIT_EDGE_US)) {
+        return (hit, true);
+    }
+    let now = precise();
+    (now, open(now))
+}
+
 /// What an invalidation did to the local entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dropped {
@@ -187,6 +197,17 @@ where
         }
     }
 
+    /// The time a hit decides by, and whether the gates are open then: the coarse hit clock
+    /// ([`hit_now_us`], a few ms ahead) while the gates are open and stay so for another
+    /// [`HIT_EDGE_US`]; near their end, or once they are closed, the precise clock. So a hit
+    /// judges a gate's end by the coarse clock only with that much to spare: a coarse clock
+    /// lagging less than that (the kernel stalled in updating it) still cannot let a hit past
+    /// the end, and a longer lag spans a watchdog tick, which ends every lease. (With the gates
+    /// closed, an entry's own lease is judged by the precise clock too.)
+    fn hit_time(&self) -> (u64, bool) {
+        hit_time(hit_now_us(), now_us, |now| self.rule.open(now))
+    }
+
     /// Reads from the heap on a hit (no await, no message); loads once per key on a miss, and
     /// on every read of an entry that cannot be vouched for now (a bypass: see the module).
     pub(crate) async fn lookup(&self, key: &K) -> Result<Lookup<V>> {
@@ -196,8 +217,7 @@ where
     /// As [`lookup`](Self::lookup); with `stale_if_error` applied only if `may_be_stale`
     /// (never for reads that promise more than the lease).
     pub(crate) async fn lookup_with(&self, key: &K, may_be_stale: bool) -> Result<Lookup<V>> {
-        let now = hit_now_us();
-        let open = self.rule.open(now);
+        let (now, open) = self.hit_time();
         // The gates' anchor is read before the entry: a renewal after the entry was read
         // must not vouch for it.
         let gates = self.rule.gates_vouch_since(now);
@@ -238,8 +258,7 @@ where
     /// `version` or newer (a key cached as absent never does); else from a load that started
     /// after this call (joined, or started now).
     pub(crate) async fn lookup_at_least(&self, key: &K, version: Version) -> Result<Lookup<V>> {
-        let now = hit_now_us();
-        let open = self.rule.open(now);
+        let (now, open) = self.hit_time();
         let gates = self.rule.gates_vouch_since(now);
         let (repaired, lease) = (self.rule.repaired_at(), self.rule.lease_us());
         let serves = |verified| ServeRule::serves(verified, repaired, open, lease, now);
@@ -298,8 +317,8 @@ where
 
     /// The cached value, if it may be served now; never loads.
     pub(crate) fn peek(&self, key: &K) -> Option<V> {
-        let now = hit_now_us();
-        self.cached(key, now, self.rule.open(now))
+        let (now, open) = self.hit_time();
+        self.cached(key, now, open)
             .flatten()
             .map(|(value, _)| value)
     }
@@ -454,9 +473,12 @@ where
     /// out of the cache. Keys cached again or already loading are skipped.
     pub(crate) async fn load_batch(&self, keys: Vec<K>) {
         let now = now_us();
+        // By the clock of the hit that asked for the refresh, or that hit's refresh would be
+        // found not due yet, and skipped.
+        let fresh_by = hit_now_us();
         let mut mine: Vec<(K, Arc<Flight<V>>)> = Vec::with_capacity(keys.len());
         for key in keys {
-            if self.entries.holds_fresh(&key, now) {
+            if self.entries.holds_fresh(&key, fresh_by) {
                 continue;
             }
             if let Some(flight) = self.flights.start_bulk(&key, now) {

@@ -806,3 +806,29 @@ async fn stale_if_error_serves_a_recent_check_while_the_source_fails_and_no_olde
     source.failing.store(true, Ordering::SeqCst);
     assert!(store.lookup(&2).await.is_err());
 }
+
+#[test]
+fn a_hit_judges_a_gates_end_by_the_precise_clock_even_when_the_coarse_one_lags() {
+    // The gates are open until 1 000 000 µs.
+    let open = |now: u64| now < 1_000_000;
+    let precise_read = std::cell::Cell::new(false);
+    let precise = |at: u64| {
+        let read = &precise_read;
+        move || {
+            read.set(true);
+            at
+        }
+    };
+    // Far from the end: the coarse reading decides, the precise clock is not read.
+    assert_eq!(hit_time(500_000, precise(490_000), open), (500_000, true));
+    assert!(!precise_read.get());
+    // The coarse clock lags 200 ms behind a precise clock already past the end: within the
+    // edge, so the precise clock decides and the gates are closed.
+    assert_eq!(
+        hit_time(900_000, precise(1_100_000), open),
+        (1_100_000, false)
+    );
+    // Ahead of the precise clock (as it normally is) and past the end: the precise clock
+    // decides, and the gates are still open by it.
+    assert_eq!(hit_time(1_010_000, precise(990_000), open), (990_000, true));
+}

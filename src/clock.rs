@@ -95,7 +95,7 @@ fn epoch_us() -> u64 {
 /// µs since this process first asked, on the system's monotonic clock (`CLOCK_MONOTONIC`,
 /// which neither stops nor goes back); never 0, so 0 can mean "never". What leases, expiry
 /// and flights are kept on ([`now_us`] outside the crate's unit tests).
-pub(crate) fn monotonic_us() -> u64 {
+fn monotonic_us() -> u64 {
     read_us(rustix::time::ClockId::Monotonic)
         .saturating_sub(epoch_us())
         .max(1)
@@ -131,15 +131,17 @@ pub(crate) const HIT_EDGE_US: u64 = 250_000;
 /// monotonic clock from then on.
 static COARSE_FAILED: AtomicBool = AtomicBool::new(false);
 
-/// The time a cache hit decides by: never behind [`monotonic_us`], ahead of it by at most
-/// [`hit_ahead_us`] (a few ms) — a lease or a time to live ends that much early on a hit.
+/// The time a cache hit decides by: ahead of [`monotonic_us`] by at most [`hit_ahead_us`]
+/// (a few ms) — a lease or a time to live ends that much early on a hit — and never behind it
+/// while the kernel updates the coarse clock within that many ticks ([`check_hit_clock`]
+/// watches for it; [`HIT_EDGE_US`] bounds what a longer lag could do).
 ///
 /// A hit must not stall the pipeline: reading the precise monotonic clock (`clock_gettime` in
 /// the vDSO) orders the time-stamp counter read behind every load before it, and even an
 /// unfenced counter read does on some virtual machines, so consecutive hits cannot overlap
 /// their cache misses — over 100 000 random keys one such read takes a bare map lookup from
 /// ~40 ns to ~250 ns. The coarse clock is a few plain loads from the kernel's page.
-pub(crate) fn real_hit_now_us() -> u64 {
+fn real_hit_now_us() -> u64 {
     match hit_ahead_us() {
         Some(ahead) if !COARSE_FAILED.load(Ordering::Relaxed) => {
             coarse_us().saturating_add(ahead).max(1)

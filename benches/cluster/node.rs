@@ -209,7 +209,9 @@ pub async fn run() {
     let mut others = Vec::new();
     for i in 1..topics {
         let topic = Topic::new(format!("bench-{i}"));
-        let other: Cache<String, String> = Cache::spawn(topic, source.clone(), &node)
+        let other: Cache<String, String> = Cache::builder(topic, source.clone())
+            .sync(sync)
+            .spawn(&node)
             .await
             .expect("cache");
         others.push(other);

@@ -50,17 +50,16 @@ pub fn measure_with(nodes: usize, topics: usize, extra: &[(&str, &str)]) -> Scal
     }
     let seed_join_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    // At rest: a second to settle, then CPU time over a window (10 s: one tick of
-    // /proc/PID/stat is 0.1 % of a core).
+    // At rest: a second to settle, then CPU time over a window of 10 s.
     std::thread::sleep(Duration::from_secs(1));
     let window = Duration::from_secs(10);
-    let before: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid())).collect();
+    let before: Vec<_> = procs.iter().map(|p| cpu_ns(p.pid())).collect();
     std::thread::sleep(window);
-    let after: Vec<u64> = procs.iter().map(|p| cpu_ticks(p.pid())).collect();
+    let after: Vec<_> = procs.iter().map(|p| cpu_ns(p.pid())).collect();
     let mut pct: Vec<f64> = before
         .iter()
         .zip(&after)
-        .map(|(b, a)| (a - b) as f64 / USER_HZ / window.as_secs_f64() * 100.0)
+        .map(|(b, a)| cpu_delta(b, a) as f64 / 1e9 / window.as_secs_f64() * 100.0)
         .collect();
     pct.sort_by(|a, b| a.total_cmp(b));
     Scale {
@@ -72,25 +71,29 @@ pub fn measure_with(nodes: usize, topics: usize, extra: &[(&str, &str)]) -> Scal
     }
 }
 
-/// `/proc/PID/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux whatever the
-/// kernel's own tick rate.
-const USER_HZ: f64 = 100.0;
+/// CPU time of each thread of process `pid` (thread id -> ns), from the scheduler's own
+/// account in `/proc/PID/task/TID/schedstat`: exact, where `/proc/PID/stat` is sampled at the
+/// kernel's tick and so depends on where a node's short bursts of work fall between ticks.
+fn cpu_ns(pid: u32) -> std::collections::HashMap<u32, u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's threads");
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            Some((tid, stat.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
 
-/// User plus system CPU time of process `pid`, in ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the node's stat");
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
-    field(11) + field(12)
+/// CPU time (ns) between two readings of [`cpu_ns`]: a thread started since counts from
+/// zero; one that ended since is left out (tokio's blocking threads, idle here).
+fn cpu_delta(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }

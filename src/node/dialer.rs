@@ -124,6 +124,7 @@ impl Dialer {
 
     async fn dial_and_wait(&mut self, resolved: &[SocketAddr]) -> bool {
         tracing::debug!(peer = %self.addr, "dialling");
+        add(&self.counters.dials, 1);
         let dialled = match &self.tls {
             Some(tls) => {
                 super::acceptor::dial(&self.addr, tls, &self.server, self.handshake_timeout).await

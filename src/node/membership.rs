@@ -384,18 +384,21 @@ impl Membership {
                     }
                 }
             }
-            let wanted: Vec<String> = s
+            let wanted: Vec<(String, String)> = s
                 .known
-                .values()
-                .map(|k| k.addr.clone())
-                .filter(|addr| !addr.is_empty() && *addr != self.my_addr)
-                .filter(|addr| self.dial && !self.configured.contains(addr))
+                .iter()
+                .map(|(name, k)| (k.addr.clone(), name.clone()))
+                .filter(|(addr, _)| !addr.is_empty() && *addr != self.my_addr)
+                .filter(|(addr, _)| self.dial && !self.configured.contains(addr))
                 .collect();
-            s.dialers.retain(|addr, _| wanted.contains(addr));
-            for addr in wanted {
+            s.dialers
+                .retain(|addr, _| wanted.iter().any(|(wanted, _)| wanted == addr));
+            for (addr, name) in wanted {
                 s.dialers.entry(addr).or_insert_with_key(|addr| {
-                    tracing::info!(%addr, "dialling a member learnt from gossip");
-                    let dialer: Dialer = self.dialing.dialer(addr);
+                    tracing::info!(%addr, member = %name, "dialling a member learnt from gossip");
+                    // A session the member opened to us counts: no second one is dialled.
+                    let mut dialer: Dialer = self.dialing.dialer(addr);
+                    dialer.known_name = Some(name);
                     dialer.spawn()
                 });
             }

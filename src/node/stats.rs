@@ -30,6 +30,10 @@ crate::counter::counter_table! {
         /// membership table full, or the reporter's share of members this node has not
         /// reached used up (what a credentialed peer can add is bounded).
         members_refused: AtomicU64 => "ractor_cache_sync_members_refused_total",
+        /// Connections this node dialled to a peer (configured, discovered or learnt from
+        /// gossip), whatever became of them. Still while the mesh is whole: a peer with a
+        /// ready session, whoever opened it, is not dialled.
+        dials: AtomicU64 => "ractor_cache_sync_dials_total",
     }
     extra {
         /// Peers with a ready session now.

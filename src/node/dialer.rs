@@ -61,8 +61,8 @@ pub(crate) struct Dialer {
     pub(crate) backoff: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
     pub(crate) tls: Option<Arc<Tls>>,
-    /// The name of the node behind `addr`, once a session with it was seen: a session it
-    /// opened to us (which does not show `addr`) then counts too.
+    /// The name of the node behind `addr`, as gossip reported it or once a session at `addr`
+    /// was seen: a session it opened to us (which does not show `addr`) then counts too.
     pub(crate) known_name: Option<String>,
 }
 

@@ -1,5 +1,6 @@
 //! This process's monotonic clock in microseconds: the only clock leases use. No clock sync
-//! between nodes is needed, because a node only ever compares its own timestamps.
+//! between nodes is needed, because a node only ever compares its own timestamps (the system
+//! clock only sets the phase of the heartbeat, see [`aligned_interval`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -196,9 +197,46 @@ pub(crate) fn now_us() -> u64 {
     epoch.elapsed().as_micros() as u64 + 1
 }
 
+/// An interval of `period` whose ticks fall on the multiples of `period` on the system clock,
+/// the first one period or less from now. Every node's heartbeats and watchdog then go out
+/// together (the nodes' clocks agree to within a few milliseconds): a node receives its peers'
+/// heartbeats in one burst and wakes once for them all rather than once per peer. Only the
+/// phase is taken from the system clock; the ticks are the monotonic clock's, so a step of the
+/// system clock moves nothing. A tick that falls late is followed by the next one a full
+/// period later.
+pub(crate) fn aligned_interval(period: Duration) -> tokio::time::Interval {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let first = tokio::time::Instant::now() + until_next_multiple(since_epoch, period);
+    let mut ticks = tokio::time::interval_at(first, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// How long from `since_epoch` to the next multiple of `period` (a whole period when on one).
+fn until_next_multiple(since_epoch: Duration, period: Duration) -> Duration {
+    let period_us = period.as_micros().max(1);
+    Duration::from_micros((period_us - since_epoch.as_micros() % period_us) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeats_fall_on_the_multiples_of_the_period_whenever_a_node_starts() {
+        let ms = Duration::from_millis;
+        let period = ms(200);
+        // Two nodes started 70 ms apart tick at the same instants, within one period.
+        assert_eq!(until_next_multiple(ms(1_000_030), period), ms(170));
+        assert_eq!(until_next_multiple(ms(1_000_100), period), ms(100));
+        assert_eq!(until_next_multiple(ms(1_000_000), period), period);
+        assert_eq!(
+            until_next_multiple(ms(7), Duration::ZERO),
+            Duration::from_micros(1)
+        );
+    }
 
     #[test]
     fn a_jump_of_the_boot_clock_past_the_monotonic_one_is_a_suspension() {

@@ -53,8 +53,7 @@ impl Watchdog {
         // node-level actor: one spawned again after a failure starts knowing nothing, and its
         // peers' sessions would look silent since they opened.
         let mut heard: HashMap<String, u64> = HashMap::new();
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut ticks = crate::clock::aligned_interval(self.interval);
         let mut sleep = crate::clock::SuspendDetector::default();
         loop {
             ticks.tick().await;

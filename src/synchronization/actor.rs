@@ -8,6 +8,7 @@
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -124,6 +125,23 @@ pub(super) struct Waiter {
     pub(super) reply: ractor::RpcReplyPort<Confirmation>,
 }
 
+/// The node-level heartbeat: every `period`, in phase with every other node's (see
+/// [`crate::clock::aligned_interval`]).
+fn aligned_ticks<M: TopicMessage>(
+    myself: ActorRef<SyncMessage<M>>,
+    period: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = crate::clock::aligned_interval(period);
+        loop {
+            ticks.tick().await;
+            if myself.cast(SyncMessage::Tick).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 #[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl<M: TopicMessage> Actor for SynchronizationActor<M> {
     type Msg = SyncMessage<M>;
@@ -139,7 +157,12 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         let group = args.topic.name().to_owned();
         pg::join_scoped(PG_SCOPE.to_owned(), group.clone(), vec![myself.get_cell()]);
         pg::monitor_scope(PG_SCOPE.to_owned(), myself.get_cell());
-        let ticker = myself.send_interval(args.config.heartbeat_interval(), || SyncMessage::Tick);
+        let period = args.config.heartbeat_interval();
+        let ticker = if args.gossip.is_some() {
+            aligned_ticks(myself.clone(), period)
+        } else {
+            myself.send_interval(period, || SyncMessage::Tick)
+        };
         let params = LeaseParams {
             lease: args.config.lease_duration().as_micros() as u64,
             forget_after: args.config.forget_after_duration().as_micros() as u64,

@@ -197,20 +197,20 @@ pub(crate) fn now_us() -> u64 {
     epoch.elapsed().as_micros() as u64 + 1
 }
 
-/// An interval of `period` whose ticks fall on the multiples of `period` on the system clock,
-/// the first one period or less from now. Every node's heartbeats and watchdog then go out
+/// An interval of `period` whose ticks fall `offset` after the multiples of `period` on the
+/// system clock, the first one period or less from now. Every node's heartbeats then go out
 /// together (the nodes' clocks agree to within a few milliseconds): a node receives its peers'
 /// heartbeats in one burst and wakes once for them all rather than once per peer. Only the
 /// phase is taken from the system clock; the ticks are the monotonic clock's, so a step of the
-/// system clock moves nothing. A tick that falls late is followed by the next one a full
-/// period later.
-pub(crate) fn aligned_interval(period: Duration) -> tokio::time::Interval {
+/// system clock moves nothing. A tick that falls late is skipped, not made up: the next one
+/// keeps the phase.
+pub(crate) fn aligned_interval(period: Duration, offset: Duration) -> tokio::time::Interval {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let first = tokio::time::Instant::now() + until_next_multiple(since_epoch, period);
-    let mut ticks = tokio::time::interval_at(first, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let until = until_next_multiple(since_epoch.saturating_sub(offset), period);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + until, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticks
 }
 

@@ -34,7 +34,7 @@ pub const REAL: [Real; 5] = [
     },
     Real {
         name: "P3",
-        known_gap: 0.0,
+        known_gap: 0.5,
         capacities: &[32_768],
         kept: true,
     },

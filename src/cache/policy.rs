@@ -133,10 +133,12 @@ pub(crate) struct Policy<K> {
     cold_units: u64,
     hot_units: u64,
     hot_target: u64,
-    /// Fingerprints (a hash's high 32 bits) of keys evicted from the cold FIFO, oldest first;
-    /// a key coming back while its fingerprint is here goes straight to the hot clock. Two
-    /// keys share a fingerprint with odds of one in 2^32 per remembered key: the cost is one
-    /// key admitted to the hot clock that would have gone to the cold FIFO.
+    /// Fingerprints (a hash's high 32 bits) of keys evicted from the cold FIFO, oldest first,
+    /// each once in the queue and once in the set; a key coming back while its fingerprint is
+    /// here goes straight to the hot clock (the fingerprint stays until it ages out). A new
+    /// key matches some remembered fingerprint with odds of `ghost_len` in 2^32 (one in 4 800
+    /// at a million entries): the cost is that key admitted to the hot clock instead of the
+    /// cold FIFO.
     ghost: VecDeque<u32>,
     ghosts: HashSet<u32, foldhash::fast::FixedState>,
     ghost_len: usize,
@@ -206,7 +208,7 @@ impl<K: Hash + Eq + Clone> Policy<K> {
         let units = self.limits.units(weight);
         let enter_hot = replacing.is_some()
             || self.hot_units + units <= self.hot_target
-            || self.ghosts.remove(&self.fingerprint(key));
+            || self.ghosts.contains(&self.fingerprint(key));
         if enter_hot {
             // Room in the hot clock first: the new entry is not in the map yet, so it must
             // not be in the queue a trim walks.

@@ -53,7 +53,10 @@ impl Watchdog {
         // node-level actor: one spawned again after a failure starts knowing nothing, and its
         // peers' sessions would look silent since they opened.
         let mut heard: HashMap<String, u64> = HashMap::new();
-        let mut ticks = crate::clock::aligned_interval(self.interval);
+        // Half a period after the node-level heartbeat, which publishes when each peer was
+        // last heard: at the same instant, whichever of the two ran first would decide whether
+        // a peer looked silent for a period longer.
+        let mut ticks = crate::clock::aligned_interval(self.interval, self.interval / 2);
         let mut sleep = crate::clock::SuspendDetector::default();
         loop {
             ticks.tick().await;

@@ -132,7 +132,7 @@ fn aligned_ticks<M: TopicMessage>(
     period: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = crate::clock::aligned_interval(period);
+        let mut ticks = crate::clock::aligned_interval(period, Duration::ZERO);
         loop {
             ticks.tick().await;
             if myself.cast(SyncMessage::Tick).is_err() {

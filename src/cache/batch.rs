@@ -47,7 +47,8 @@ pub(crate) enum Added {
 }
 
 struct Pending<K> {
-    keys: HashMap<K, Option<Version>>,
+    /// Hashed as the entries are (`foldhash`, seeded per process): a burst hashes every key.
+    keys: HashMap<K, Option<Version>, foldhash::fast::RandomState>,
     all: bool,
     /// When (µs) the batch was last drained, and how many items that drain published.
     last_drain: u64,
@@ -59,7 +60,7 @@ struct Pending<K> {
 impl<K: Hash + Eq> Batch<K> {
     pub(crate) fn new(max_keys: usize, window: Duration) -> Self {
         let pending = Pending {
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             all: false,
             last_drain: 0,
             last_drain_items: 0,
@@ -170,7 +171,7 @@ impl<K: Hash + Eq> Pending<K> {
 
     fn escalate(&mut self) {
         self.all = true;
-        self.keys = HashMap::new();
+        self.keys = HashMap::default();
     }
 
     /// What is pending, with the number of items (1 for everything).

@@ -70,7 +70,7 @@ const HOT_SHARE: f64 = 0.97;
 
 /// The ghost list's length, as a share of the entries that fit: about the hot clock's size, as
 /// the S3-FIFO paper has it. quick_cache's half forgets keys whose reuse distance is longer
-/// than half the cache, and on the ARC paper's P3 and P6 traces that cost 4.8 and 6.4 points
+/// than half the cache, and on the ARC paper's P3 and P6 traces that cost 4.8 and 6.3 points
 /// of hit ratio (`docs/benchmarks.md`).
 const GHOST_SHARE: f64 = 0.9;
 

@@ -101,6 +101,11 @@ impl LeaseGate {
         self.refreshed_at.load(Ordering::Acquire) >= since && self.valid(now)
     }
 
+    /// When (our clock, µs) the gate was last computed.
+    pub(crate) fn refreshed_at(&self) -> u64 {
+        self.refreshed_at.load(Ordering::Acquire)
+    }
+
     /// The time (our clock) every peer's lease is anchored at or after: every invalidation a
     /// peer sent before it has been applied here. Meaningful while [`valid`](Self::valid).
     pub(crate) fn anchor(&self) -> u64 {

@@ -147,15 +147,31 @@ const TOKEN_BYTES: usize = 32;
 pub(crate) fn tokens_for(nodes: impl Iterator<Item = NodeId>) -> Vec<Option<Vec<u8>>> {
     with(|r| {
         nodes
+            .map(|node| r.by_node(node).map(|(_, session)| token(session)))
+            .collect()
+    })
+}
+
+/// Like [`tokens_for`], with the name of the peer each session is with (as its handshake
+/// proved it).
+pub(crate) fn named_tokens_for(
+    nodes: impl Iterator<Item = NodeId>,
+) -> Vec<Option<(String, Vec<u8>)>> {
+    with(|r| {
+        nodes
             .map(|node| {
-                let (_, session) = r.by_node(node)?;
-                let mut token = Vec::with_capacity(TOKEN_BYTES);
-                token.extend_from_slice(&session.ours.to_le_bytes());
-                token.extend_from_slice(&session.theirs.to_le_bytes());
-                Some(token)
+                r.by_node(node)
+                    .map(|(name, session)| (name.clone(), token(session)))
             })
             .collect()
     })
+}
+
+fn token(session: &Session) -> Vec<u8> {
+    let mut token = Vec::with_capacity(TOKEN_BYTES);
+    token.extend_from_slice(&session.ours.to_le_bytes());
+    token.extend_from_slice(&session.theirs.to_le_bytes());
+    token
 }
 
 /// Whether a cast whose envelope names `origin` came from the peer of this node's session with

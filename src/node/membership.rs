@@ -34,7 +34,9 @@
 //!   most [`MAX_INTRODUCED`] introduced by any one reporter and not reached yet; names and
 //!   addresses longer than [`MAX_FIELD`] bytes are refused. Each refusal is counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -10,7 +10,7 @@
 //! has been applied: a cached value read before `lease_until` is at most `lease` older than
 //! any write P published.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::delivery::MissCause;
 use crate::protocol::arrival::Arrival;

@@ -1,9 +1,15 @@
 //! One node-level heartbeat per peer for every topic. Each topic's Synchronization actor, when
-//! it heartbeats, deposits its encoded heartbeat here instead of casting it to every peer; the
+//! it heartbeats, deposits its heartbeat here instead of casting it to every peer; the
 //! node-level actor sends the latest deposit of every topic inside its own heartbeat, and the
 //! receiving node-level actor hands each to the local actor of its topic, which reads it as if
 //! it had come on its own. Idle cost is one message per peer per interval, whatever the number
 //! of topics.
+//!
+//! A deposit is kept unencoded ([`TopicBeat`]): the node-level actor encodes it for each peer
+//! with that peer's echo alone, as it does its own heartbeat. A receiver reads only the echo
+//! about itself, so a heartbeat that listed every peer's would carry (and make every receiver
+//! decode) a cluster's worth of names per topic to each peer: bytes that grow with the square of
+//! the cluster.
 //!
 //! What a bundled heartbeat announces was true when it was deposited (every invalidation
 //! accepted before it is covered, as for a heartbeat sent at once), and the stamp it carries
@@ -28,13 +34,57 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use crate::protocol::envelope::{self, Body, Echo};
+
 /// A deposit this recent waits for the next node-level heartbeat.
 const MIN_AGE_US: u64 = 5_000;
 
+/// A topic's heartbeat as deposited: encoded for each peer when the node-level heartbeat
+/// carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicBeat {
+    /// The sending node's name.
+    pub(crate) origin: String,
+    /// The topic's incarnation on this node.
+    pub(crate) incarnation: u64,
+    /// When it was made (this node's clock, µs).
+    pub(crate) stamp: u64,
+    /// The last sequence number the topic published.
+    pub(crate) last_seq: u64,
+    /// What the topic knows of each of its peers.
+    pub(crate) echoes: Vec<Echo>,
+}
+
+impl TopicBeat {
+    /// The heartbeat as `topic`'s envelope for `peer` (see [`echoes_for`]).
+    pub(crate) fn encode_for(
+        &self,
+        topic: &str,
+        peer: Option<&str>,
+    ) -> Result<Vec<u8>, crate::error::Error> {
+        let body = Body::Heartbeat {
+            stamp: self.stamp,
+            last_seq: self.last_seq,
+            echoes: echoes_for(&self.echoes, peer),
+            members: Vec::new(),
+            bundled: Vec::new(),
+        };
+        envelope::encode(topic, &self.origin, self.incarnation, &body)
+    }
+}
+
+/// The echoes a heartbeat to `peer` carries: the one about it (a receiver reads no other), or
+/// all of them for a member whose node is not known by name.
+pub(crate) fn echoes_for(echoes: &[Echo], peer: Option<&str>) -> Vec<Echo> {
+    match peer {
+        Some(peer) => echoes.iter().filter(|e| e.peer == peer).cloned().collect(),
+        None => echoes.to_vec(),
+    }
+}
+
 struct Deposit {
-    envelope: Vec<u8>,
-    at: u64,
-    previous: Option<Vec<u8>>,
+    beat: Arc<TopicBeat>,
+    previous: Option<Arc<TopicBeat>>,
 }
 
 /// A topic's actor state, as the node-level actor reaches it.
@@ -114,13 +164,12 @@ impl Bundle {
         node > 0 && node <= interval_us
     }
 
-    /// Deposits `topic`'s latest encoded heartbeat, made at `now`.
-    pub(crate) fn deposit(&self, topic: &str, envelope: Vec<u8>, now: u64) {
+    /// Deposits `topic`'s latest heartbeat (made at its stamp).
+    pub(crate) fn deposit(&self, topic: &str, beat: TopicBeat) {
         let mut all = lock(&self.deposits);
-        let previous = all.remove(topic).map(|d| d.envelope);
+        let previous = all.remove(topic).map(|d| d.beat);
         let deposit = Deposit {
-            envelope,
-            at: now,
+            beat: Arc::new(beat),
             previous,
         };
         all.insert(topic.to_owned(), deposit);
@@ -135,7 +184,7 @@ impl Bundle {
     /// the latest is too recent. A deposit whose actor is gone without withdrawing it (killed:
     /// no clean-up runs) is dropped, so that peers stop hearing of an actor that no longer
     /// exists.
-    pub(crate) fn collect(&self, now: u64) -> Vec<(String, Vec<u8>)> {
+    pub(crate) fn collect(&self, now: u64) -> Vec<(String, Arc<TopicBeat>)> {
         let live: HashSet<String> = lock(&self.sinks)
             .iter()
             .filter(|(_, sink)| sink.strong_count() > 0)
@@ -145,12 +194,12 @@ impl Bundle {
         all.retain(|topic, _| live.contains(topic));
         all.iter()
             .filter_map(|(topic, d)| {
-                let envelope = if now.saturating_sub(d.at) >= MIN_AGE_US {
-                    Some(&d.envelope)
+                let beat = if now.saturating_sub(d.beat.stamp) >= MIN_AGE_US {
+                    Some(&d.beat)
                 } else {
                     d.previous.as_ref()
                 };
-                envelope.map(|e| (topic.clone(), e.clone()))
+                beat.map(|b| (topic.clone(), b.clone()))
             })
             .collect()
     }
@@ -210,12 +259,58 @@ mod tests {
         fn slept(&self) {}
     }
 
-    fn collected(bundle: &Bundle, topic: &str, now: u64) -> Option<Vec<u8>> {
+    /// A topic heartbeat told apart by its last sequence number, made at `stamp`.
+    fn beat(last_seq: u64, stamp: u64) -> TopicBeat {
+        TopicBeat {
+            origin: "me@here".into(),
+            incarnation: 1,
+            stamp,
+            last_seq,
+            echoes: Vec::new(),
+        }
+    }
+
+    /// The last sequence number of the heartbeat of `topic` that goes out at `now`.
+    fn collected(bundle: &Bundle, topic: &str, now: u64) -> Option<u64> {
         bundle
             .collect(now)
             .into_iter()
             .find(|(t, _)| t == topic)
-            .map(|(_, envelope)| envelope)
+            .map(|(_, beat)| beat.last_seq)
+    }
+
+    #[test]
+    fn a_peer_s_copy_of_a_topic_heartbeat_carries_its_own_echo_alone() {
+        let echo = |peer: &str, stamp| Echo {
+            peer: peer.into(),
+            incarnation: 7,
+            stamp,
+            applied: 3,
+        };
+        let beat = TopicBeat {
+            echoes: vec![echo("a@h", 10), echo("b@h", 20), echo("c@h", 30)],
+            ..beat(5, 1_000)
+        };
+        let echoes_in =
+            |peer| match envelope::Envelope::decode(&beat.encode_for("t", peer).unwrap())
+                .unwrap()
+                .body
+            {
+                Body::Heartbeat {
+                    echoes, last_seq, ..
+                } => {
+                    assert_eq!(last_seq, 5);
+                    echoes
+                }
+                _ => unreachable!(),
+            };
+        assert_eq!(echoes_in(Some("b@h")), vec![echo("b@h", 20)]);
+        assert_eq!(
+            echoes_in(Some("new@h")),
+            Vec::<Echo>::new(),
+            "not heard yet"
+        );
+        assert_eq!(echoes_in(None), beat.echoes, "a member not known by name");
     }
 
     #[test]
@@ -223,11 +318,8 @@ mod tests {
         let (bundle, topic) = (Bundle::default(), "t");
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
         bundle.register(topic, Arc::downgrade(&sink));
-        bundle.deposit(topic, vec![1, 2, 3], 1_000);
-        assert_eq!(
-            collected(&bundle, topic, 1_000 + MIN_AGE_US),
-            Some(vec![1, 2, 3])
-        );
+        bundle.deposit(topic, beat(123, 1_000));
+        assert_eq!(collected(&bundle, topic, 1_000 + MIN_AGE_US), Some(123));
 
         // Killed: its state (the sink) is dropped, and neither `withdraw` nor `unregister` ran.
         drop(sink);
@@ -240,8 +332,8 @@ mod tests {
         // A new actor of the topic bundles again.
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
         bundle.register(topic, Arc::downgrade(&sink));
-        bundle.deposit(topic, vec![4], 3_000);
-        assert_eq!(collected(&bundle, topic, 3_000 + MIN_AGE_US), Some(vec![4]));
+        bundle.deposit(topic, beat(4, 3_000));
+        assert_eq!(collected(&bundle, topic, 3_000 + MIN_AGE_US), Some(4));
     }
 
     #[test]
@@ -249,19 +341,19 @@ mod tests {
         let (bundle, topic) = (Bundle::default(), "t");
         let old: Arc<dyn BeatSink> = Arc::new(Sink);
         bundle.register(topic, Arc::downgrade(&old));
-        bundle.deposit(topic, vec![1], 1_000);
+        bundle.deposit(topic, beat(1, 1_000));
         // Spawned again while the old state still lives (a kill is cleaned up later).
         let new: Arc<dyn BeatSink> = Arc::new(Sink);
         bundle.register(topic, Arc::downgrade(&new));
         assert_eq!(collected(&bundle, topic, 1_000 + MIN_AGE_US), None);
         // Its first heartbeat, too recent to go out, has no old one to stand in for it.
-        bundle.deposit(topic, vec![2], 2_000);
+        bundle.deposit(topic, beat(2, 2_000));
         assert_eq!(
             collected(&bundle, topic, 2_001),
             None,
             "the old actor's heartbeat went out"
         );
-        assert_eq!(collected(&bundle, topic, 2_000 + MIN_AGE_US), Some(vec![2]));
+        assert_eq!(collected(&bundle, topic, 2_000 + MIN_AGE_US), Some(2));
     }
 
     #[test]
@@ -271,8 +363,8 @@ mod tests {
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
         // A topic actor of node a finds a's bundle by its node name, and deposits there.
         Bundle::of("bundle-test-a@here").register("t", Arc::downgrade(&sink));
-        Bundle::of("bundle-test-a@here").deposit("t", vec![1], 1_000);
-        assert_eq!(collected(&a, "t", 1_000 + MIN_AGE_US), Some(vec![1]));
+        Bundle::of("bundle-test-a@here").deposit("t", beat(1, 1_000));
+        assert_eq!(collected(&a, "t", 1_000 + MIN_AGE_US), Some(1));
         assert_eq!(collected(&b, "t", 1_000 + MIN_AGE_US), None);
         a.set_node_interval(200_000);
         assert!(a.bundles(200_000) && !b.bundles(200_000));

@@ -47,7 +47,8 @@ impl<M: TopicMessage> SynchronizationState<M> {
         }
         // The origin is the sender's word (a cast carries no trace of the session it came
         // on): a new one is admitted only if this node has a session with a node of that name,
-        // so forged names cannot grow the table (every entry is echoed in every heartbeat).
+        // so forged names cannot grow the table (every entry is kept, and echoed every
+        // heartbeat).
         if !self.peers.knows(&envelope.origin) && !crate::sessions::has_session(&envelope.origin) {
             bump(&self.shared.counters.unknown_origins);
             tracing::debug!(topic = %self.group, origin = %envelope.origin, "envelope from an origin with no session: dropped");
@@ -307,8 +308,22 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
         if !state.announces_nothing_new(&envelope) {
             return false;
         }
+        let now = now_us();
+        let from_weakest = state
+            .peers
+            .weakest()
+            .is_some_and(|(weakest, _)| weakest == envelope.origin);
         state.receive_envelope(envelope, token);
-        state.refresh_gate();
+        // Such a heartbeat only lengthens its sender's lease: the gate as last computed
+        // stays a safe lower bound without it. It is computed again when it could open or
+        // move (closed, or the sender held the shortest lease), and otherwise at most every
+        // quarter heartbeat, not once per peer and topic in the burst of heartbeats that
+        // arrives every interval.
+        let gate = &state.shared.gate;
+        let stale = now.saturating_sub(gate.refreshed_at()) >= state.heartbeat_us / 4;
+        if from_weakest || stale || !gate.valid(now) {
+            state.refresh_gate();
+        }
         true
     }
 }

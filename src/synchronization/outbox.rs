@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::{pg, ActorRef};
 
-use super::bundle::Bundle;
+use super::bundle::{echoes_for, Bundle, TopicBeat};
 use super::message::SyncMessage;
 use super::shared::SyncShared;
 use super::TopicMessage;
@@ -103,55 +103,87 @@ impl<M: TopicMessage> Outbox<M> {
         seq
     }
 
-    /// Sends a heartbeat carrying the last sequence number published, and `bundled`: the
-    /// other topics' heartbeats, on the node-level topic.
+    /// Sends a heartbeat carrying the last sequence number published to every remote member,
+    /// each with the echo about it alone (a receiver reads no other); on the node-level topic,
+    /// with `bundled`: the other topics' heartbeats, each encoded for that member the same way.
     pub(crate) fn heartbeat(
         &self,
         echoes: Vec<Echo>,
         members: Vec<Member>,
-        bundled: Vec<(String, Vec<u8>)>,
+        bundled: Vec<(String, Arc<TopicBeat>)>,
     ) {
-        let Some((_, body)) = self.heartbeat_body(echoes, members, bundled) else {
+        let Some((stamp, last_seq)) = self.stamp() else {
             return;
         };
-        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
-            Ok(bytes) => self.cast_to_remote_members(bytes),
-            Err(error) => match body {
-                Body::Heartbeat {
-                    stamp,
-                    last_seq,
-                    echoes,
-                    members,
-                    bundled,
-                } if !bundled.is_empty() => {
-                    let beat = |bundled| Body::Heartbeat {
-                        stamp,
-                        last_seq,
-                        echoes: echoes.clone(),
-                        members: members.clone(),
-                        bundled,
-                    };
-                    self.send_split(&beat, bundled);
+        let cells = remote_members(&self.group);
+        let routes = crate::sessions::named_tokens_for(cells.iter().map(|c| c.get_id().node()));
+        let mut body = Body::Heartbeat {
+            stamp,
+            last_seq,
+            echoes: Vec::new(),
+            members,
+            bundled: Vec::new(),
+        };
+        for (cell, route) in cells.into_iter().zip(routes) {
+            let (peer, token) = route.unzip();
+            let peer = peer.as_deref();
+            let carried = bundled
+                .iter()
+                .filter_map(|(topic, beat)| match beat.encode_for(topic, peer) {
+                    Ok(bytes) => Some((topic.clone(), bytes)),
+                    Err(error) => {
+                        bump(&self.shared.counters.bundled_dropped);
+                        tracing::error!(%error, %topic, "topic heartbeat not encoded: left out");
+                        None
+                    }
+                })
+                .collect();
+            if let Body::Heartbeat {
+                echoes: to_peer,
+                bundled,
+                ..
+            } = &mut body
+            {
+                *to_peer = echoes_for(&echoes, peer);
+                *bundled = carried;
+            }
+            let member: ActorRef<SyncMessage<M>> = cell.into();
+            for bytes in self.heartbeat_envelopes(&mut body) {
+                // A stub whose session just died refuses the cast; that peer repairs on rejoin.
+                if member.cast(SyncMessage::Wire(bytes, token.clone())).is_ok() {
+                    bump(&self.shared.counters.envelopes_sent);
                 }
-                _ => tracing::error!(%error, topic = %self.group, "heartbeat not sent"),
-            },
+            }
         }
     }
 
-    /// A node-level heartbeat too large for one envelope goes out as several, each complete
-    /// (stamp, echoes, members: a receiver reads each as the heartbeat it is) with as many of
-    /// the topics' heartbeats as fit.
-    fn send_split(&self, beat: &dyn Fn(Vec<(String, Vec<u8>)>) -> Body, bundled: Bundled) {
+    /// One member's heartbeat, encoded: one envelope, or, if the topics' heartbeats it carries
+    /// make it too large, several, each complete (stamp, echoes, members: a receiver reads
+    /// each as the heartbeat it is) with as many of them as fit.
+    fn heartbeat_envelopes(&self, body: &mut Body) -> Vec<Vec<u8>> {
         let encode =
             |body: &Body| envelope::encode(&self.group, &self.node_name, self.incarnation, body);
-        let base = match encode(&beat(Vec::new())) {
+        let error = match encode(body) {
+            Ok(bytes) => return vec![bytes],
+            Err(error) => error,
+        };
+        let Body::Heartbeat { bundled, .. } = body else {
+            return Vec::new();
+        };
+        if bundled.is_empty() {
+            tracing::error!(%error, topic = %self.group, "heartbeat not sent");
+            return Vec::new();
+        }
+        let all = std::mem::take(bundled);
+        let base = match encode(body) {
             Ok(bytes) => bytes.len(),
             Err(error) => {
-                return tracing::error!(%error, topic = %self.group, "heartbeat not sent");
+                tracing::error!(%error, topic = %self.group, "heartbeat not sent");
+                return Vec::new();
             }
         };
         let budget = envelope::MAX_ENVELOPE_BYTES.saturating_sub(base + SPLIT_MARGIN);
-        let (mut parts, dropped) = split_bundled(bundled, budget);
+        let (mut parts, dropped) = split_bundled(all, budget);
         if parts.is_empty() {
             parts.push(Vec::new()); // the members and echoes go out whatever was left out
         }
@@ -160,49 +192,42 @@ impl<M: TopicMessage> Outbox<M> {
             add(&self.shared.counters.bundled_dropped, dropped as u64);
             tracing::error!(dropped, topic = %self.group, "topic heartbeats too large to carry: left out");
         }
+        let mut envelopes = Vec::with_capacity(parts.len());
         for part in parts {
-            match encode(&beat(part)) {
-                Ok(bytes) => self.cast_to_remote_members(bytes),
+            if let Body::Heartbeat { bundled, .. } = &mut *body {
+                *bundled = part;
+            }
+            match encode(body) {
+                Ok(bytes) => envelopes.push(bytes),
                 Err(error) => {
                     tracing::error!(%error, topic = %self.group, "heartbeat part not sent")
                 }
             }
         }
+        envelopes
     }
 
-    /// Encodes a heartbeat carrying the last sequence number published and leaves it for the
-    /// node-level heartbeat to carry (see `bundle`).
-    pub(crate) fn deposit_heartbeat(&self, echoes: Vec<Echo>, members: Vec<Member>) {
-        let Some((stamp, body)) = self.heartbeat_body(echoes, members, Vec::new()) else {
+    /// Leaves a heartbeat carrying the last sequence number published for the node-level
+    /// heartbeat to carry (see `bundle`).
+    pub(crate) fn deposit_heartbeat(&self, echoes: Vec<Echo>) {
+        let Some((stamp, last_seq)) = self.stamp() else {
             return;
         };
-        match envelope::encode(&self.group, &self.node_name, self.incarnation, &body) {
-            Ok(bytes) => self.bundle.deposit(&self.group, bytes, stamp),
-            Err(error) => tracing::error!(%error, topic = %self.group, "heartbeat not encoded"),
-        }
+        let beat = TopicBeat {
+            origin: self.node_name.clone(),
+            incarnation: self.incarnation,
+            stamp,
+            last_seq,
+            echoes,
+        };
+        self.bundle.deposit(&self.group, beat);
     }
 
-    /// A heartbeat stamped now, with the last sequence number published; `None` once closed.
+    /// A heartbeat's stamp (now) and the last sequence number published; `None` once closed.
     /// (Publishes take the same lock: none is numbered but not yet cast when it is read.)
-    fn heartbeat_body(
-        &self,
-        echoes: Vec<Echo>,
-        members: Vec<Member>,
-        bundled: Vec<(String, Vec<u8>)>,
-    ) -> Option<(u64, Body)> {
+    fn stamp(&self) -> Option<(u64, u64)> {
         let state = self.lock();
-        if state.closed {
-            return None;
-        }
-        let stamp = now_us();
-        let body = Body::Heartbeat {
-            stamp,
-            last_seq: state.last_seq,
-            echoes,
-            members,
-            bundled,
-        };
-        Some((stamp, body))
+        (!state.closed).then(|| (now_us(), state.last_seq))
     }
 
     /// Announces a clean leave; every later publish is refused.
@@ -365,21 +390,22 @@ mod tests {
             .collect()
     }
 
-    /// The node-level heartbeat one node of `nodes` sends each peer with `topics` topics, every
-    /// field as large as a long-running cluster makes it; and its topic heartbeats.
-    fn heartbeat(nodes: usize, topics: usize) -> (Body, Bundled) {
+    /// The node-level heartbeat one node of `nodes` with `topics` topics sends `peer` (`None`: a
+    /// member whose node it does not know by name, which gets every echo), every field as large
+    /// as a long-running cluster makes it.
+    fn heartbeat(nodes: usize, topics: usize, peer: Option<&str>) -> Body {
         let peers = nodes - 1;
         let bundled: Bundled = (0..topics)
             .map(|t| {
                 let topic = format!("app.topic-{t:03}");
-                let body = Body::Heartbeat {
+                let beat = TopicBeat {
+                    origin: node(0),
+                    incarnation: u64::MAX / 3,
                     stamp: 1_700_000_000,
                     last_seq: 123_456,
                     echoes: echoes(peers),
-                    members: Vec::new(),
-                    bundled: Vec::new(),
                 };
-                let bytes = envelope::encode(&topic, &node(0), u64::MAX / 3, &body).unwrap();
+                let bytes = beat.encode_for(&topic, peer).unwrap();
                 (topic, bytes)
             })
             .collect();
@@ -391,14 +417,13 @@ mod tests {
                 ready: true,
             })
             .collect();
-        let body = Body::Heartbeat {
+        Body::Heartbeat {
             stamp: 1_700_000_000,
             last_seq: 0,
-            echoes: echoes(peers),
+            echoes: echoes_for(&echoes(peers), peer),
             members,
-            bundled: bundled.clone(),
-        };
-        (body, bundled)
+            bundled,
+        }
     }
 
     #[test]
@@ -411,20 +436,28 @@ mod tests {
             shared.clone(),
             Arc::default(),
         );
-        let (body, bundled) = heartbeat(1024, 120);
-        let Body::Heartbeat {
-            echoes, members, ..
-        } = body
-        else {
-            unreachable!()
-        };
-        outbox.heartbeat(echoes.clone(), members.clone(), bundled);
+        // Every echo in every topic's heartbeat: over the limit at 1 024 nodes x 120 topics.
+        let mut body = heartbeat(1024, 120, None);
+        let envelopes = outbox.heartbeat_envelopes(&mut body);
+        assert!(envelopes.len() > 1);
+        let carried: usize = envelopes
+            .iter()
+            .map(
+                |bytes| match envelope::Envelope::decode(bytes).unwrap().body {
+                    Body::Heartbeat { bundled, .. } => bundled.len(),
+                    _ => unreachable!(),
+                },
+            )
+            .sum();
+        assert_eq!(carried, 120, "every topic's heartbeat goes out");
         let stats = shared.counters.snapshot();
         assert_eq!((stats.heartbeats_split, stats.bundled_dropped), (1, 0));
 
         // A topic heartbeat that cannot fit even alone is left out, and counted.
-        let huge = vec![("huge".to_owned(), vec![0; envelope::MAX_ENVELOPE_BYTES])];
-        outbox.heartbeat(echoes, members, huge);
+        if let Body::Heartbeat { bundled, .. } = &mut body {
+            *bundled = vec![("huge".to_owned(), vec![0; envelope::MAX_ENVELOPE_BYTES])];
+        }
+        assert_eq!(outbox.heartbeat_envelopes(&mut body).len(), 1);
         let stats = shared.counters.snapshot();
         assert_eq!((stats.heartbeats_split, stats.bundled_dropped), (2, 1));
     }
@@ -452,57 +485,50 @@ mod tests {
     }
 
     /// Bytes per node-level heartbeat as the cluster grows (printed: `cargo test --lib
-    /// heartbeat_size -- --nocapture`), and the largest sizes split into envelopes that fit.
+    /// heartbeat_size -- --nocapture`): each peer's carries its own echo alone, so it grows
+    /// with the members and the topics, not with the topics times the peers; and the largest
+    /// sizes (every echo, as to a member not known by name) split into envelopes that fit.
     #[test]
-    fn heartbeat_size_grows_with_topics_times_peers_and_the_largest_are_split() {
+    fn heartbeat_size_grows_with_members_plus_topics_and_the_largest_are_split() {
+        let outbox: Outbox<u8> = Outbox::new(
+            "ractor_cache_sync.node".into(),
+            node(0),
+            1,
+            Arc::default(),
+            Arc::default(),
+        );
+        let size = |body: &Body| envelope::encode("ractor_cache_sync.node", &node(0), 1, body);
         for (nodes, topics) in [(16, 8), (32, 8), (100, 20), (1024, 8), (1024, 120)] {
-            let (body, bundled) = heartbeat(nodes, topics);
-            let whole = envelope::encode("ractor_cache_sync.node", &node(0), 1, &body);
-            let size = whole.as_ref().map_or(None, |b| Some(b.len()));
-            let Body::Heartbeat {
-                stamp,
-                last_seq,
-                echoes,
-                members,
-                ..
-            } = body
-            else {
-                unreachable!()
-            };
-            let beat = |bundled| Body::Heartbeat {
-                stamp,
-                last_seq,
-                echoes: echoes.clone(),
-                members: members.clone(),
-                bundled,
-            };
-            let base = envelope::encode("ractor_cache_sync.node", &node(0), 1, &beat(vec![]))
-                .unwrap()
+            let to_one = size(&heartbeat(nodes, topics, Some(&node(1))))
+                .expect("a peer's own heartbeat fits in one envelope")
                 .len();
-            let budget = envelope::MAX_ENVELOPE_BYTES - base - SPLIT_MARGIN;
-            let (parts, dropped) = split_bundled(bundled, budget);
-            assert_eq!(dropped, 0);
-            assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), topics);
-            for part in parts.iter().cloned() {
-                let bytes =
-                    envelope::encode("ractor_cache_sync.node", &node(0), 1, &beat(part)).unwrap();
-                assert!(bytes.len() <= envelope::MAX_ENVELOPE_BYTES);
-            }
-            let size = size.map_or_else(
-                || "over the 4 MiB envelope limit".to_owned(),
-                |s| format!("{s} bytes per peer, {} to all peers", s * (nodes - 1)),
+            let with_every_echo = heartbeat(nodes, topics, None);
+            let whole = size(&with_every_echo).map_or_else(
+                |_| "over the 4 MiB envelope limit".to_owned(),
+                |b| format!("{} bytes", b.len()),
             );
+            let parts = outbox.heartbeat_envelopes(&mut with_every_echo.clone());
+            assert!(parts
+                .iter()
+                .all(|b| b.len() <= envelope::MAX_ENVELOPE_BYTES));
             println!(
-                "{nodes} nodes x {topics} topics: one heartbeat {size}; sent as {} envelope(s)",
+                "{nodes} nodes x {topics} topics: {to_one} bytes to each peer, {} to all; \
+                 with every echo {whole}, sent as {} envelope(s)",
+                to_one * (nodes - 1),
                 parts.len()
             );
             if nodes * topics <= 2_000 {
                 assert_eq!(parts.len(), 1, "{nodes} x {topics} fits in one envelope");
-                assert!(whole.is_ok());
             }
         }
-        // The cliff the split removes: 1 024 nodes x 120 topics does not fit in one envelope.
-        let (body, _) = heartbeat(1024, 120);
-        assert!(envelope::encode("ractor_cache_sync.node", &node(0), 1, &body).is_err());
+        // Each echo is about one peer: 16 nodes x 8 topics carry one per topic, not fifteen.
+        let to_one = size(&heartbeat(16, 8, Some(&node(1)))).unwrap().len();
+        let with_every_echo = size(&heartbeat(16, 8, None)).unwrap().len();
+        assert!(
+            to_one * 3 < with_every_echo,
+            "{to_one} bytes with one echo, {with_every_echo} with all"
+        );
+        // The cliff the split removes: 1 024 nodes x 120 topics with every echo does not fit.
+        assert!(size(&heartbeat(1024, 120, None)).is_err());
     }
 }

@@ -148,13 +148,15 @@ impl<M: TopicMessage> SynchronizationState<M> {
 
     pub(super) fn tick(&mut self) {
         let now = now_us();
-        // Liveness reports (the node's watchdog) need this once per heartbeat, not per message.
-        let last_heard = self
-            .peers
-            .peers()
-            .map(|(n, p)| (n.clone(), p.last_heard))
-            .collect();
-        self.shared.update(|s| s.last_heard = last_heard);
+        // The node's watchdog reads the node-level topic's, once per heartbeat.
+        if self.gossip.is_some() {
+            let last_heard = self
+                .peers
+                .peers()
+                .map(|(n, p)| (n.clone(), p.last_heard))
+                .collect();
+            self.shared.update(|s| s.last_heard = last_heard);
+        }
         for forgotten in self.peers.forget_silent(now) {
             bump(&self.shared.counters.peers_forgotten);
             tracing::warn!(topic = %self.group, peer = %forgotten, "forgetting a silent peer");
@@ -181,9 +183,9 @@ impl<M: TopicMessage> SynchronizationState<M> {
             }
             // Carried inside the node-level heartbeat, whose members the receiving node
             // checks before it hands this on: no list of its own.
-            None if self.outbox.bundle().bundles(self.heartbeat_us) => self
-                .outbox
-                .deposit_heartbeat(self.peers.echoes(), Vec::new()),
+            None if self.outbox.bundle().bundles(self.heartbeat_us) => {
+                self.outbox.deposit_heartbeat(self.peers.echoes())
+            }
             // On its own, a topic's heartbeat names the members this node has a session with:
             // a lease it renews vouches that the reader knows them too.
             None => {

@@ -26,7 +26,8 @@ pub(crate) struct SyncShared {
 /// Refreshed by the actor on every heartbeat; read by reports, never by reads.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TopicStatus {
-    /// Peer name → when (µs) anything last arrived from it.
+    /// Peer name → when (µs) anything last arrived from it (kept on the node-level topic
+    /// only, for the node's watchdog).
     pub(crate) last_heard: HashMap<String, u64>,
 }
 

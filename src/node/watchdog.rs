@@ -36,7 +36,7 @@ pub(crate) struct Watchdog {
     pub(crate) counters: Arc<NodeCounters>,
     /// Forgets unreachable members and dials the others, once per heartbeat.
     pub(crate) membership: Arc<Membership>,
-    /// The node's topics, told when the clock missed time.
+    /// The node's topics, told when the clock missed time, and ticked every interval.
     pub(crate) bundle: Arc<Bundle>,
 }
 
@@ -83,6 +83,9 @@ impl Watchdog {
                 bump(&self.counters.suspensions);
                 self.bundle.slept();
             }
+            // The topics whose heartbeats the node drives, half an interval after the
+            // node-level heartbeat that carries them.
+            self.bundle.tick_topics();
             let handshake = self.handshake_timeout.as_micros() as u64;
             self.membership.tick();
             let stuck = self

@@ -69,8 +69,9 @@ pub(crate) struct SynchronizationState<M> {
     pub(super) gossip: Option<Arc<dyn Gossip>>,
     /// Counters, the topic's lease gate and the last-heard status, shared with readers.
     pub(super) shared: Arc<SyncShared>,
-    /// The heartbeat timer (sends `Tick`); aborted when the actor stops.
-    pub(super) ticker: JoinHandle<()>,
+    /// The heartbeat timer (sends `Tick`), aborted when the actor stops; `None` for a topic
+    /// whose heartbeats the node drives (see [`super::bundle::Bundle::tick_topics`]).
+    pub(super) ticker: Option<JoinHandle<()>>,
     /// Whether the leases were valid at the last gate computation: a change to invalid
     /// counts a lease expiry and wakes the cache's revalidation.
     pub(super) leases_were_valid: bool,
@@ -158,10 +159,16 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         pg::join_scoped(PG_SCOPE.to_owned(), group.clone(), vec![myself.get_cell()]);
         pg::monitor_scope(PG_SCOPE.to_owned(), myself.get_cell());
         let period = args.config.heartbeat_interval();
+        // A topic that heartbeats at the node's rate is ticked by the node, on the node's
+        // watchdog task, with every other such topic: no timer and no wake-up of its own.
+        let driven = args.gossip.is_none()
+            && args.outbox.bundle().node_interval() == period.as_micros() as u64;
         let ticker = if args.gossip.is_some() {
-            aligned_ticks(myself.clone(), period)
+            Some(aligned_ticks(myself.clone(), period))
+        } else if driven {
+            None
         } else {
-            myself.send_interval(period, || SyncMessage::Tick)
+            Some(myself.send_interval(period, || SyncMessage::Tick))
         };
         let params = LeaseParams {
             lease: args.config.lease_duration().as_micros() as u64,
@@ -207,7 +214,13 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         let state = Arc::new(Mutex::new(state));
         if bundled {
             let bundle = lock(&state).outbox.bundle().clone();
-            bundle.register(&group, Arc::downgrade(&state) as _);
+            let kick: Option<super::bundle::Kick> = driven.then(|| {
+                let myself = myself.clone();
+                Arc::new(move || {
+                    let _ = myself.cast(SyncMessage::Tick);
+                }) as _
+            });
+            bundle.register(&group, Arc::downgrade(&state) as _, kick);
         }
         Ok(state)
     }
@@ -222,7 +235,9 @@ impl<M: TopicMessage> Actor for SynchronizationActor<M> {
         if state.gossip.is_none() {
             state.outbox.bundle().unregister(&state.group, &sink);
         }
-        state.ticker.abort();
+        if let Some(ticker) = &state.ticker {
+            ticker.abort();
+        }
         if state.gossip.is_some() {
             state.outbox.bundle().set_node_interval(0);
         }

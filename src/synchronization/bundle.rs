@@ -24,6 +24,11 @@
 //! restart, a first contact) is queued to the topic's actor, behind the publishes that reached
 //! its mailbox first, as a topic heartbeat sent on its own would be.
 //!
+//! A topic that heartbeats at the node's rate keeps no timer: the node's watchdog ticks it
+//! ([`Bundle::tick_topics`]) on its own task, half an interval after the node-level heartbeat,
+//! so that an idle node wakes once per interval for all of its topics; a topic busy with a
+//! message is asked by message instead (its [`Kick`]), and ticks right after.
+//!
 //! Each [`Bundle`] is one node's: its `Node` makes it and keeps it, registered under the
 //! node's name, and a topic actor finds it by the node name it is spawned with, so two nodes in
 //! one process (tests) never carry each other's heartbeats; only `ractor::pg` is process-wide.
@@ -97,9 +102,24 @@ pub(crate) trait BeatSink: Send + Sync {
     /// This node's clock missed time (the system was suspended): close the lease gate until
     /// heartbeats sent after now renew it, and repair.
     fn slept(&self);
+    /// The topic's heartbeat is due: ticks it now, on the caller's task, unless the topic is
+    /// busy (`false`: nothing done, the caller asks its actor instead).
+    fn tick(&self) -> bool {
+        true
+    }
 }
 
-type Sinks = HashMap<String, Weak<dyn BeatSink>>;
+/// Asks a topic's actor for a tick (a message to its mailbox), for when its state is busy.
+pub(crate) type Kick = Arc<dyn Fn() + Send + Sync>;
+
+/// A topic actor's state as the node reaches it, and, for a topic whose heartbeats the node
+/// drives, how to ask its actor for one.
+struct Registered {
+    sink: Weak<dyn BeatSink>,
+    kick: Option<Kick>,
+}
+
+type Sinks = HashMap<String, Registered>;
 
 /// A lock whose holder panicked still guards consistent maps (every section is a single
 /// insert, remove or read): recover it.
@@ -187,7 +207,7 @@ impl Bundle {
     pub(crate) fn collect(&self, now: u64) -> Vec<(String, Arc<TopicBeat>)> {
         let live: HashSet<String> = lock(&self.sinks)
             .iter()
-            .filter(|(_, sink)| sink.strong_count() > 0)
+            .filter(|(_, r)| r.sink.strong_count() > 0)
             .map(|(topic, _)| topic.clone())
             .collect();
         let mut all = lock(&self.deposits);
@@ -208,18 +228,42 @@ impl Bundle {
     pub(crate) fn slept(&self) {
         let sinks: Vec<Arc<dyn BeatSink>> = lock(&self.sinks)
             .values()
-            .filter_map(Weak::upgrade)
+            .filter_map(|r| r.sink.upgrade())
             .collect();
         for sink in sinks {
             sink.slept();
         }
     }
 
+    /// The node-level interval (µs) while a node-level actor runs, else 0.
+    pub(crate) fn node_interval(&self) -> u64 {
+        self.node_interval_us.load(Ordering::Acquire)
+    }
+
+    /// Ticks every topic whose heartbeats the node drives (registered with a [`Kick`]), on
+    /// the caller's task: the node's watchdog calls it once per node-level interval, half an
+    /// interval after the node-level heartbeat, so that each deposit is well over
+    /// [`MIN_AGE_US`] old when that heartbeat carries it. A busy topic's actor is asked by
+    /// message instead, and ticks once its current message is done.
+    pub(crate) fn tick_topics(&self) {
+        let driven: Vec<(Arc<dyn BeatSink>, Kick)> = lock(&self.sinks)
+            .values()
+            .filter_map(|r| Some((r.sink.upgrade()?, r.kick.clone()?)))
+            .collect();
+        for (sink, kick) in driven {
+            if !sink.tick() {
+                kick();
+            }
+        }
+    }
+
     /// The topic's actor started: bundled heartbeats for it may be taken through `sink`. What
     /// an earlier actor of the topic deposited goes (it would otherwise travel, as the
     /// "previous" deposit, after the new actor's first heartbeat).
-    pub(crate) fn register(&self, topic: &str, sink: Weak<dyn BeatSink>) {
-        lock(&self.sinks).insert(topic.to_owned(), sink);
+    /// With `kick`, the node drives the topic's heartbeats ([`tick_topics`](Self::tick_topics)):
+    /// its actor keeps no timer.
+    pub(crate) fn register(&self, topic: &str, sink: Weak<dyn BeatSink>, kick: Option<Kick>) {
+        lock(&self.sinks).insert(topic.to_owned(), Registered { sink, kick });
         self.withdraw(topic);
     }
 
@@ -228,7 +272,7 @@ impl Bundle {
         let mut all = lock(&self.sinks);
         if all
             .get(topic)
-            .is_some_and(|s| std::ptr::addr_eq(s.as_ptr(), sink.as_ptr()))
+            .is_some_and(|r| std::ptr::addr_eq(r.sink.as_ptr(), sink.as_ptr()))
         {
             all.remove(topic);
         }
@@ -241,7 +285,7 @@ impl Bundle {
     ) -> Vec<Option<Arc<dyn BeatSink>>> {
         let all = lock(&self.sinks);
         topics
-            .map(|topic| all.get(topic).and_then(Weak::upgrade))
+            .map(|topic| all.get(topic).and_then(|r| r.sink.upgrade()))
             .collect()
     }
 }
@@ -313,11 +357,77 @@ mod tests {
         assert_eq!(echoes_in(None), beat.echoes, "a member not known by name");
     }
 
+    /// A topic the node drives: ticked on the caller's task, or, when busy, kicked.
+    struct Driven {
+        busy: bool,
+        ticks: AtomicU64,
+    }
+
+    impl BeatSink for Driven {
+        fn offer(&self, _: &[u8], _: Option<&[u8]>) -> bool {
+            false
+        }
+        fn slept(&self) {}
+        fn tick(&self) -> bool {
+            if self.busy {
+                return false;
+            }
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    #[test]
+    fn the_node_ticks_the_topics_it_drives_and_asks_a_busy_one_s_actor() {
+        let bundle = Bundle::default();
+        let kicks = Arc::new(AtomicU64::new(0));
+        let kick = || -> Kick {
+            let kicks = kicks.clone();
+            Arc::new(move || {
+                kicks.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        let idle = Arc::new(Driven {
+            busy: false,
+            ticks: AtomicU64::new(0),
+        });
+        let busy = Arc::new(Driven {
+            busy: true,
+            ticks: AtomicU64::new(0),
+        });
+        let own_timer = Arc::new(Driven {
+            busy: false,
+            ticks: AtomicU64::new(0),
+        });
+        bundle.register("idle", Arc::downgrade(&idle) as _, Some(kick()));
+        bundle.register("busy", Arc::downgrade(&busy) as _, Some(kick()));
+        bundle.register("own", Arc::downgrade(&own_timer) as _, None);
+        bundle.tick_topics();
+        bundle.tick_topics();
+        assert_eq!(idle.ticks.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            kicks.load(Ordering::Relaxed),
+            2,
+            "the busy topic's actor is asked"
+        );
+        assert_eq!(
+            own_timer.ticks.load(Ordering::Relaxed),
+            0,
+            "it ticks on its own"
+        );
+
+        // A killed actor's topic (its state dropped) is neither ticked nor kicked.
+        drop(busy);
+        bundle.tick_topics();
+        assert_eq!(kicks.load(Ordering::Relaxed), 2);
+        assert_eq!(idle.ticks.load(Ordering::Relaxed), 3);
+    }
+
     #[test]
     fn a_killed_actor_s_deposit_stops_going_out() {
         let (bundle, topic) = (Bundle::default(), "t");
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
-        bundle.register(topic, Arc::downgrade(&sink));
+        bundle.register(topic, Arc::downgrade(&sink), None);
         bundle.deposit(topic, beat(123, 1_000));
         assert_eq!(collected(&bundle, topic, 1_000 + MIN_AGE_US), Some(123));
 
@@ -331,7 +441,7 @@ mod tests {
 
         // A new actor of the topic bundles again.
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
-        bundle.register(topic, Arc::downgrade(&sink));
+        bundle.register(topic, Arc::downgrade(&sink), None);
         bundle.deposit(topic, beat(4, 3_000));
         assert_eq!(collected(&bundle, topic, 3_000 + MIN_AGE_US), Some(4));
     }
@@ -340,11 +450,11 @@ mod tests {
     fn a_new_actor_of_the_topic_never_carries_the_previous_one_s_heartbeat() {
         let (bundle, topic) = (Bundle::default(), "t");
         let old: Arc<dyn BeatSink> = Arc::new(Sink);
-        bundle.register(topic, Arc::downgrade(&old));
+        bundle.register(topic, Arc::downgrade(&old), None);
         bundle.deposit(topic, beat(1, 1_000));
         // Spawned again while the old state still lives (a kill is cleaned up later).
         let new: Arc<dyn BeatSink> = Arc::new(Sink);
-        bundle.register(topic, Arc::downgrade(&new));
+        bundle.register(topic, Arc::downgrade(&new), None);
         assert_eq!(collected(&bundle, topic, 1_000 + MIN_AGE_US), None);
         // Its first heartbeat, too recent to go out, has no old one to stand in for it.
         bundle.deposit(topic, beat(2, 2_000));
@@ -362,7 +472,7 @@ mod tests {
         let b = Bundle::for_node("bundle-test-b@here");
         let sink: Arc<dyn BeatSink> = Arc::new(Sink);
         // A topic actor of node a finds a's bundle by its node name, and deposits there.
-        Bundle::of("bundle-test-a@here").register("t", Arc::downgrade(&sink));
+        Bundle::of("bundle-test-a@here").register("t", Arc::downgrade(&sink), None);
         Bundle::of("bundle-test-a@here").deposit("t", beat(1, 1_000));
         assert_eq!(collected(&a, "t", 1_000 + MIN_AGE_US), Some(1));
         assert_eq!(collected(&b, "t", 1_000 + MIN_AGE_US), None);

@@ -290,6 +290,19 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
         state.possibly_missed(MissCause::Restarted);
     }
 
+    fn tick(&self) -> bool {
+        let mut state = match self.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        if !state.stopped {
+            state.tick();
+            state.refresh_gate();
+        }
+        true
+    }
+
     fn offer(&self, bytes: &[u8], token: Option<&[u8]>) -> bool {
         let Ok(envelope) = Envelope::decode(bytes) else {
             return false; // the actor counts it and repairs

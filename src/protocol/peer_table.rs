@@ -195,6 +195,15 @@ impl PeerTable {
 
     /// Forgets peers not heard from for `forget_after`; each forgotten peer requires a repair
     /// (it may have published something that never arrived).
+    /// Whether some peer has not been heard from for `forget_after` (the next
+    /// [`forget_silent`](Self::forget_silent) forgets it).
+    pub(crate) fn any_silent(&self, now: u64) -> bool {
+        let limit = self.params.forget_after;
+        self.peers
+            .values()
+            .any(|p| now.saturating_sub(p.last_heard) > limit)
+    }
+
     pub(crate) fn forget_silent(&mut self, now: u64) -> Vec<String> {
         let limit = self.params.forget_after;
         let silent: Vec<String> = self

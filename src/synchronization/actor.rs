@@ -2,7 +2,8 @@
 //! to remote members, checks and decodes what arrives, keeps each peer's lease, and hands
 //! deliveries to local subscribers.
 //!
-//! Subscribers run synchronously in this actor's task. A cache's subscriber applies an
+//! Subscribers run synchronously in this actor's task (a heartbeat tick the node drives on its
+//! watchdog task hands itself to this actor when it would tell them anything). A cache's subscriber applies an
 //! invalidation (or a repair) to its store before returning, so when this actor renews a lease
 //! right after, everything the lease vouches for has really been applied.
 

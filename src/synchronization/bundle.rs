@@ -251,7 +251,13 @@ impl Bundle {
             .filter_map(|r| Some((r.sink.upgrade()?, r.kick.clone()?)))
             .collect();
         for (sink, kick) in driven {
-            if !sink.tick() {
+            // A panic in one topic's tick must not end the caller (the node's watchdog): the
+            // topic's actor is asked instead, and finds the state as the panic left it.
+            let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.tick()));
+            if !ticked.unwrap_or_else(|_| {
+                tracing::error!("a topic's heartbeat tick panicked: its actor is asked instead");
+                false
+            }) {
                 kick();
             }
         }
@@ -360,6 +366,7 @@ mod tests {
     /// A topic the node drives: ticked on the caller's task, or, when busy, kicked.
     struct Driven {
         busy: bool,
+        panics: bool,
         ticks: AtomicU64,
     }
 
@@ -369,6 +376,7 @@ mod tests {
         }
         fn slept(&self) {}
         fn tick(&self) -> bool {
+            assert!(!self.panics, "a subscriber panicked");
             if self.busy {
                 return false;
             }
@@ -389,14 +397,17 @@ mod tests {
         };
         let idle = Arc::new(Driven {
             busy: false,
+            panics: false,
             ticks: AtomicU64::new(0),
         });
         let busy = Arc::new(Driven {
             busy: true,
+            panics: false,
             ticks: AtomicU64::new(0),
         });
         let own_timer = Arc::new(Driven {
             busy: false,
+            panics: false,
             ticks: AtomicU64::new(0),
         });
         bundle.register("idle", Arc::downgrade(&idle) as _, Some(kick()));
@@ -421,6 +432,18 @@ mod tests {
         bundle.tick_topics();
         assert_eq!(kicks.load(Ordering::Relaxed), 2);
         assert_eq!(idle.ticks.load(Ordering::Relaxed), 3);
+
+        // A tick that panics ends neither the caller nor the other topics' ticks: its actor
+        // is asked.
+        let panicking = Arc::new(Driven {
+            busy: false,
+            panics: true,
+            ticks: AtomicU64::new(0),
+        });
+        bundle.register("panics", Arc::downgrade(&panicking) as _, Some(kick()));
+        bundle.tick_topics();
+        assert_eq!(kicks.load(Ordering::Relaxed), 3);
+        assert_eq!(idle.ticks.load(Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -296,6 +296,12 @@ impl<M: TopicMessage> BeatSink for Mutex<SynchronizationState<M>> {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
+        // Forgetting a silent peer tells the subscribers (user code): that tick runs on the
+        // topic's own actor, where a panic fails the actor and its restart repairs, and a slow
+        // subscriber holds up this topic alone.
+        if state.peers.any_silent(now_us()) {
+            return false;
+        }
         if !state.stopped {
             state.tick();
             state.refresh_gate();

@@ -35,12 +35,12 @@
 //!   addresses longer than [`MAX_FIELD`] bytes are refused. Each refusal is counted.
 
 use std::collections::HashSet;
-
-use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::dialer::Dialing;
 use super::dialer::{Dialer, DialerTask};

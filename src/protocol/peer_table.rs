@@ -193,23 +193,24 @@ impl PeerTable {
         })
     }
 
-    /// Forgets peers not heard from for `forget_after`; each forgotten peer requires a repair
-    /// (it may have published something that never arrived).
-    /// Whether some peer has not been heard from for `forget_after` (the next
-    /// [`forget_silent`](Self::forget_silent) forgets it).
-    pub(crate) fn any_silent(&self, now: u64) -> bool {
-        let limit = self.params.forget_after;
-        self.peers
-            .values()
-            .any(|p| now.saturating_sub(p.last_heard) > limit)
+    /// Whether `peer` has not been heard from for `forget_after` at `now`.
+    fn is_silent(&self, peer: &Peer, now: u64) -> bool {
+        now.saturating_sub(peer.last_heard) > self.params.forget_after
     }
 
+    /// Whether some peer is silent (the next [`forget_silent`](Self::forget_silent) forgets
+    /// it).
+    pub(crate) fn any_silent(&self, now: u64) -> bool {
+        self.peers.values().any(|p| self.is_silent(p, now))
+    }
+
+    /// Forgets peers not heard from for `forget_after`; each forgotten peer requires a repair
+    /// (it may have published something that never arrived).
     pub(crate) fn forget_silent(&mut self, now: u64) -> Vec<String> {
-        let limit = self.params.forget_after;
         let silent: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, p)| now.saturating_sub(p.last_heard) > limit)
+            .filter(|(_, p)| self.is_silent(p, now))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &silent {

@@ -3,9 +3,9 @@
 //! deliveries to local subscribers.
 //!
 //! Subscribers run synchronously in this actor's task (a heartbeat tick the node drives on its
-//! watchdog task hands itself to this actor when it would tell them anything). A cache's subscriber applies an
-//! invalidation (or a repair) to its store before returning, so when this actor renews a lease
-//! right after, everything the lease vouches for has really been applied.
+//! watchdog task hands itself to this actor when it would tell them anything). A cache's
+//! subscriber applies an invalidation (or a repair) to its store before returning, so when this
+//! actor renews a lease right after, everything the lease vouches for has really been applied.
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
